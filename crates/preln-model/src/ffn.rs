@@ -1,0 +1,38 @@
+//! The position-wise feed-forward sublayer: `Act(x W1 + b1) W2 + b2`.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::config::{Activation, LayerConfig};
+use crate::init::linear;
+
+#[derive(Debug)]
+pub struct FeedForward {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    activation: Activation,
+    dropout: f64,
+}
+
+impl FeedForward {
+    /// `fc1` is the paper's W1 (`[ffn, d]`), `fc2` its W2 (`[d, ffn]`).
+    pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
+        FeedForward {
+            fc1: linear(&p / "fc1", cfg.d_model, cfg.ffn_dim, cfg.init),
+            fc2: linear(&p / "fc2", cfg.ffn_dim, cfg.d_model, cfg.init),
+            activation: cfg.activation,
+            dropout: cfg.activation_dropout,
+        }
+    }
+
+    /// # Shapes
+    /// `[B, T, d]` -> `[B, T, d]`
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.fc1.forward(x);
+        let h = match self.activation {
+            Activation::Relu => h.relu(),
+            Activation::Gelu => h.gelu("none"),
+        };
+        self.fc2.forward(&h.dropout(self.dropout, train))
+    }
+}

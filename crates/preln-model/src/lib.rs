@@ -1,0 +1,27 @@
+//! Post-LN and Pre-LN Transformers on libtorch: the encoder-decoder of Xiong et al. (2020) for
+//! translation and an encoder-only BERT, with the norm placement as one enum.
+//!
+//! Every parameter has a stable dotted path (`encoder.layers.3.ffn.fc2.weight`), built by
+//! scoping `tch::nn::Path`s; those paths are the checkpoint keys and the names diagnostics use.
+
+pub mod attention;
+pub mod bert;
+pub mod checkpoint;
+pub mod config;
+pub mod embedding;
+pub mod error;
+pub mod ffn;
+pub mod init;
+pub mod loss;
+pub mod mask;
+pub mod placement;
+pub mod seq2seq;
+pub mod stack;
+pub mod sublayer;
+
+pub use bert::Bert;
+pub use config::{Activation, BertConfig, LayerConfig, Seq2SeqConfig, WeightInit};
+pub use error::{ModelError, Result};
+pub use loss::{label_smoothed_nll, LossSums};
+pub use placement::{NormPlacement, NormPosition, Slots};
+pub use seq2seq::Seq2Seq;
