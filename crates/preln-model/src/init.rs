@@ -75,3 +75,13 @@ pub fn embedding_std(init: WeightInit, d: i64) -> f64 {
         WeightInit::Normal { std } => std,
     }
 }
+
+/// Runs `build` right after seeding libtorch's global generator, holding a process-wide lock so
+/// that no other seeded initialization interleaves with it: the same seed gives the same
+/// parameters even when several threads build models.
+pub fn seeded<T>(seed: u64, build: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    build()
+}

@@ -11,6 +11,8 @@ use crate::sublayer::{Residual, ResidualOut};
 
 /// The output of a stack of layers.
 pub struct StackOut {
+    /// `[B, T, d]`: the stack's input (the embedded tokens), the paper's `x_1`.
+    pub input: Tensor,
     /// `[B, T, d]`: the last layer's output, after the final norm when the placement has one.
     pub out: Tensor,
     /// For each layer, `[B, T, d]`: its last residual sum before any norm after the add (the
@@ -101,12 +103,12 @@ fn final_norm(p: &nn::Path, cfg: &LayerConfig) -> Option<nn::LayerNorm> {
         .then(|| layer_norm(p / "final_norm", cfg.d_model, cfg.layer_norm_eps))
 }
 
-fn finish(x: Tensor, layer_sums: Vec<Tensor>, norm: &Option<nn::LayerNorm>) -> StackOut {
+fn finish(input: &Tensor, x: Tensor, layer_sums: Vec<Tensor>, norm: &Option<nn::LayerNorm>) -> StackOut {
     let out = match norm {
         Some(ln) => ln.forward(&x),
         None => x,
     };
-    StackOut { out, layer_sums }
+    StackOut { input: input.shallow_clone(), out, layer_sums }
 }
 
 #[derive(Debug)]
@@ -140,7 +142,7 @@ impl Encoder {
             sums.push(r.sum);
             h = r.out;
         }
-        finish(h, sums, &self.final_norm)
+        finish(x, h, sums, &self.final_norm)
     }
 }
 
@@ -183,6 +185,6 @@ impl Decoder {
             sums.push(r.sum);
             h = r.out;
         }
-        finish(h, sums, &self.final_norm)
+        finish(x, h, sums, &self.final_norm)
     }
 }

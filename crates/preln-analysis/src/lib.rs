@@ -1,0 +1,12 @@
+//! Diagnostics at initialization: per-parameter gradient norms and per-layer hidden-state
+//! norms (Figure 3, Lemma 2), and the depth scan of Theorem 1, with their reports and plots.
+
+pub mod depth_study;
+pub mod init_study;
+pub mod plot;
+pub mod probe;
+pub mod report;
+pub mod stats;
+
+pub use probe::{grad_norms, probe, Probe};
+pub use stats::{LineFit, Stat};

@@ -1,0 +1,129 @@
+//! Line charts as PNG files (plotters, with an embedded DejaVu Sans so no system fonts are needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+pub const POST_COLOR: RGBColor = RGBColor(214, 39, 40);
+pub const PRE_COLOR: RGBColor = RGBColor(31, 119, 180);
+pub const GREY: RGBColor = RGBColor(110, 110, 110);
+
+/// One line of a panel.
+pub struct Series {
+    pub label: String,
+    pub color: RGBColor,
+    /// (x, y, y error) where the error is drawn as a bar of +-error.
+    pub points: Vec<(f64, f64, f64)>,
+    pub dashed: bool,
+    /// Draw markers at the points.
+    pub markers: bool,
+}
+
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// Log10 axes for both x and y; tick labels show the original values.
+    pub log_log: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("plot {path}: {reason}")]
+pub struct PlotError {
+    pub path: String,
+    pub reason: String,
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            let _ = plotters::style::register_font("sans-serif", style, dejavu::sans::regular());
+        }
+    });
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+/// Draws `panels` in a grid of `cols` columns under a common `title`.
+pub fn draw(path: &Path, title: &str, panels: &[Panel], cols: usize, panel_size: (u32, u32)) -> Result<(), PlotError> {
+    register_font();
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), reason: e.to_string() };
+    let rows = panels.len().div_ceil(cols);
+    let size = (panel_size.0 * cols as u32, panel_size.1 * rows as u32 + 50);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root.titled(title, ("sans-serif", 26)).map_err(|e| err(&e))?;
+    for (panel, area) in panels.iter().zip(root.split_evenly((rows, cols))) {
+        draw_panel(panel, &area).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
+}
+
+fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, plotters::coord::Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let tf = |v: f64| if panel.log_log { v.log10() } else { v };
+    let all = || panel.series.iter().flat_map(|s| s.points.iter());
+    let (x0, x1) = bounds(all().map(|p| tf(p.0)));
+    let (y0, y1) = bounds(all().flat_map(|p| [tf(p.1 - p.2).max(if panel.log_log { f64::MIN } else { f64::NEG_INFINITY }), tf(p.1 + p.2)]).filter(|v| v.is_finite()));
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let untf = move |v: &f64| if panel.log_log { 10f64.powf(*v) } else { *v };
+    let fmt = move |v: &f64| {
+        let x = untf(v);
+        if x.abs() >= 100.0 || x == x.round() {
+            format!("{x:.0}")
+        } else if x.abs() >= 1.0 {
+            format!("{x:.2}")
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x_label)
+        .y_desc(&panel.y_label)
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&fmt)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    for s in &panel.series {
+        let style = s.color.stroke_width(2);
+        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (tf(p.0), tf(p.1))).collect();
+        let color = s.color;
+        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2));
+        if s.dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?.label(&s.label).legend(legend);
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), style))?.label(&s.label).legend(legend);
+        }
+        if s.markers {
+            chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
+        }
+        let bars = s.points.iter().filter(|p| p.2 > 0.0 && (!panel.log_log || p.1 - p.2 > 0.0));
+        chart.draw_series(bars.map(|p| ErrorBar::new_vertical(tf(p.0), tf(p.1 - p.2), tf(p.1), tf(p.1 + p.2), color.stroke_width(1), 8)))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    Ok(())
+}

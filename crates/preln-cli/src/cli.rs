@@ -1,0 +1,110 @@
+//! The command line, as clap-derive structs: one subcommand per verb.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "preln", version, about = "Post-LN vs Pre-LN Transformers: analysis, training and the reproduction of Xiong et al. (2020)")]
+pub struct Cli {
+    /// CPU threads for libtorch (default: libtorch's choice, one per physical core).
+    #[arg(long, global = true)]
+    pub threads: Option<i32>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show versions, devices and the model presets with their parameter counts.
+    Info,
+    /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
+    #[command(subcommand)]
+    Analyze(Analyze),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Analyze {
+    /// Per-parameter gradient norms and per-layer hidden norms of freshly initialized models,
+    /// for each placement, over several seeds (Figure 3 and Lemma 2).
+    Init(InitArgs),
+    /// Gradient norm of the last FFN's W2 against depth, with log-log slopes (Theorem 1).
+    Depth(DepthArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// CUDA when libtorch sees a GPU, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementArg {
+    Post,
+    Pre,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Named model: `iwslt14` (the paper's: 6+6 layers, d 512, FFN 1024, 4 heads) or `cpu`
+    /// (d 256). The flags below override its fields.
+    #[arg(long, default_value = "iwslt14")]
+    pub preset: String,
+    /// Encoder and decoder layers.
+    #[arg(long)]
+    pub layers: Option<i64>,
+    #[arg(long)]
+    pub d_model: Option<i64>,
+    #[arg(long)]
+    pub ffn_dim: Option<i64>,
+    #[arg(long)]
+    pub heads: Option<i64>,
+    /// Vocabulary size of the built-in batches.
+    #[arg(long)]
+    pub vocab: Option<i64>,
+    /// Placements to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "post,pre")]
+    pub placements: Vec<PlacementArg>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Number of random initializations (seeds 1..=N).
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Target tokens in the batch the gradients are taken on (the paper's batches: 4096).
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: i64,
+    /// Seed of the built-in synthetic batch.
+    #[arg(long, default_value_t = 0)]
+    pub batch_seed: u64,
+    /// Label smoothing of the loss, as in training.
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DepthArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Depths to scan (encoder = decoder).
+    #[arg(long, value_delimiter = ',', default_value = "6,8,10,12,14")]
+    pub depths: Vec<i64>,
+}

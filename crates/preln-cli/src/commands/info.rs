@@ -1,0 +1,31 @@
+//! `preln info`: what this build runs on.
+
+use anyhow::Result;
+use preln_model::checkpoint::count;
+use preln_model::{NormPlacement, Seq2Seq, Seq2SeqConfig};
+use tch::nn::VarStore;
+use tch::Device;
+
+pub fn run() -> Result<()> {
+    println!("preln {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch threads: {}", tch::get_num_threads());
+    println!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
+    for name in Seq2SeqConfig::PRESETS {
+        for placement in NormPlacement::ALL {
+            let cfg = Seq2SeqConfig::preset(name, placement).expect("listed preset");
+            let vs = VarStore::new(Device::Cpu);
+            Seq2Seq::new(&vs.root(), &cfg)?;
+            println!(
+                "preset {name:8} {placement}: {}+{} layers, d {}, FFN {}, {} heads, vocab {}: {} parameters",
+                cfg.encoder_layers,
+                cfg.decoder_layers,
+                cfg.d_model,
+                cfg.ffn_dim,
+                cfg.heads,
+                cfg.vocab_size,
+                count(&vs)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! One module per verb; `run` dispatches.
+
+mod analyze;
+mod info;
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+use crate::cli::{Analyze, Cli, Command, DeviceArg};
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n < 1 {
+            bail!("--threads must be at least 1, got {n}");
+        }
+        tch::set_num_threads(n);
+    }
+    match cli.command {
+        Command::Info => info::run(),
+        Command::Analyze(Analyze::Init(args)) => analyze::init(args),
+        Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
+    }
+}
+
+/// Resolves `--device`; asking for CUDA without a GPU is an error, not a silent fallback.
+pub fn device(arg: DeviceArg) -> Result<Device> {
+    match arg {
+        DeviceArg::Auto => Ok(Device::cuda_if_available()),
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceArg::Cuda => bail!("--device cuda: libtorch sees no CUDA device (is this a CUDA build of libtorch on a GPU machine?)"),
+    }
+}

@@ -1,0 +1,8 @@
+//! Translation data: the special token ids, padded batches, and the built-in synthetic task that
+//! lets every command run without a download.
+
+pub mod batch;
+pub mod synthetic;
+
+pub use batch::{Batch, Specials};
+pub use synthetic::SyntheticTask;
