@@ -28,6 +28,8 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Log10 axes for both x and y; tick labels show the original values.
     pub log_log: bool,
+    /// Label the x axis at whole numbers only (layer indices).
+    pub integer_x: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +94,20 @@ fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, plotters
             format!("{x:.3}")
         }
     };
+    let x_fmt = move |v: &f64| {
+        if panel.integer_x && (v - v.round()).abs() > 1e-6 {
+            String::new()
+        } else {
+            fmt(v)
+        }
+    };
+    let x_ticks = if panel.integer_x { ((x1 - x0).ceil() as usize + 1).min(30) } else { 10 };
     chart
         .configure_mesh()
+        .x_labels(x_ticks)
         .x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
-        .x_label_formatter(&fmt)
+        .x_label_formatter(&x_fmt)
         .y_label_formatter(&fmt)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))

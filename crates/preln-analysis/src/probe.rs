@@ -68,22 +68,24 @@ fn add_hidden(acc: &mut HiddenNorms, stack: &StackOut, keep: &Tensor, weight: f6
 }
 
 /// Initializes `cfg` (dropout off) with `seed` and runs forward and backward over `batches`,
-/// accumulating the gradient of the mean of their losses.
+/// accumulating the gradient of the loss averaged over all their target tokens (as if they
+/// were one batch). Hidden norms are averaged over batches, weighted by their tokens.
 pub fn probe(cfg: &Seq2SeqConfig, batches: &[Batch], seed: u64, smoothing: f64, device: Device) -> Result<Probe> {
     assert!(!batches.is_empty(), "probe needs at least one batch");
     let vs = VarStore::new(device);
     let model = seeded(seed, || Seq2Seq::new(&vs.root(), &cfg.clone().without_dropout()))?;
-    let weight = 1.0 / batches.len() as f64;
+    let total_target: i64 = batches.iter().map(|b| b.target_tokens).sum();
+    let total_src: i64 = batches.iter().map(|b| b.src_tokens).sum();
     let (mut loss_sum, mut encoder, mut decoder) = (0.0, HiddenNorms::default(), HiddenNorms::default());
     for b in batches {
         let (src, prev, target) = (b.src.to_device(device), b.prev.to_device(device), b.target.to_device(device));
         let (enc, dec) = model.forward(&src, &prev, false);
-        let loss = label_smoothed_nll(&dec.logits, &target, smoothing, cfg.pad_id).mean_loss() * weight;
+        let loss = label_smoothed_nll(&dec.logits, &target, smoothing, cfg.pad_id).loss / total_target as f64;
         loss.backward();
         loss_sum += loss.double_value(&[]);
         tch::no_grad(|| {
-            add_hidden(&mut encoder, &enc.stack, &src.ne(cfg.pad_id), weight);
-            add_hidden(&mut decoder, &dec.stack, &prev.ne(cfg.pad_id), weight);
+            add_hidden(&mut encoder, &enc.stack, &src.ne(cfg.pad_id), b.src_tokens as f64 / total_src as f64);
+            add_hidden(&mut decoder, &dec.stack, &prev.ne(cfg.pad_id), b.target_tokens as f64 / total_target as f64);
         });
     }
     Ok(Probe { loss: loss_sum, grad_norms: grad_norms(&vs), encoder, decoder })
@@ -146,15 +148,18 @@ mod tests {
     }
 
     #[test]
-    fn two_batches_average_their_gradients() {
+    fn two_batches_act_as_one() {
         let cfg = tiny(NormPlacement::Post);
         let task = SyntheticTask::new(50, 3, 8, 1);
         let b1 = Batch::from_pairs(&task.pairs(4, 1), Specials::DEFAULT, Device::Cpu);
         let b2 = Batch::from_pairs(&task.pairs(4, 2), Specials::DEFAULT, Device::Cpu);
         let both = probe(&cfg, &[b1, b2], 1, 0.1, Device::Cpu).unwrap();
-        let one = probe(&cfg, &[Batch::from_pairs(&task.pairs(4, 1), Specials::DEFAULT, Device::Cpu)], 1, 0.1, Device::Cpu).unwrap();
-        let l1 = one.loss;
-        let l2 = probe(&cfg, &[Batch::from_pairs(&task.pairs(4, 2), Specials::DEFAULT, Device::Cpu)], 1, 0.1, Device::Cpu).unwrap().loss;
-        assert!((both.loss - (l1 + l2) / 2.0).abs() < 1e-5);
+        let mut pairs = task.pairs(4, 1);
+        pairs.extend(task.pairs(4, 2));
+        let one = probe(&cfg, &[Batch::from_pairs(&pairs, Specials::DEFAULT, Device::Cpu)], 1, 0.1, Device::Cpu).unwrap();
+        assert!((both.loss - one.loss).abs() < 1e-5, "{} vs {}", both.loss, one.loss);
+        for ((name, a), (_, b)) in both.grad_norms.iter().zip(&one.grad_norms) {
+            assert!((a - b).abs() <= 1e-4 * b.max(1e-3), "{name}: {a} vs {b}");
+        }
     }
 }

@@ -95,6 +95,7 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
             })
             .collect(),
         log_log: false,
+        integer_x: true,
     };
     draw(
         &files[3],
@@ -135,6 +136,7 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
             y_label: "E||x||^2 / d".into(),
             series,
             log_log: false,
+            integer_x: true,
         }
     };
     draw(
@@ -186,22 +188,30 @@ fn init_markdown(report: &InitReport, shape: &str) -> String {
         "E||x||^2/d after each layer (Post-LN: the sum before the layer's last LayerNorm, the paper's x5; \
          Pre-LN: the residual stream). Lemma 2 assumes E||x_1||^2 = d; the measured input value is given as layer 0.\n"
     );
-    let _ = writeln!(md, "| placement | stack | layer | measured | Lemma 2 lower | Lemma 2 upper | measured / lower |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "For Pre-LN the Lemma's content is linear growth: each layer adds between 1/2 and 3/2 to E||x||^2/d \
+         (column `added`). Its setting is a layer of two sublayers; a decoder layer has three.\n"
+    );
+    let _ = writeln!(md, "| placement | stack | layer | measured | added | Lemma 2 lower | Lemma 2 upper | measured / lower |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in &report.results {
         for (stack, h) in [("encoder", &r.encoder_hidden), ("decoder", &r.decoder_hidden)] {
-            let _ = writeln!(md, "| {} | {stack} | 0 (input) | {:.3} | | | |", r.placement, h.input.mean);
+            let _ = writeln!(md, "| {} | {stack} | 0 (input) | {:.3} | | | | |", r.placement, h.input.mean);
+            let mut previous = h.input.mean;
             for l in &h.layers {
+                let now = l.sq_norm_over_d.mean;
                 let _ = writeln!(
                     md,
-                    "| {} | {stack} | {} | {:.3} | {:.2} | {:.2} | {:.2} |",
+                    "| {} | {stack} | {} | {now:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
                     r.placement,
                     l.layer,
-                    l.sq_norm_over_d.mean,
+                    now - previous,
                     l.lemma2_lower,
                     l.lemma2_upper,
-                    l.sq_norm_over_d.mean / l.lemma2_lower
+                    now / l.lemma2_lower
                 );
+                previous = now;
             }
         }
     }
@@ -252,6 +262,7 @@ pub fn write_depth(report: &DepthReport, out: &Path) -> Result<Vec<PathBuf>, Rep
             y_label: "||dL/dW2||_F, log scale".into(),
             series,
             log_log: true,
+            integer_x: false,
         }
     };
     let m = &report.study.model;

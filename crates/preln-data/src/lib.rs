@@ -2,7 +2,9 @@
 //! lets every command run without a download.
 
 pub mod batch;
+pub mod batching;
 pub mod synthetic;
 
 pub use batch::{Batch, Specials};
+pub use batching::token_batches;
 pub use synthetic::SyntheticTask;

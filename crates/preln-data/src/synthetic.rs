@@ -86,17 +86,21 @@ impl SyntheticTask {
         out
     }
 
-    /// `n` sentence pairs drawn with `seed` (different seeds give disjoint-looking splits).
-    pub fn pairs(&self, n: usize, seed: u64) -> Vec<(Vec<i64>, Vec<i64>)> {
+    /// An endless stream of sentence pairs drawn with `seed` (different seeds give different
+    /// splits).
+    pub fn pair_iter(&self, seed: u64) -> impl Iterator<Item = (Vec<i64>, Vec<i64>)> + '_ {
         let mut rng = SplitMix64::new(seed ^ 0x5EED_0F_DA7A);
-        (0..n)
-            .map(|_| {
-                let len = rng.range(self.min_len, self.max_len);
-                let src: Vec<i64> = (0..len).map(|_| self.word(&mut rng)).collect();
-                let tgt = self.translate(&src);
-                (src, tgt)
-            })
-            .collect()
+        std::iter::from_fn(move || {
+            let len = rng.range(self.min_len, self.max_len);
+            let src: Vec<i64> = (0..len).map(|_| self.word(&mut rng)).collect();
+            let tgt = self.translate(&src);
+            Some((src, tgt))
+        })
+    }
+
+    /// The first `n` pairs of [`Self::pair_iter`].
+    pub fn pairs(&self, n: usize, seed: u64) -> Vec<(Vec<i64>, Vec<i64>)> {
+        self.pair_iter(seed).take(n).collect()
     }
 }
 

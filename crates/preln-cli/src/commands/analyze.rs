@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use preln_analysis::{depth_study, init_study, report};
-use preln_data::{Batch, Specials, SyntheticTask};
+use preln_data::{token_batches, Batch, Specials, SyntheticTask};
 use preln_model::{NormPlacement, Seq2SeqConfig};
 use tch::Device;
 
@@ -34,7 +34,8 @@ fn placements(args: &ModelArgs) -> Vec<NormPlacement> {
         .collect()
 }
 
-/// Sentences of the built-in task until `tokens` target tokens are reached, as one batch.
+/// Sentences of the built-in task until `tokens` target tokens are reached, cut into
+/// length-sorted batches of at most `tokens` padded tokens (less padding, same gradient).
 fn builtin_batch(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, String)> {
     if args.tokens < 1 {
         bail!("--tokens must be at least 1, got {}", args.tokens);
@@ -42,20 +43,27 @@ fn builtin_batch(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, S
     let task = SyntheticTask::new(cfg.vocab_size, 10, 40, args.batch_seed);
     let mut pairs = Vec::new();
     let mut tokens = 0;
-    for pair in task.pairs(usize::MAX >> 1, args.batch_seed) {
+    for pair in task.pair_iter(args.batch_seed) {
         tokens += pair.1.len() as i64 + 1;
         pairs.push(pair);
         if tokens >= args.tokens {
             break;
         }
     }
-    let batch = Batch::from_pairs(&pairs, Specials::DEFAULT, Device::Cpu);
+    let lengths: Vec<(usize, usize)> = pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect();
+    let batches = token_batches(&lengths, args.tokens as usize)
+        .into_iter()
+        .map(|idx| {
+            let chunk: Vec<_> = idx.iter().map(|&i| pairs[i].clone()).collect();
+            Batch::from_pairs(&chunk, Specials::DEFAULT, Device::Cpu)
+        })
+        .collect();
     let what = format!(
-        "built-in synthetic batch (seed {}): {} sentence pairs of 10-40 Zipf-distributed words",
+        "built-in synthetic task (batch seed {}): {} sentence pairs of 10-40 Zipf-distributed words",
         args.batch_seed,
-        batch.sentences()
+        pairs.len()
     );
-    Ok((vec![batch], what))
+    Ok((batches, what))
 }
 
 fn seeds(args: &ProbeArgs) -> Result<Vec<u64>> {
