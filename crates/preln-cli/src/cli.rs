@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "preln", version, about = "Post-LN vs Pre-LN Transformers: analysis, training and the reproduction of Xiong et al. (2020)")]
+#[command(
+    name = "preln",
+    version,
+    about = "Post-LN vs Pre-LN Transformers: analysis, training and the reproduction of Xiong et al. (2020)"
+)]
 pub struct Cli {
     /// CPU threads for libtorch (default: libtorch's choice, one per physical core).
     #[arg(long, global = true)]
@@ -18,9 +22,42 @@ pub struct Cli {
 pub enum Command {
     /// Show versions, devices and the model presets with their parameter counts.
     Info,
+    /// Parallel text files -> a data folder: joint BPE, tokenized splits, manifest with checksums.
+    Prepare(PrepareArgs),
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
     #[command(subcommand)]
     Analyze(Analyze),
+}
+
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    /// Source language suffix: files are PREFIX.SRC.
+    #[arg(long, short = 's')]
+    pub source_lang: String,
+    /// Target language suffix: files are PREFIX.TGT.
+    #[arg(long, short = 't')]
+    pub target_lang: String,
+    /// Prefix of the training files (the BPE is learned on them).
+    #[arg(long)]
+    pub trainpref: PathBuf,
+    /// Prefix of the validation files.
+    #[arg(long)]
+    pub validpref: Option<PathBuf>,
+    /// Prefixes of test files, comma-separated: splits `test`, `test1`, ...
+    #[arg(long, value_delimiter = ',')]
+    pub testpref: Vec<PathBuf>,
+    /// Joint BPE vocabulary size, special tokens included (the paper: 10000).
+    #[arg(long, default_value_t = 10_000)]
+    pub vocab_size: usize,
+    /// Drop (and count) training pairs with a side longer than this many BPE tokens.
+    #[arg(long, default_value_t = 250)]
+    pub max_len: usize,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,13 +108,24 @@ pub struct ModelArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
+    /// Real sentence pairs instead of the built-in task: a folder made by `preln prepare`, or a
+    /// file prefix PREFIX with PREFIX.SRC and PREFIX.TGT (then a BPE of `--vocab` entries is
+    /// learned on them). The model's vocabulary becomes the data's.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// With a prepared folder: the split to draw sentences from.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// With a file prefix: the two language suffixes, e.g. `de,en`.
+    #[arg(long, value_delimiter = ',')]
+    pub langs: Vec<String>,
     /// Number of random initializations (seeds 1..=N).
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
     /// Target tokens in the batch the gradients are taken on (the paper's batches: 4096).
     #[arg(long, default_value_t = 4096)]
     pub tokens: i64,
-    /// Seed of the built-in synthetic batch.
+    /// Seed of the batch: the built-in task's sentences, or which real sentences are drawn.
     #[arg(long, default_value_t = 0)]
     pub batch_seed: u64,
     /// Label smoothing of the loss, as in training.

@@ -103,12 +103,21 @@ fn final_norm(p: &nn::Path, cfg: &LayerConfig) -> Option<nn::LayerNorm> {
         .then(|| layer_norm(p / "final_norm", cfg.d_model, cfg.layer_norm_eps))
 }
 
-fn finish(input: &Tensor, x: Tensor, layer_sums: Vec<Tensor>, norm: &Option<nn::LayerNorm>) -> StackOut {
+fn finish(
+    input: &Tensor,
+    x: Tensor,
+    layer_sums: Vec<Tensor>,
+    norm: &Option<nn::LayerNorm>,
+) -> StackOut {
     let out = match norm {
         Some(ln) => ln.forward(&x),
         None => x,
     };
-    StackOut { input: input.shallow_clone(), out, layer_sums }
+    StackOut {
+        input: input.shallow_clone(),
+        out,
+        layer_sums,
+    }
 }
 
 #[derive(Debug)]

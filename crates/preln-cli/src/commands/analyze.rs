@@ -2,7 +2,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use preln_analysis::{depth_study, init_study, report};
-use preln_data::{token_batches, Batch, Specials, SyntheticTask};
+use preln_data::synthetic::SplitMix64;
+use preln_data::text::{lang_file, read_parallel};
+use preln_data::{token_batches, Batch, Bpe, Dataset, Specials, SyntheticTask};
 use preln_model::{NormPlacement, Seq2SeqConfig};
 use tch::Device;
 
@@ -10,7 +12,11 @@ use crate::cli::{DepthArgs, InitArgs, ModelArgs, PlacementArg, ProbeArgs};
 
 fn model_config(args: &ModelArgs) -> Result<Seq2SeqConfig> {
     let mut cfg = Seq2SeqConfig::preset(&args.preset, NormPlacement::Pre).ok_or_else(|| {
-        anyhow!("--preset: unknown preset `{}` (known: {})", args.preset, Seq2SeqConfig::PRESETS.join(", "))
+        anyhow!(
+            "--preset: unknown preset `{}` (known: {})",
+            args.preset,
+            Seq2SeqConfig::PRESETS.join(", ")
+        )
     })?;
     if let Some(l) = args.layers {
         cfg.encoder_layers = l;
@@ -34,36 +40,96 @@ fn placements(args: &ModelArgs) -> Vec<NormPlacement> {
         .collect()
 }
 
-/// Sentences of the built-in task until `tokens` target tokens are reached, cut into
-/// length-sorted batches of at most `tokens` padded tokens (less padding, same gradient).
-fn builtin_batch(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, String)> {
-    if args.tokens < 1 {
-        bail!("--tokens must be at least 1, got {}", args.tokens);
-    }
-    let task = SyntheticTask::new(cfg.vocab_size, 10, 40, args.batch_seed);
-    let mut pairs = Vec::new();
-    let mut tokens = 0;
-    for pair in task.pair_iter(args.batch_seed) {
-        tokens += pair.1.len() as i64 + 1;
-        pairs.push(pair);
-        if tokens >= args.tokens {
+/// Pairs until `tokens` target tokens are reached, cut into length-sorted batches of at most
+/// `tokens` padded tokens (less padding, the same gradient as one batch).
+fn batches_of(
+    pairs: impl Iterator<Item = (Vec<i64>, Vec<i64>)>,
+    tokens: i64,
+) -> (Vec<Batch>, usize) {
+    let mut chosen = Vec::new();
+    let mut total = 0;
+    for pair in pairs {
+        total += pair.1.len() as i64 + 1;
+        chosen.push(pair);
+        if total >= tokens {
             break;
         }
     }
-    let lengths: Vec<(usize, usize)> = pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect();
-    let batches = token_batches(&lengths, args.tokens as usize)
+    let lengths: Vec<(usize, usize)> = chosen
+        .iter()
+        .map(|(s, t)| (s.len() + 1, t.len() + 1))
+        .collect();
+    let batches = token_batches(&lengths, tokens as usize)
         .into_iter()
         .map(|idx| {
-            let chunk: Vec<_> = idx.iter().map(|&i| pairs[i].clone()).collect();
+            let chunk: Vec<_> = idx.iter().map(|&i| chosen[i].clone()).collect();
             Batch::from_pairs(&chunk, Specials::DEFAULT, Device::Cpu)
         })
         .collect();
-    let what = format!(
-        "built-in synthetic task (batch seed {}): {} sentence pairs of 10-40 Zipf-distributed words",
-        args.batch_seed,
-        pairs.len()
-    );
-    Ok((batches, what))
+    (batches, chosen.len())
+}
+
+/// The batches the gradients are taken on, a description of them, and the vocabulary size.
+fn probe_batches(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, String, i64)> {
+    if args.tokens < 1 {
+        bail!("--tokens must be at least 1, got {}", args.tokens);
+    }
+    let Some(data) = &args.data else {
+        let task = SyntheticTask::new(cfg.vocab_size, 10, 40, args.batch_seed);
+        let (batches, n) = batches_of(task.pair_iter(args.batch_seed), args.tokens);
+        let what = format!("built-in synthetic task (batch seed {}): {n} sentence pairs of 10-40 Zipf-distributed words", args.batch_seed);
+        return Ok((batches, what, cfg.vocab_size));
+    };
+    let (pairs, vocab, what) = if data.join("manifest.json").exists() {
+        let ds = Dataset::open(data)?;
+        let pairs = ds.split(&args.split)?;
+        let vocab = ds.manifest.vocab_size as i64;
+        (
+            pairs,
+            vocab,
+            format!("{} split `{}`", data.display(), args.split),
+        )
+    } else {
+        let [src, tgt] = args.langs.as_slice() else {
+            bail!("--data {}: not a prepared folder (no manifest.json); for a file prefix give --langs SRC,TGT", data.display());
+        };
+        let text = read_parallel(&lang_file(data, src), &lang_file(data, tgt))?;
+        let bpe = Bpe::train(
+            text.pairs
+                .iter()
+                .flat_map(|(a, b)| [a.as_str(), b.as_str()]),
+            cfg.vocab_size as usize,
+        )?;
+        let mut pairs = Vec::with_capacity(text.pairs.len());
+        for (a, b) in &text.pairs {
+            let wide = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<_>>();
+            pairs.push((wide(bpe.encode(a)?), wide(bpe.encode(b)?)));
+        }
+        (
+            pairs,
+            bpe.vocab_size() as i64,
+            format!(
+                "{}.{{{src},{tgt}}} with a BPE of {} learned on them",
+                data.display(),
+                bpe.vocab_size()
+            ),
+        )
+    };
+    // A seeded draw of sentences, so the batch is not just the first lines of the file.
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    let mut rng = SplitMix64::new(args.batch_seed);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.range(0, i));
+    }
+    let (batches, n) = batches_of(order.into_iter().map(|i| pairs[i].clone()), args.tokens);
+    Ok((
+        batches,
+        format!(
+            "{what}: {n} sentence pairs drawn with seed {}",
+            args.batch_seed
+        ),
+        vocab,
+    ))
 }
 
 fn seeds(args: &ProbeArgs) -> Result<Vec<u64>> {
@@ -80,9 +146,10 @@ fn list(files: &[std::path::PathBuf]) {
 }
 
 pub fn init(args: InitArgs) -> Result<()> {
-    let cfg = model_config(&args.model)?;
+    let mut cfg = model_config(&args.model)?;
     let device = super::device(args.probe.device)?;
-    let (batches, data) = builtin_batch(&cfg, &args.probe)?;
+    let (batches, data, vocab) = probe_batches(&cfg, &args.probe)?;
+    cfg.vocab_size = vocab;
     let study = init_study::InitStudy {
         model: cfg,
         placements: placements(&args.model),
@@ -99,18 +166,25 @@ pub fn init(args: InitArgs) -> Result<()> {
             r.placement, r.encoder_w2_last_over_first, r.decoder_w2_last_over_first
         );
     }
-    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
+    eprintln!(
+        "done in {:.0} s on {device:?}",
+        start.elapsed().as_secs_f64()
+    );
     list(&files);
     Ok(())
 }
 
 pub fn depth(args: DepthArgs) -> Result<()> {
-    let cfg = model_config(&args.model)?;
+    let mut cfg = model_config(&args.model)?;
     if args.depths.len() < 2 || args.depths.iter().any(|&d| d < 1) {
-        bail!("--depths needs at least two depths of 1 or more, got {:?}", args.depths);
+        bail!(
+            "--depths needs at least two depths of 1 or more, got {:?}",
+            args.depths
+        );
     }
     let device = super::device(args.probe.device)?;
-    let (batches, data) = builtin_batch(&cfg, &args.probe)?;
+    let (batches, data, vocab) = probe_batches(&cfg, &args.probe)?;
+    cfg.vocab_size = vocab;
     let study = depth_study::DepthStudy {
         model: cfg,
         placements: placements(&args.model),
@@ -128,7 +202,10 @@ pub fn depth(args: DepthArgs) -> Result<()> {
             f.placement, f.stack, f.fit.slope, f.fit.slope_stderr, f.predicted_slope
         );
     }
-    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
+    eprintln!(
+        "done in {:.0} s on {device:?}",
+        start.elapsed().as_secs_f64()
+    );
     list(&files);
     Ok(())
 }

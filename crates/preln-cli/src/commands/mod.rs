@@ -2,6 +2,7 @@
 
 mod analyze;
 mod info;
+mod prepare;
 
 use anyhow::{bail, Result};
 use tch::Device;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info => info::run(),
+        Command::Prepare(args) => prepare::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
     }

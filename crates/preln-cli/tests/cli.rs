@@ -1,0 +1,232 @@
+//! The `preln` binary end to end on tiny models: files written, JSON schema, error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn preln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_preln"))
+        .args(args)
+        .output()
+        .expect("preln runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = preln(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "preln {args:?} failed:\n{stderr}");
+    stderr
+}
+
+const TINY: [&str; 14] = [
+    "--layers",
+    "2",
+    "--d-model",
+    "16",
+    "--ffn-dim",
+    "32",
+    "--heads",
+    "2",
+    "--vocab",
+    "60",
+    "--tokens",
+    "300",
+    "--device",
+    "cpu",
+];
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.len() > 5_000 && bytes.starts_with(b"\x89PNG"),
+        "{} is not a plausible PNG",
+        path.display()
+    );
+}
+
+#[test]
+fn analyze_init_writes_every_output() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("init");
+    let mut args = vec![
+        "analyze",
+        "init",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    let stderr = ok(&args);
+    assert!(stderr.contains("W2 grad norm last/first layer"), "{stderr}");
+    let v = json(&out.join("init.json"));
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (r, placement) in results.iter().zip(["post", "pre"]) {
+        assert_eq!(r["placement"], placement);
+        assert_eq!(r["encoder_ffn"].as_array().unwrap().len(), 2);
+        assert_eq!(r["decoder_hidden"]["layers"].as_array().unwrap().len(), 2);
+        let w2 = &r["decoder_ffn"][1]["w2"];
+        assert!(w2["mean"].as_f64().unwrap() > 0.0 && w2["n"] == 2);
+        let has_final = r["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["path"] == "encoder.final_norm.weight");
+        assert_eq!(has_final, placement == "pre");
+    }
+    assert_eq!(v["study"]["seeds"], serde_json::json!([1, 2]));
+    let csv = std::fs::read_to_string(out.join("init_grad_norms.csv")).unwrap();
+    assert!(csv.starts_with("placement,path,grad_norm_mean,grad_norm_std,seeds\n"));
+    assert!(csv.contains("post,decoder.layers.1.ffn.fc2.weight,"));
+    assert_png(&out.join("fig3_ffn_grad_norms.png"));
+    assert_png(&out.join("init_hidden_norms.png"));
+    let md = std::fs::read_to_string(out.join("init.md")).unwrap();
+    assert!(md.contains("| Post-LN | decoder |") && md.contains("Lemma 2"));
+}
+
+#[test]
+fn analyze_depth_fits_a_slope_per_placement_and_stack() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("depth");
+    let mut args = vec![
+        "analyze",
+        "depth",
+        "--depths",
+        "1,2,3",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    ok(&args);
+    let v = json(&out.join("depth.json"));
+    assert_eq!(v["rows"].as_array().unwrap().len(), 6);
+    let fits = v["fits"].as_array().unwrap();
+    assert_eq!(fits.len(), 4);
+    for f in fits {
+        assert!(f["fit"]["slope"].as_f64().unwrap().is_finite());
+        assert!(f["predicted_slope"] == -0.5 || f["predicted_slope"] == 0.0);
+    }
+    assert_png(&out.join("depth_w2.png"));
+}
+
+#[test]
+fn prepare_then_analyze_on_real_text() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let de: Vec<String> = (0..300)
+        .map(|i| format!("der Hund {} läuft schnell nach Hause", i % 17))
+        .collect();
+    let en: Vec<String> = (0..300)
+        .map(|i| format!("the dog {} runs home fast", i % 17))
+        .collect();
+    std::fs::write(p.join("train.de"), de.join("\n")).unwrap();
+    std::fs::write(p.join("train.en"), en.join("\n")).unwrap();
+    let data = p.join("data");
+    ok(&[
+        "prepare",
+        "-s",
+        "de",
+        "-t",
+        "en",
+        "--trainpref",
+        p.join("train").to_str().unwrap(),
+        "--vocab-size",
+        "80",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let out = p.join("init");
+    let mut args = vec![
+        "analyze",
+        "init",
+        "--seeds",
+        "1",
+        "--placements",
+        "pre",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    ok(&args);
+    let v = json(&out.join("init.json"));
+    assert_eq!(
+        v["study"]["model"]["vocab_size"], 80,
+        "the data's vocabulary replaces --vocab"
+    );
+    assert!(v["study"]["data"]
+        .as_str()
+        .unwrap()
+        .contains("split `train`"));
+    // A plain file prefix works too, with a BPE learned on the spot.
+    let prefix = p.join("train");
+    let mut args = vec![
+        "analyze",
+        "init",
+        "--seeds",
+        "1",
+        "--placements",
+        "post",
+        "--data",
+        prefix.to_str().unwrap(),
+        "--langs",
+        "de,en",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    ok(&args);
+}
+
+#[test]
+fn bad_input_fails_with_a_message_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("t.de"), "a\nb\n").unwrap();
+    std::fs::write(p.join("t.en"), "a\n").unwrap();
+    let out = preln(&[
+        "prepare",
+        "-s",
+        "de",
+        "-t",
+        "en",
+        "--trainpref",
+        p.join("t").to_str().unwrap(),
+        "--out",
+        p.join("o").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("t.de has 2 lines") && err.contains("t.en has 1"),
+        "{err}"
+    );
+    assert!(!p.join("o").exists());
+
+    let out = preln(&[
+        "analyze",
+        "init",
+        "--heads",
+        "3",
+        "--out",
+        p.join("x").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`heads`"), "{err}");
+    let out = preln(&[
+        "analyze",
+        "init",
+        "--preset",
+        "huge",
+        "--out",
+        p.join("x").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `huge`"));
+}
