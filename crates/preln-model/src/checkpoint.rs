@@ -1,11 +1,11 @@
 //! Parameters by path: listing in natural order, and safetensors files keyed by those paths.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use tch::nn::VarStore;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 
@@ -53,25 +53,120 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
-/// Writes `tensors` as safetensors to `path` through a temporary file and a rename, so that
+fn dtype_name(kind: Kind) -> Option<(&'static str, usize)> {
+    Some(match kind {
+        Kind::Float => ("F32", 4),
+        Kind::Double => ("F64", 8),
+        Kind::Half => ("F16", 2),
+        Kind::BFloat16 => ("BF16", 2),
+        Kind::Int64 => ("I64", 8),
+        Kind::Int => ("I32", 4),
+        Kind::Int16 => ("I16", 2),
+        Kind::Int8 => ("I8", 1),
+        Kind::Uint8 => ("U8", 1),
+        Kind::Bool => ("BOOL", 1),
+        _ => return None,
+    })
+}
+
+/// The safetensors encoding of `tensors` with string `metadata` (`__metadata__`).
+pub fn encode_safetensors(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("strings serialize"),
+        );
+    }
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let (dtype, size) = dtype_name(t.kind()).ok_or_else(|| ModelError::Checkpoint {
+            path: PathBuf::from(name),
+            reason: format!("cannot store tensors of kind {:?}", t.kind()),
+        })?;
+        let numel = t.numel();
+        let start = data.len();
+        data.resize(start + numel * size, 0);
+        t.copy_data_u8(&mut data[start..], numel);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut json = serde_json::to_vec(&header).expect("header serializes");
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that
 /// an interrupted write never leaves a truncated file behind.
-pub fn write_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let mut tmp = PathBuf::from(path);
-    tmp.set_extension("safetensors.tmp");
-    let cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&cpu, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Writes `tensors` (and `metadata`) as safetensors to `path`, atomically.
+pub fn write_atomic(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    write_file_atomic(path, &encode_safetensors(tensors, metadata)?)
+}
+
+/// The `__metadata__` of a safetensors file (empty if it has none).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let bad = |reason: String| checkpoint_error(path, reason);
+    let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(bad("not a safetensors file: header too large".into()));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("truncated header: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    match v.get("__metadata__") {
+        None => Ok(BTreeMap::new()),
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(format!("bad metadata: {e}"))),
+    }
 }
 
 /// Saves every variable of `vs` under its path.
 pub fn save(vs: &VarStore, path: &Path) -> Result<()> {
-    write_atomic(&parameters(vs), path)
+    write_atomic(&parameters(vs), &BTreeMap::new(), path)
 }
 
 /// Reads a safetensors file into a map from name to tensor.
@@ -88,7 +183,11 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Loads every variable of `vs` from `path`. Strict: a missing or unexpected key, or a shape
 /// that differs, is an error that names the key.
 pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
-    let mut file = read(path)?;
+    load_from(vs, read(path)?, path)
+}
+
+/// Loads every variable of `vs` from `file` (tensors read from `path`), strictly as [`load`].
+pub fn load_from(vs: &mut VarStore, mut file: HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let vars = parameters(vs);
     let missing: Vec<&str> = vars
         .iter()
@@ -135,6 +234,33 @@ pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safetensors_with_metadata_round_trip() {
+        let d = std::env::temp_dir().join(format!("preln-st-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("x.safetensors");
+        let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25]).view([3, 1]);
+        let b = Tensor::from_slice(&[7i64, 8]);
+        let c = Tensor::from_slice(&[0.1f64]);
+        let meta = BTreeMap::from([("step".to_string(), "42".to_string())]);
+        write_atomic(
+            &[
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+                ("c".into(), c.shallow_clone()),
+            ],
+            &meta,
+            &path,
+        )
+        .unwrap();
+        let back = read(&path).unwrap();
+        assert!(back["a"].equal(&a) && back["b"].equal(&b) && back["c"].equal(&c));
+        assert_eq!(back["a"].size(), vec![3, 1]);
+        assert_eq!(read_metadata(&path).unwrap(), meta);
+        assert!(!d.join("x.safetensors.tmp").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn natural_order_of_paths() {

@@ -1,9 +1,34 @@
 //! The training engine: optimizers, learning-rate schedules, checkpoints with exact resume,
-//! metrics as JSON lines, divergence diagnosis. It knows the model only through its forward
-//! pass and parameter paths.
+//! metrics as JSON lines, divergence diagnosis.
 
+pub mod config;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod state;
+pub mod trainer;
 
+pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::Schedule;
+pub use trainer::{RunOptions, Summary, Trainer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Diverged(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Model(#[from] preln_model::ModelError),
+}
+
+impl From<config::ConfigError> for TrainError {
+    fn from(e: config::ConfigError) -> Self {
+        TrainError::Config(e.to_string())
+    }
+}

@@ -1,0 +1,97 @@
+//! Training checkpoints: one safetensors file holding the model (by parameter path), the
+//! optimizer state (`optimizer.*`) and, in its metadata, the position of the run. Written
+//! atomically; a small JSON copy of the position sits beside it for people and scripts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use preln_model::checkpoint::{self, parameters, read_metadata};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use crate::optim::Optimizer;
+use crate::TrainError;
+
+/// Where a run stands. Everything else that decides what comes next (data order, dropout
+/// masks, learning rate) is a function of this and the config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Updates done.
+    pub step: u64,
+    /// The current epoch, 1-based.
+    pub epoch: u64,
+    /// Batches of the current epoch already consumed.
+    pub batch_in_epoch: usize,
+    /// Best validation loss so far and its epoch.
+    pub best_valid_loss: Option<f64>,
+    pub best_epoch: Option<u64>,
+    /// Training wall time so far, seconds.
+    pub wall_s: f64,
+    /// Whether the run has finished.
+    pub done: bool,
+}
+
+const STATE_KEY: &str = "preln.train_state";
+
+pub fn save(
+    path: &Path,
+    vs: &VarStore,
+    opt: &Optimizer,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut tensors = parameters(vs);
+    tensors.extend(opt.state_tensors());
+    let json = serde_json::to_string(state).expect("state serializes");
+    let meta = BTreeMap::from([
+        (STATE_KEY.to_string(), json.clone()),
+        ("format".to_string(), "preln-train-1".to_string()),
+    ]);
+    checkpoint::write_atomic(&tensors, &meta, path)?;
+    checkpoint::write_file_atomic(
+        &path.with_extension("json"),
+        serde_json::to_string_pretty(state)
+            .expect("state serializes")
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Reads the position stored in a training checkpoint.
+pub fn read_state(path: &Path) -> Result<TrainState, TrainError> {
+    let meta = read_metadata(path)?;
+    let json = meta.get(STATE_KEY).ok_or_else(|| {
+        TrainError::Checkpoint(format!(
+            "{}: not a training checkpoint (no {STATE_KEY})",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(json)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+/// Splits a checkpoint's tensors into model parameters and optimizer state.
+pub fn split(
+    tensors: HashMap<String, Tensor>,
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    tensors
+        .into_iter()
+        .partition(|(k, _)| !k.starts_with("optimizer."))
+}
+
+/// Restores model, optimizer and position from `path`.
+pub fn load(path: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<TrainState, TrainError> {
+    let state = read_state(path)?;
+    let (model, optim) = split(checkpoint::read(path)?);
+    checkpoint::load_from(vs, model, path)?;
+    opt.load_state(&optim, state.step)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    Ok(state)
+}
+
+/// Loads only the model parameters of a training checkpoint (for evaluation and decoding).
+pub fn load_model(path: &Path, vs: &mut VarStore) -> Result<(), TrainError> {
+    let (model, _) = split(checkpoint::read(path)?);
+    checkpoint::load_from(vs, model, path)?;
+    Ok(())
+}

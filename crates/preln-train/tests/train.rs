@@ -1,0 +1,148 @@
+//! The training loop on a tiny model and the built-in task: learning, exact resume in the middle
+//! of an epoch, divergence diagnosis, refusing to overwrite a run.
+
+use preln_data::{Pairs, SyntheticTask};
+use preln_train::config::{resolve, PRESETS};
+use preln_train::metrics::Metrics;
+use preln_train::trainer::{last_checkpoint, RunOptions, Trainer};
+use preln_train::{state, TrainConfig};
+
+const VOCAB: usize = 40;
+
+/// Training draws dropout masks from libtorch's global generator: one run at a time per process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn data() -> (Pairs, Pairs) {
+    let task = SyntheticTask::new(VOCAB as i64, 3, 10, 5);
+    (task.pairs(400, 1), task.pairs(40, 2))
+}
+
+fn tiny(overrides: &[&str]) -> TrainConfig {
+    let text = PRESETS.iter().find(|p| p.0 == "tiny").unwrap().1;
+    let mut o: Vec<String> = vec!["train.device=\"cpu\"".into()];
+    o.extend(overrides.iter().map(|s| s.to_string()));
+    resolve("tiny", text, &o).unwrap()
+}
+
+fn losses(run: &std::path::Path, kind: &str) -> Vec<(u64, f64)> {
+    Metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|v| v["kind"] == kind)
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn learns_and_resumes_exactly_mid_epoch() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny(&[]);
+    let (train, valid) = data();
+
+    let full = d.path().join("full");
+    let mut t = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &full, false).unwrap();
+    let summary = t.run(&RunOptions::default()).unwrap();
+    assert!(summary.state.done && summary.state.epoch == 2);
+    let steps_per_epoch = losses(&full, "valid")[0].0;
+    assert!(
+        steps_per_epoch > 8,
+        "need a mid-epoch stop: {steps_per_epoch} updates per epoch"
+    );
+    let valid_losses = losses(&full, "valid");
+    assert!(
+        valid_losses[1].1 < valid_losses[0].1,
+        "validation loss must fall: {valid_losses:?}"
+    );
+    assert!(valid_losses[1].1 < (VOCAB as f64).ln(), "{valid_losses:?}");
+
+    // Killed at step 8 (after the checkpoint of step 5), then resumed.
+    let cut = d.path().join("cut");
+    let mut t = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &cut, false).unwrap();
+    t.run(&RunOptions {
+        stop_at_step: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    let saved = state::read_state(&last_checkpoint(&cut)).unwrap();
+    assert_eq!((saved.step, saved.epoch), (5, 1));
+    assert!(
+        saved.batch_in_epoch > 0,
+        "the checkpoint is in the middle of an epoch"
+    );
+    drop(t);
+    let mut t = Trainer::new(&cfg, train, valid, VOCAB, &cut, true).unwrap();
+    t.run(&RunOptions {
+        resume: true,
+        ..Default::default()
+    })
+    .unwrap();
+
+    let (a, b) = (losses(&full, "train"), losses(&cut, "train"));
+    assert_eq!(a.len(), b.len(), "one line per update in both runs");
+    for ((sa, la), (sb, lb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert_eq!(la, lb, "loss at step {sa} differs after resume");
+    }
+    assert_eq!(losses(&full, "valid"), losses(&cut, "valid"));
+}
+
+#[test]
+fn divergence_stops_with_a_diagnosis_and_keeps_the_last_checkpoint() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let cfg = tiny(&[
+        "optimizer={kind=\"sgd\"}",
+        "train.lr=1e30",
+        "train.save_every=1",
+    ]);
+    let (train, valid) = data();
+    let mut t = Trainer::new(&cfg, train, valid, VOCAB, &run, false).unwrap();
+    let err = t.run(&RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("diverged at step"), "{err}");
+    assert!(
+        err.contains("largest gradient: ") && (err.contains(".weight") || err.contains(".bias")),
+        "{err}"
+    );
+    assert!(err.contains("last good checkpoint"), "{err}");
+    let kept = state::read_state(&last_checkpoint(&run)).unwrap();
+    assert!(kept.step >= 1);
+    let diverged = Metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .find(|v| v["kind"] == "diverged")
+        .unwrap();
+    assert_eq!(diverged["step"].as_u64().unwrap(), kept.step + 1);
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let cfg = tiny(&["train.max_updates=2"]);
+    let (train, valid) = data();
+    Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false)
+        .unwrap()
+        .run(&RunOptions::default())
+        .unwrap();
+    let e = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("already holds a run") && e.contains("--resume"),
+        "{e}"
+    );
+    let e = Trainer::new(&cfg, train, valid, VOCAB, &d.path().join("none"), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no checkpoint"), "{e}");
+    assert!(run.join("config.toml").exists());
+}
