@@ -67,24 +67,15 @@ pub fn run(
     let mut rows = Vec::new();
     for &placement in &study.placements {
         for &layers in &study.depths {
-            let cfg = Seq2SeqConfig {
-                placement,
-                encoder_layers: layers,
-                decoder_layers: layers,
-                ..study.model.clone()
-            };
+            let cfg =
+                Seq2SeqConfig { placement, encoder_layers: layers, decoder_layers: layers, ..study.model.clone() };
             let last = layers - 1;
             let mut samples = Vec::new();
             for &seed in &study.seeds {
                 let t = std::time::Instant::now();
                 let p = probe(&cfg, batches, seed, study.label_smoothing, device)?;
-                let get = |path: String| {
-                    p.grad_norms
-                        .iter()
-                        .find(|(n, _)| *n == path)
-                        .map(|(_, v)| *v)
-                        .expect("W2 exists")
-                };
+                let get =
+                    |path: String| p.grad_norms.iter().find(|(n, _)| *n == path).map(|(_, v)| *v).expect("W2 exists");
                 let pair = (
                     get(format!("encoder.layers.{last}.ffn.fc2.weight")),
                     get(format!("decoder.layers.{last}.ffn.fc2.weight")),
@@ -107,12 +98,7 @@ pub fn run(
         }
     }
     let fits = fit_rows(&study.placements, &rows);
-    Ok(DepthReport {
-        study: study.clone(),
-        target_tokens: batches.iter().map(|b| b.target_tokens).sum(),
-        rows,
-        fits,
-    })
+    Ok(DepthReport { study: study.clone(), target_tokens: batches.iter().map(|b| b.target_tokens).sum(), rows, fits })
 }
 
 /// One log-log fit per placement and stack, over every seed's point.
@@ -123,11 +109,7 @@ pub fn fit_rows(placements: &[NormPlacement], rows: &[DepthRow]) -> Vec<DepthFit
             let points: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| r.placement == placement)
-                .flat_map(|r| {
-                    r.samples
-                        .iter()
-                        .map(move |s| (r.layers as f64, if pick == 0 { s.0 } else { s.1 }))
-                })
+                .flat_map(|r| r.samples.iter().map(move |s| (r.layers as f64, if pick == 0 { s.0 } else { s.1 })))
                 .collect();
             if let Some(fit) = LineFit::fit_log_log(&points) {
                 fits.push(DepthFit {

@@ -91,23 +91,15 @@ fn stat_of(probes: &[Probe], f: impl Fn(&Probe) -> f64) -> Stat {
 }
 
 fn norm_of(p: &Probe, path: &str) -> f64 {
-    p.grad_norms
-        .iter()
-        .find(|(n, _)| n == path)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no parameter {path}"))
+    p.grad_norms.iter().find(|(n, _)| n == path).map(|(_, v)| *v).unwrap_or_else(|| panic!("no parameter {path}"))
 }
 
 fn ffn_layers(probes: &[Probe], stack: &str, layers: i64) -> Vec<FfnLayer> {
     (0..layers as usize)
         .map(|i| FfnLayer {
             layer: i + 1,
-            w1: stat_of(probes, |p| {
-                norm_of(p, &format!("{stack}.layers.{i}.ffn.fc1.weight"))
-            }),
-            w2: stat_of(probes, |p| {
-                norm_of(p, &format!("{stack}.layers.{i}.ffn.fc2.weight"))
-            }),
+            w1: stat_of(probes, |p| norm_of(p, &format!("{stack}.layers.{i}.ffn.fc1.weight"))),
+            w2: stat_of(probes, |p| norm_of(p, &format!("{stack}.layers.{i}.ffn.fc2.weight"))),
         })
         .collect()
 }
@@ -135,8 +127,7 @@ fn hidden(
 }
 
 fn last_over_first(layers: &[FfnLayer]) -> f64 {
-    layers.last().map(|l| l.w2.mean).unwrap_or(f64::NAN)
-        / layers.first().map(|l| l.w2.mean).unwrap_or(f64::NAN)
+    layers.last().map(|l| l.w2.mean).unwrap_or(f64::NAN) / layers.first().map(|l| l.w2.mean).unwrap_or(f64::NAN)
 }
 
 /// Aggregates the probes of one placement.
@@ -145,10 +136,7 @@ pub fn summarize(cfg: &Seq2SeqConfig, placement: NormPlacement, probes: &[Probe]
         .grad_norms
         .iter()
         .enumerate()
-        .map(|(i, (path, _))| ParamStat {
-            path: path.clone(),
-            grad_norm: stat_of(probes, |p| p.grad_norms[i].1),
-        })
+        .map(|(i, (path, _))| ParamStat { path: path.clone(), grad_norm: stat_of(probes, |p| p.grad_norms[i].1) })
         .collect();
     let encoder_ffn = ffn_layers(probes, "encoder", cfg.encoder_layers);
     let decoder_ffn = ffn_layers(probes, "decoder", cfg.decoder_layers);
@@ -166,18 +154,10 @@ pub fn summarize(cfg: &Seq2SeqConfig, placement: NormPlacement, probes: &[Probe]
 }
 
 /// Runs every placement and seed; `progress` hears one line per probe.
-pub fn run(
-    study: &InitStudy,
-    batches: &[Batch],
-    device: Device,
-    mut progress: impl FnMut(&str),
-) -> Result<InitReport> {
+pub fn run(study: &InitStudy, batches: &[Batch], device: Device, mut progress: impl FnMut(&str)) -> Result<InitReport> {
     let mut results = Vec::new();
     for &placement in &study.placements {
-        let cfg = Seq2SeqConfig {
-            placement,
-            ..study.model.clone()
-        };
+        let cfg = Seq2SeqConfig { placement, ..study.model.clone() };
         let mut probes = Vec::new();
         for (k, &seed) in study.seeds.iter().enumerate() {
             let t = std::time::Instant::now();
@@ -193,11 +173,7 @@ pub fn run(
         }
         results.push(summarize(&cfg, placement, &probes));
     }
-    Ok(InitReport {
-        study: study.clone(),
-        target_tokens: batches.iter().map(|b| b.target_tokens).sum(),
-        results,
-    })
+    Ok(InitReport { study: study.clone(), target_tokens: batches.iter().map(|b| b.target_tokens).sum(), results })
 }
 
 #[cfg(test)]

@@ -49,9 +49,7 @@ fn register_font() {
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -60,25 +58,14 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// Draws `panels` in a grid of `cols` columns under a common `title`.
-pub fn draw(
-    path: &Path,
-    title: &str,
-    panels: &[Panel],
-    cols: usize,
-    panel_size: (u32, u32),
-) -> Result<(), PlotError> {
+pub fn draw(path: &Path, title: &str, panels: &[Panel], cols: usize, panel_size: (u32, u32)) -> Result<(), PlotError> {
     register_font();
-    let err = |e: &dyn std::fmt::Display| PlotError {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), reason: e.to_string() };
     let rows = panels.len().div_ceil(cols);
     let size = (panel_size.0 * cols as u32, panel_size.1 * rows as u32 + 50);
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let root = root
-        .titled(title, ("sans-serif", 26))
-        .map_err(|e| err(&e))?;
+    let root = root.titled(title, ("sans-serif", 26)).map_err(|e| err(&e))?;
     for (panel, area) in panels.iter().zip(root.split_evenly((rows, cols))) {
         draw_panel(panel, &area).map_err(|e| err(&e))?;
     }
@@ -94,16 +81,7 @@ fn draw_panel<DB: DrawingBackend>(
     let (x0, x1) = bounds(all().map(|p| tf(p.0)));
     let (y0, y1) = bounds(
         all()
-            .flat_map(|p| {
-                [
-                    tf(p.1 - p.2).max(if panel.log_log {
-                        f64::MIN
-                    } else {
-                        f64::NEG_INFINITY
-                    }),
-                    tf(p.1 + p.2),
-                ]
-            })
+            .flat_map(|p| [tf(p.1 - p.2).max(if panel.log_log { f64::MIN } else { f64::NEG_INFINITY }), tf(p.1 + p.2)])
             .filter(|v| v.is_finite()),
     );
     let mut chart = ChartBuilder::on(area)
@@ -130,11 +108,7 @@ fn draw_panel<DB: DrawingBackend>(
             fmt(v)
         }
     };
-    let x_ticks = if panel.integer_x {
-        ((x1 - x0).ceil() as usize + 1).min(30)
-    } else {
-        10
-    };
+    let x_ticks = if panel.integer_x { ((x1 - x0).ceil() as usize + 1).min(30) } else { 10 };
     chart
         .configure_mesh()
         .x_labels(x_ticks)
@@ -150,39 +124,18 @@ fn draw_panel<DB: DrawingBackend>(
         let style = s.color.stroke_width(2);
         let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (tf(p.0), tf(p.1))).collect();
         let color = s.color;
-        let legend = move |(x, y): (i32, i32)| {
-            PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2))
-        };
+        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2));
         if s.dashed {
-            chart
-                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?
-                .label(&s.label)
-                .legend(legend);
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?.label(&s.label).legend(legend);
         } else {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), style))?
-                .label(&s.label)
-                .legend(legend);
+            chart.draw_series(LineSeries::new(pts.clone(), style))?.label(&s.label).legend(legend);
         }
         if s.markers {
-            chart.draw_series(
-                pts.iter()
-                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
-            )?;
+            chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;
         }
-        let bars = s
-            .points
-            .iter()
-            .filter(|p| p.2 > 0.0 && (!panel.log_log || p.1 - p.2 > 0.0));
+        let bars = s.points.iter().filter(|p| p.2 > 0.0 && (!panel.log_log || p.1 - p.2 > 0.0));
         chart.draw_series(bars.map(|p| {
-            ErrorBar::new_vertical(
-                tf(p.0),
-                tf(p.1 - p.2),
-                tf(p.1),
-                tf(p.1 + p.2),
-                color.stroke_width(1),
-                8,
-            )
+            ErrorBar::new_vertical(tf(p.0), tf(p.1 - p.2), tf(p.1), tf(p.1 + p.2), color.stroke_width(1), 8)
         }))?;
     }
     chart

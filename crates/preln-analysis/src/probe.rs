@@ -43,12 +43,8 @@ pub fn grad_norms(vs: &VarStore) -> Vec<(String, f64)> {
             }
         })
         .collect();
-    let values = Vec::<f64>::try_from(
-        Tensor::stack(&norms, 0)
-            .to_kind(Kind::Double)
-            .to_device(Device::Cpu),
-    )
-    .expect("norms are a 1-d tensor");
+    let values = Vec::<f64>::try_from(Tensor::stack(&norms, 0).to_kind(Kind::Double).to_device(Device::Cpu))
+        .expect("norms are a 1-d tensor");
     params.into_iter().map(|(n, _)| n).zip(values).collect()
 }
 
@@ -59,11 +55,7 @@ pub fn grad_norms(vs: &VarStore) -> Vec<(String, f64)> {
 fn mean_sq_norm(x: &Tensor, keep: &Tensor) -> f64 {
     let d = x.size()[2] as f64;
     let keep = keep.to_kind(Kind::Double);
-    let per_token = x
-        .to_kind(Kind::Double)
-        .square()
-        .sum_dim_intlist(-1, false, Kind::Double)
-        / d;
+    let per_token = x.to_kind(Kind::Double).square().sum_dim_intlist(-1, false, Kind::Double) / d;
     ((per_token * &keep).sum(Kind::Double) / keep.sum(Kind::Double)).double_value(&[])
 }
 
@@ -78,54 +70,25 @@ fn add_hidden(acc: &mut HiddenNorms, stack: &StackOut, keep: &Tensor, weight: f6
 /// Initializes `cfg` (dropout off) with `seed` and runs forward and backward over `batches`,
 /// accumulating the gradient of the loss averaged over all their target tokens (as if they
 /// were one batch). Hidden norms are averaged over batches, weighted by their tokens.
-pub fn probe(
-    cfg: &Seq2SeqConfig,
-    batches: &[Batch],
-    seed: u64,
-    smoothing: f64,
-    device: Device,
-) -> Result<Probe> {
+pub fn probe(cfg: &Seq2SeqConfig, batches: &[Batch], seed: u64, smoothing: f64, device: Device) -> Result<Probe> {
     assert!(!batches.is_empty(), "probe needs at least one batch");
     let vs = VarStore::new(device);
-    let model = seeded(seed, || {
-        Seq2Seq::new(&vs.root(), &cfg.clone().without_dropout())
-    })?;
+    let model = seeded(seed, || Seq2Seq::new(&vs.root(), &cfg.clone().without_dropout()))?;
     let total_target: i64 = batches.iter().map(|b| b.target_tokens).sum();
     let total_src: i64 = batches.iter().map(|b| b.src_tokens).sum();
-    let (mut loss_sum, mut encoder, mut decoder) =
-        (0.0, HiddenNorms::default(), HiddenNorms::default());
+    let (mut loss_sum, mut encoder, mut decoder) = (0.0, HiddenNorms::default(), HiddenNorms::default());
     for b in batches {
-        let (src, prev, target) = (
-            b.src.to_device(device),
-            b.prev.to_device(device),
-            b.target.to_device(device),
-        );
+        let (src, prev, target) = (b.src.to_device(device), b.prev.to_device(device), b.target.to_device(device));
         let (enc, dec) = model.forward(&src, &prev, false);
-        let loss = label_smoothed_nll(&dec.logits, &target, smoothing, cfg.pad_id).loss
-            / total_target as f64;
+        let loss = label_smoothed_nll(&dec.logits, &target, smoothing, cfg.pad_id).loss / total_target as f64;
         loss.backward();
         loss_sum += loss.double_value(&[]);
         tch::no_grad(|| {
-            add_hidden(
-                &mut encoder,
-                &enc.stack,
-                &src.ne(cfg.pad_id),
-                b.src_tokens as f64 / total_src as f64,
-            );
-            add_hidden(
-                &mut decoder,
-                &dec.stack,
-                &prev.ne(cfg.pad_id),
-                b.target_tokens as f64 / total_target as f64,
-            );
+            add_hidden(&mut encoder, &enc.stack, &src.ne(cfg.pad_id), b.src_tokens as f64 / total_src as f64);
+            add_hidden(&mut decoder, &dec.stack, &prev.ne(cfg.pad_id), b.target_tokens as f64 / total_target as f64);
         });
     }
-    Ok(Probe {
-        loss: loss_sum,
-        grad_norms: grad_norms(&vs),
-        encoder,
-        decoder,
-    })
+    Ok(Probe { loss: loss_sum, grad_norms: grad_norms(&vs), encoder, decoder })
 }
 
 #[cfg(test)]
@@ -160,18 +123,13 @@ mod tests {
         let model = seeded(3, || Seq2Seq::new(&vs.root(), &cfg)).unwrap();
         let b = batch();
         let (_, dec) = model.forward(&b.src, &b.prev, false);
-        label_smoothed_nll(&dec.logits, &b.target, 0.1, 0)
-            .mean_loss()
-            .backward();
+        label_smoothed_nll(&dec.logits, &b.target, 0.1, 0).mean_loss().backward();
         let norms = grad_norms(&vs);
         let vars = vs.variables();
         for (name, norm) in &norms {
             let g = Vec::<f32>::try_from(vars[name].grad().flatten(0, -1)).unwrap();
             let by_hand = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            assert!(
-                (norm - by_hand).abs() <= 1e-5 * by_hand.max(1e-12),
-                "{name}: {norm} vs {by_hand}"
-            );
+            assert!((norm - by_hand).abs() <= 1e-5 * by_hand.max(1e-12), "{name}: {norm} vs {by_hand}");
         }
         assert_eq!(norms.len(), vars.len());
     }
@@ -198,20 +156,9 @@ mod tests {
         let both = probe(&cfg, &[b1, b2], 1, 0.1, Device::Cpu).unwrap();
         let mut pairs = task.pairs(4, 1);
         pairs.extend(task.pairs(4, 2));
-        let one = probe(
-            &cfg,
-            &[Batch::from_pairs(&pairs, Specials::DEFAULT, Device::Cpu)],
-            1,
-            0.1,
-            Device::Cpu,
-        )
-        .unwrap();
-        assert!(
-            (both.loss - one.loss).abs() < 1e-5,
-            "{} vs {}",
-            both.loss,
-            one.loss
-        );
+        let one =
+            probe(&cfg, &[Batch::from_pairs(&pairs, Specials::DEFAULT, Device::Cpu)], 1, 0.1, Device::Cpu).unwrap();
+        assert!((both.loss - one.loss).abs() < 1e-5, "{} vs {}", both.loss, one.loss);
         for ((name, a), (_, b)) in both.grad_norms.iter().zip(&one.grad_norms) {
             assert!((a - b).abs() <= 1e-4 * b.max(1e-3), "{name}: {a} vs {b}");
         }

@@ -14,16 +14,8 @@ impl Stat {
     pub fn of(xs: &[f64]) -> Stat {
         let n = xs.len();
         let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
-        let var = if n > 1 {
-            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Stat {
-            mean,
-            std: var.sqrt(),
-            n,
-        }
+        let var = if n > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+        Stat { mean, std: var.sqrt(), n }
     }
 }
 
@@ -52,22 +44,10 @@ impl LineFit {
         let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
         let slope = sxy / sxx;
         let intercept = my - slope * mx;
-        let sse: f64 = points
-            .iter()
-            .map(|p| (p.1 - intercept - slope * p.0).powi(2))
-            .sum();
-        let slope_stderr = if points.len() > 2 {
-            (sse / (n - 2.0) / sxx).sqrt()
-        } else {
-            0.0
-        };
+        let sse: f64 = points.iter().map(|p| (p.1 - intercept - slope * p.0).powi(2)).sum();
+        let slope_stderr = if points.len() > 2 { (sse / (n - 2.0) / sxx).sqrt() } else { 0.0 };
         let r2 = if syy > 0.0 { 1.0 - sse / syy } else { 1.0 };
-        Some(LineFit {
-            slope,
-            intercept,
-            slope_stderr,
-            r2,
-        })
+        Some(LineFit { slope, intercept, slope_stderr, r2 })
     }
 
     /// Fits `ln y = a + b ln x`: `slope` is the exponent of a power law `y ~ x^b`.
@@ -100,11 +80,8 @@ mod tests {
     fn power_law_recovers_exponent() {
         // y = 3 x^-0.5 at the depths of the scan, with +-1% multiplicative noise.
         let noise = [1.01, 0.99, 1.0, 1.01, 0.99];
-        let pts: Vec<(f64, f64)> = [6.0, 8.0, 10.0, 12.0, 14.0]
-            .iter()
-            .zip(noise)
-            .map(|(&l, e)| (l, 3.0 * f64::powf(l, -0.5) * e))
-            .collect();
+        let pts: Vec<(f64, f64)> =
+            [6.0, 8.0, 10.0, 12.0, 14.0].iter().zip(noise).map(|(&l, e)| (l, 3.0 * f64::powf(l, -0.5) * e)).collect();
         let f = LineFit::fit_log_log(&pts).unwrap();
         assert!((f.slope + 0.5).abs() < 0.05, "{f:?}");
         assert!(f.slope_stderr > 0.0 && f.slope_stderr < 0.05);

@@ -24,9 +24,31 @@ pub enum Command {
     Info,
     /// Parallel text files -> a data folder: joint BPE, tokenized splits, manifest with checksums.
     Prepare(PrepareArgs),
+    /// Train a translation model on a prepared data folder.
+    Train(TrainArgs),
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
     #[command(subcommand)]
     Analyze(Analyze),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A TOML config file, or a preset shipped in configs/: `iwslt14` (the paper's model),
+    /// `cpu` (6+6 layers, d 256), `tiny`. With --resume, the run's own config.toml is used.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// A data folder made by `preln prepare` (remembered in the run folder for --resume).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The run folder: config.toml, metrics.jsonl, checkpoints/{last,best}.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override a config value, e.g. `--set train.lr=1e-3 --set model.placement=post`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug)]

@@ -4,10 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn preln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_preln"))
-        .args(args)
-        .output()
-        .expect("preln runs")
+    Command::new(env!("CARGO_BIN_EXE_preln")).args(args).output().expect("preln runs")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -40,25 +37,14 @@ fn json(path: &Path) -> serde_json::Value {
 
 fn assert_png(path: &Path) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(
-        bytes.len() > 5_000 && bytes.starts_with(b"\x89PNG"),
-        "{} is not a plausible PNG",
-        path.display()
-    );
+    assert!(bytes.len() > 5_000 && bytes.starts_with(b"\x89PNG"), "{} is not a plausible PNG", path.display());
 }
 
 #[test]
 fn analyze_init_writes_every_output() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("init");
-    let mut args = vec![
-        "analyze",
-        "init",
-        "--seeds",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["analyze", "init", "--seeds", "2", "--out", out.to_str().unwrap()];
     args.extend(TINY);
     let stderr = ok(&args);
     assert!(stderr.contains("W2 grad norm last/first layer"), "{stderr}");
@@ -71,11 +57,7 @@ fn analyze_init_writes_every_output() {
         assert_eq!(r["decoder_hidden"]["layers"].as_array().unwrap().len(), 2);
         let w2 = &r["decoder_ffn"][1]["w2"];
         assert!(w2["mean"].as_f64().unwrap() > 0.0 && w2["n"] == 2);
-        let has_final = r["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["path"] == "encoder.final_norm.weight");
+        let has_final = r["params"].as_array().unwrap().iter().any(|p| p["path"] == "encoder.final_norm.weight");
         assert_eq!(has_final, placement == "pre");
     }
     assert_eq!(v["study"]["seeds"], serde_json::json!([1, 2]));
@@ -92,16 +74,7 @@ fn analyze_init_writes_every_output() {
 fn analyze_depth_fits_a_slope_per_placement_and_stack() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("depth");
-    let mut args = vec![
-        "analyze",
-        "depth",
-        "--depths",
-        "1,2,3",
-        "--seeds",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["analyze", "depth", "--depths", "1,2,3", "--seeds", "2", "--out", out.to_str().unwrap()];
     args.extend(TINY);
     ok(&args);
     let v = json(&out.join("depth.json"));
@@ -119,12 +92,8 @@ fn analyze_depth_fits_a_slope_per_placement_and_stack() {
 fn prepare_then_analyze_on_real_text() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let de: Vec<String> = (0..300)
-        .map(|i| format!("der Hund {} läuft schnell nach Hause", i % 17))
-        .collect();
-    let en: Vec<String> = (0..300)
-        .map(|i| format!("the dog {} runs home fast", i % 17))
-        .collect();
+    let de: Vec<String> = (0..300).map(|i| format!("der Hund {} läuft schnell nach Hause", i % 17)).collect();
+    let en: Vec<String> = (0..300).map(|i| format!("the dog {} runs home fast", i % 17)).collect();
     std::fs::write(p.join("train.de"), de.join("\n")).unwrap();
     std::fs::write(p.join("train.en"), en.join("\n")).unwrap();
     let data = p.join("data");
@@ -157,14 +126,8 @@ fn prepare_then_analyze_on_real_text() {
     args.extend(TINY);
     ok(&args);
     let v = json(&out.join("init.json"));
-    assert_eq!(
-        v["study"]["model"]["vocab_size"], 80,
-        "the data's vocabulary replaces --vocab"
-    );
-    assert!(v["study"]["data"]
-        .as_str()
-        .unwrap()
-        .contains("split `train`"));
+    assert_eq!(v["study"]["model"]["vocab_size"], 80, "the data's vocabulary replaces --vocab");
+    assert!(v["study"]["data"].as_str().unwrap().contains("split `train`"));
     // A plain file prefix works too, with a BPE learned on the spot.
     let prefix = p.join("train");
     let mut args = vec![
@@ -204,29 +167,93 @@ fn bad_input_fails_with_a_message_naming_it() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("t.de has 2 lines") && err.contains("t.en has 1"),
-        "{err}"
-    );
+    assert!(err.contains("t.de has 2 lines") && err.contains("t.en has 1"), "{err}");
     assert!(!p.join("o").exists());
 
-    let out = preln(&[
-        "analyze",
-        "init",
-        "--heads",
-        "3",
-        "--out",
-        p.join("x").to_str().unwrap(),
-    ]);
+    let out = preln(&["analyze", "init", "--heads", "3", "--out", p.join("x").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("`heads`"), "{err}");
-    let out = preln(&[
-        "analyze",
-        "init",
-        "--preset",
-        "huge",
-        "--out",
-        p.join("x").to_str().unwrap(),
-    ]);
+    let out = preln(&["analyze", "init", "--preset", "huge", "--out", p.join("x").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `huge`"));
+}
+
+fn tiny_data(p: &Path) -> std::path::PathBuf {
+    let de: Vec<String> = (0..200).map(|i| format!("der Hund {} läuft nach Hause", i % 13)).collect();
+    let en: Vec<String> = (0..200).map(|i| format!("the dog {} runs home", i % 13)).collect();
+    for (split, n) in [("train", 200), ("valid", 20)] {
+        std::fs::write(p.join(format!("{split}.de")), de[..n].join("\n")).unwrap();
+        std::fs::write(p.join(format!("{split}.en")), en[..n].join("\n")).unwrap();
+    }
+    let data = p.join("data");
+    ok(&[
+        "prepare",
+        "-s",
+        "de",
+        "-t",
+        "en",
+        "--trainpref",
+        p.join("train").to_str().unwrap(),
+        "--validpref",
+        p.join("valid").to_str().unwrap(),
+        "--vocab-size",
+        "60",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    data
+}
+
+#[test]
+fn train_resume_and_config_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path());
+    let run = d.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    ok(&[
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        data_s,
+        "--out",
+        run_s,
+        "--set",
+        "train.max_epochs=1",
+        "--set",
+        "train.device=\"cpu\"",
+    ]);
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "run.json",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("vocab_size = 60") && cfg.contains("max_epochs = 1"), "{cfg}");
+
+    // A second epoch by resuming, without repeating --data.
+    let stderr = ok(&["train", "--resume", "--out", run_s, "--set", "train.max_epochs=2"]);
+    assert!(stderr.contains("resuming at update") && stderr.contains("epoch 2:"), "{stderr}");
+
+    let out = preln(&["train", "--config", "tiny", "--data", data_s, "--out", run_s]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
+    let out = preln(&[
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        data_s,
+        "--out",
+        d.path().join("r2").to_str().unwrap(),
+        "--set",
+        "train.lr_max=1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lr_max"), "{err}");
+    let out = preln(&["train", "--config", "nosuch", "--data", data_s, "--out", d.path().join("r3").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `nosuch`"));
 }

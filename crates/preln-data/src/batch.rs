@@ -12,12 +12,7 @@ pub struct Specials {
 }
 
 impl Specials {
-    pub const DEFAULT: Specials = Specials {
-        pad: 0,
-        unk: 1,
-        bos: 2,
-        eos: 3,
-    };
+    pub const DEFAULT: Specials = Specials { pad: 0, unk: 1, bos: 2, eos: 3 };
     /// The first id of a regular token.
     pub const FIRST_REGULAR: i64 = 4;
 }
@@ -43,26 +38,16 @@ fn padded(rows: &[Vec<i64>], pad: i64, device: Device) -> Tensor {
         flat.extend_from_slice(row);
         flat.extend(std::iter::repeat_n(pad, width - row.len()));
     }
-    Tensor::from_slice(&flat)
-        .view([rows.len() as i64, width as i64])
-        .to_device(device)
+    Tensor::from_slice(&flat).view([rows.len() as i64, width as i64]).to_device(device)
 }
 
 impl Batch {
     /// Builds a batch from pairs of regular-token sequences (no specials).
     pub fn from_pairs(pairs: &[(Vec<i64>, Vec<i64>)], sp: Specials, device: Device) -> Batch {
-        let src: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(s, _)| s.iter().copied().chain([sp.eos]).collect())
-            .collect();
-        let prev: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(_, t)| [sp.bos].into_iter().chain(t.iter().copied()).collect())
-            .collect();
-        let target: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(_, t)| t.iter().copied().chain([sp.eos]).collect())
-            .collect();
+        let src: Vec<Vec<i64>> = pairs.iter().map(|(s, _)| s.iter().copied().chain([sp.eos]).collect()).collect();
+        let prev: Vec<Vec<i64>> =
+            pairs.iter().map(|(_, t)| [sp.bos].into_iter().chain(t.iter().copied()).collect()).collect();
+        let target: Vec<Vec<i64>> = pairs.iter().map(|(_, t)| t.iter().copied().chain([sp.eos]).collect()).collect();
         Batch {
             src_tokens: src.iter().map(|r| r.len() as i64).sum(),
             target_tokens: target.iter().map(|r| r.len() as i64).sum(),
@@ -84,16 +69,8 @@ mod tests {
     #[test]
     fn layout_of_a_two_sentence_batch() {
         let sp = Specials::DEFAULT;
-        let b = Batch::from_pairs(
-            &[(vec![10, 11], vec![20]), (vec![12], vec![21, 22])],
-            sp,
-            Device::Cpu,
-        );
-        let rows = |t: &Tensor| -> Vec<Vec<i64>> {
-            (0..2)
-                .map(|i| Vec::<i64>::try_from(t.get(i)).unwrap())
-                .collect()
-        };
+        let b = Batch::from_pairs(&[(vec![10, 11], vec![20]), (vec![12], vec![21, 22])], sp, Device::Cpu);
+        let rows = |t: &Tensor| -> Vec<Vec<i64>> { (0..2).map(|i| Vec::<i64>::try_from(t.get(i)).unwrap()).collect() };
         assert_eq!(rows(&b.src), vec![vec![10, 11, 3], vec![12, 3, 0]]);
         assert_eq!(rows(&b.prev), vec![vec![2, 20, 0], vec![2, 21, 22]]);
         assert_eq!(rows(&b.target), vec![vec![20, 3, 0], vec![21, 22, 3]]);

@@ -35,18 +35,13 @@ mod tests {
 
     #[test]
     fn every_example_once_within_budget() {
-        let lengths: Vec<(usize, usize)> =
-            (0..100).map(|i| (3 + i % 17, 2 + (i * 7) % 23)).collect();
+        let lengths: Vec<(usize, usize)> = (0..100).map(|i| (3 + i % 17, 2 + (i * 7) % 23)).collect();
         let batches = token_batches(&lengths, 64);
         let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         for b in &batches {
-            let longest = b
-                .iter()
-                .map(|&i| lengths[i].0.max(lengths[i].1))
-                .max()
-                .unwrap();
+            let longest = b.iter().map(|&i| lengths[i].0.max(lengths[i].1)).max().unwrap();
             assert!(b.len() * longest <= 64, "{b:?}");
         }
     }

@@ -22,33 +22,21 @@ impl Dataset {
         if !path.exists() {
             return Err(DataError::Invalid {
                 path: dir.into(),
-                reason: format!(
-                    "no {MANIFEST}: not a prepared data folder (make one with `preln prepare`)"
-                ),
+                reason: format!("no {MANIFEST}: not a prepared data folder (make one with `preln prepare`)"),
             });
         }
         let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Invalid {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| DataError::Invalid { path: path.clone(), reason: e.to_string() })?;
         let tok_path = dir.join(TOKENIZER);
         let tok_bytes = std::fs::read(&tok_path).map_err(io_error(&tok_path))?;
         verify(dir, &manifest, TOKENIZER, &tok_bytes)?;
         let tokenizer = Bpe::load(&tok_path)?;
-        Ok(Dataset {
-            dir: dir.into(),
-            manifest,
-            tokenizer,
-        })
+        Ok(Dataset { dir: dir.into(), manifest, tokenizer })
     }
 
     pub fn split_names(&self) -> Vec<&str> {
-        self.manifest
-            .splits
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect()
+        self.manifest.splits.iter().map(|s| s.name.as_str()).collect()
     }
 
     /// Reads a split, checking its files against the manifest.
@@ -66,15 +54,8 @@ impl Dataset {
             verify(&self.dir, &self.manifest, &file, &bytes)?;
             store::decode(&bytes, &path)
         };
-        let (src, tgt) = (
-            side(&self.manifest.source_lang)?,
-            side(&self.manifest.target_lang)?,
-        );
+        let (src, tgt) = (side(&self.manifest.source_lang)?, side(&self.manifest.target_lang)?);
         let widen = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<i64>>();
-        Ok(src
-            .into_iter()
-            .map(widen)
-            .zip(tgt.into_iter().map(widen))
-            .collect())
+        Ok(src.into_iter().map(widen).zip(tgt.into_iter().map(widen)).collect())
     }
 }

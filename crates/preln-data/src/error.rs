@@ -5,19 +5,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: invalid UTF-8")]
     InvalidUtf8 { path: PathBuf, line: usize },
-    #[error("{src} has {src_lines} lines but {tgt} has {tgt_lines}: parallel files must have one line per sentence pair")]
-    LineCountMismatch {
-        src: PathBuf,
-        src_lines: usize,
-        tgt: PathBuf,
-        tgt_lines: usize,
-    },
+    #[error(
+        "{src} has {src_lines} lines but {tgt} has {tgt_lines}: parallel files must have one line per sentence pair"
+    )]
+    LineCountMismatch { src: PathBuf, src_lines: usize, tgt: PathBuf, tgt_lines: usize },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("tokenizer: {0}")]

@@ -74,19 +74,13 @@ pub fn ids_file(split: &str, lang: &str) -> String {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Prepares the folder; `progress` hears a line per stage.
 pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Manifest> {
     if spec.splits.first().map(|s| s.0.as_str()) != Some("train") {
-        return Err(DataError::Invalid {
-            path: spec.out.clone(),
-            reason: "the first split must be `train`".into(),
-        });
+        return Err(DataError::Invalid { path: spec.out.clone(), reason: "the first split must be `train`".into() });
     }
     if spec.out.exists() && !spec.force {
         return Err(DataError::Invalid {
@@ -102,27 +96,13 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
     }
     let mut texts: Vec<(String, PathBuf, PathBuf, ParallelText)> = Vec::new();
     for (name, prefix) in &spec.splits {
-        let (s, t) = (
-            lang_file(prefix, &spec.source_lang),
-            lang_file(prefix, &spec.target_lang),
-        );
+        let (s, t) = (lang_file(prefix, &spec.source_lang), lang_file(prefix, &spec.target_lang));
         let text = read_parallel(&s, &t)?;
-        progress(&format!(
-            "{name}: {} pairs from {} and {}",
-            text.pairs.len(),
-            s.display(),
-            t.display()
-        ));
+        progress(&format!("{name}: {} pairs from {} and {}", text.pairs.len(), s.display(), t.display()));
         texts.push((name.clone(), s, t, text));
     }
     let train = &texts[0].3;
-    let bpe = Bpe::train(
-        train
-            .pairs
-            .iter()
-            .flat_map(|(a, b)| [a.as_str(), b.as_str()]),
-        spec.vocab_size,
-    )?;
+    let bpe = Bpe::train(train.pairs.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]), spec.vocab_size)?;
     progress(&format!("joint BPE: {} entries", bpe.vocab_size()));
 
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -172,8 +152,7 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
     std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
     let result = (|| {
         bpe.save(&tmp.join(TOKENIZER))?;
-        let tok_bytes =
-            std::fs::read(tmp.join(TOKENIZER)).map_err(io_error(tmp.join(TOKENIZER)))?;
+        let tok_bytes = std::fs::read(tmp.join(TOKENIZER)).map_err(io_error(tmp.join(TOKENIZER)))?;
         let mut sha256 = BTreeMap::from([(TOKENIZER.to_string(), sha256_hex(&tok_bytes))]);
         for (name, bytes) in &files {
             std::fs::write(tmp.join(name), bytes).map_err(io_error(tmp.join(name)))?;
@@ -212,10 +191,7 @@ fn line_of_pair(text: &ParallelText, k: usize) -> usize {
 }
 
 fn tmp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".{tag}-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -244,9 +220,6 @@ pub fn verify(dir: &Path, manifest: &Manifest, name: &str, bytes: &[u8]) -> Resu
             path,
             reason: "checksum differs from manifest.json (file changed or corrupt)".into(),
         }),
-        None => Err(DataError::Invalid {
-            path,
-            reason: "not listed in manifest.json".into(),
-        }),
+        None => Err(DataError::Invalid { path, reason: "not listed in manifest.json".into() }),
     }
 }

@@ -30,10 +30,7 @@ pub fn encode(sentences: &[Vec<u32>]) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u32>>> {
-    let bad = |reason: &str| DataError::Invalid {
-        path: path.into(),
-        reason: reason.into(),
-    };
+    let bad = |reason: &str| DataError::Invalid { path: path.into(), reason: reason.into() };
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
         return Err(bad("not a preln id file (bad magic)"));
     }
@@ -46,19 +43,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u32>>> {
     if bytes.len() < ids_start {
         return Err(bad("truncated offsets"));
     }
-    let offset = |i: usize| {
-        u64::from_le_bytes(bytes[20 + 8 * i..28 + 8 * i].try_into().expect("8 bytes")) as usize
-    };
+    let offset = |i: usize| u64::from_le_bytes(bytes[20 + 8 * i..28 + 8 * i].try_into().expect("8 bytes")) as usize;
     if bytes.len() != ids_start + 4 * offset(n) {
         return Err(bad("length does not match its offsets"));
     }
-    let id = |k: usize| {
-        u32::from_le_bytes(
-            bytes[ids_start + 4 * k..ids_start + 4 * k + 4]
-                .try_into()
-                .expect("4 bytes"),
-        )
-    };
+    let id =
+        |k: usize| u32::from_le_bytes(bytes[ids_start + 4 * k..ids_start + 4 * k + 4].try_into().expect("4 bytes"));
     (0..n)
         .map(|i| {
             let (a, b) = (offset(i), offset(i + 1));
@@ -84,13 +74,8 @@ mod tests {
         let bytes = encode(&s);
         let p = Path::new("x.bin");
         assert_eq!(decode(&bytes, p).unwrap(), s);
-        let e = decode(&bytes[..bytes.len() - 1], p)
-            .unwrap_err()
-            .to_string();
+        let e = decode(&bytes[..bytes.len() - 1], p).unwrap_err().to_string();
         assert!(e.starts_with("x.bin: ") && e.contains("length"), "{e}");
-        assert!(decode(b"NOTMAGICxxxxxxxxxxxxxxxx", p)
-            .unwrap_err()
-            .to_string()
-            .contains("magic"));
+        assert!(decode(b"NOTMAGICxxxxxxxxxxxxxxxx", p).unwrap_err().to_string().contains("magic"));
     }
 }

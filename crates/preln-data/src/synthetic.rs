@@ -50,16 +50,11 @@ impl SyntheticTask {
     /// A task over `vocab_size` ids (the first four are the specials), sentences of
     /// `min_len..=max_len` words, defined entirely by `seed`.
     pub fn new(vocab_size: i64, min_len: usize, max_len: usize, seed: u64) -> Self {
-        assert!(
-            vocab_size > Specials::FIRST_REGULAR + 1,
-            "vocabulary too small"
-        );
+        assert!(vocab_size > Specials::FIRST_REGULAR + 1, "vocabulary too small");
         assert!(1 <= min_len && min_len <= max_len, "bad sentence lengths");
         let words = (vocab_size - Specials::FIRST_REGULAR) as usize;
         let mut rng = SplitMix64::new(seed);
-        let mut mapping: Vec<i64> = (0..words as i64)
-            .map(|w| w + Specials::FIRST_REGULAR)
-            .collect();
+        let mut mapping: Vec<i64> = (0..words as i64).map(|w| w + Specials::FIRST_REGULAR).collect();
         for i in (1..words).rev() {
             mapping.swap(i, rng.range(0, i));
         }
@@ -70,13 +65,7 @@ impl SyntheticTask {
                 total
             })
             .collect();
-        SyntheticTask {
-            vocab_size,
-            mapping,
-            cumulative,
-            min_len,
-            max_len,
-        }
+        SyntheticTask { vocab_size, mapping, cumulative, min_len, max_len }
     }
 
     pub fn vocab_size(&self) -> i64 {
@@ -90,10 +79,7 @@ impl SyntheticTask {
 
     /// The reference translation of a source sentence.
     pub fn translate(&self, src: &[i64]) -> Vec<i64> {
-        let mut out: Vec<i64> = src
-            .iter()
-            .map(|&w| self.mapping[(w - Specials::FIRST_REGULAR) as usize])
-            .collect();
+        let mut out: Vec<i64> = src.iter().map(|&w| self.mapping[(w - Specials::FIRST_REGULAR) as usize]).collect();
         for pair in out.chunks_mut(2) {
             pair.reverse();
         }
@@ -148,11 +134,7 @@ mod tests {
     #[test]
     fn frequent_words_are_frequent() {
         let task = SyntheticTask::new(1000, 10, 10, 0);
-        let words: Vec<i64> = task
-            .pairs(200, 0)
-            .into_iter()
-            .flat_map(|(s, _)| s)
-            .collect();
+        let words: Vec<i64> = task.pairs(200, 0).into_iter().flat_map(|(s, _)| s).collect();
         let top = words.iter().filter(|&&w| w == 4).count();
         let rare = words.iter().filter(|&&w| w == 900).count();
         assert!(top > 50 && rare < 5, "top {top}, rare {rare}");

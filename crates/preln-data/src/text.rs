@@ -24,16 +24,10 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         if line.last() == Some(&b'\r') {
             line = &line[..line.len() - 1];
         }
-        let text = std::str::from_utf8(line).map_err(|_| DataError::InvalidUtf8 {
-            path: path.to_path_buf(),
-            line: lines.len() + 1,
-        })?;
+        let text = std::str::from_utf8(line)
+            .map_err(|_| DataError::InvalidUtf8 { path: path.to_path_buf(), line: lines.len() + 1 })?;
         lines.push(text.to_string());
-        rest = if end < rest.len() {
-            &rest[end + 1..]
-        } else {
-            &[]
-        };
+        rest = if end < rest.len() { &rest[end + 1..] } else { &[] };
     }
     Ok(lines)
 }
@@ -85,10 +79,7 @@ mod tests {
         let s = write(d.path(), "a.de", b"eins\r\n\nzwei\n");
         let t = write(d.path(), "a.en", b"one\nnothing\ntwo");
         let p = read_parallel(&s, &t).unwrap();
-        assert_eq!(
-            p.pairs,
-            vec![("eins".into(), "one".into()), ("zwei".into(), "two".into())]
-        );
+        assert_eq!(p.pairs, vec![("eins".into(), "one".into()), ("zwei".into(), "two".into())]);
         assert_eq!(p.skipped_empty, vec![2]);
     }
 
@@ -98,10 +89,7 @@ mod tests {
         let s = write(d.path(), "b.de", b"a\nb\nc\n");
         let t = write(d.path(), "b.en", b"a\nb\n");
         let e = read_parallel(&s, &t).unwrap_err().to_string();
-        assert!(
-            e.contains("b.de has 3 lines") && e.contains("b.en has 2"),
-            "{e}"
-        );
+        assert!(e.contains("b.de has 3 lines") && e.contains("b.en has 2"), "{e}");
     }
 
     #[test]
@@ -115,9 +103,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let e = read_lines(Path::new("/nonexistent/x.de"))
-            .unwrap_err()
-            .to_string();
+        let e = read_lines(Path::new("/nonexistent/x.de")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.de"), "{e}");
     }
 }

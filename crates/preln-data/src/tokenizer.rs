@@ -32,57 +32,35 @@ fn metaspace() -> Metaspace {
 
 impl Bpe {
     /// Learns a BPE of (at most) `vocab_size` entries, specials included, from `texts`.
-    pub fn train<'a>(
-        texts: impl Iterator<Item = &'a str> + Send,
-        vocab_size: usize,
-    ) -> Result<Bpe> {
-        let model = BPE::builder()
-            .unk_token(SPECIAL_TOKENS[1].to_string())
+    pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Bpe> {
+        let model = BPE::builder().unk_token(SPECIAL_TOKENS[1].to_string()).build().map_err(tk_error)?;
+        let mut tokenizer =
+            TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new(
+            )
+            .with_model(model)
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(metaspace())))
+            .with_post_processor(None)
+            .with_decoder(Some(DecoderWrapper::Metaspace(metaspace())))
             .build()
             .map_err(tk_error)?;
-        let mut tokenizer = TokenizerBuilder::<
-            BPE,
-            NormalizerWrapper,
-            PreTokenizerWrapper,
-            PostProcessorWrapper,
-            DecoderWrapper,
-        >::new()
-        .with_model(model)
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(metaspace())))
-        .with_post_processor(None)
-        .with_decoder(Some(DecoderWrapper::Metaspace(metaspace())))
-        .build()
-        .map_err(tk_error)?;
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
             .show_progress(false)
-            .special_tokens(
-                SPECIAL_TOKENS
-                    .iter()
-                    .map(|t| AddedToken::from(t.to_string(), true))
-                    .collect(),
-            )
+            .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(t.to_string(), true)).collect())
             .build();
         tokenizer.train(&mut trainer, texts).map_err(tk_error)?;
-        let bpe = Bpe {
-            inner: tokenizer.into(),
-        };
+        let bpe = Bpe { inner: tokenizer.into() };
         bpe.check_specials()?;
         Ok(bpe)
     }
 
     pub fn load(path: &Path) -> Result<Bpe> {
-        let inner = Tokenizer::from_file(path).map_err(|e| DataError::Invalid {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| DataError::Invalid { path: path.into(), reason: e.to_string() })?;
         let bpe = Bpe { inner };
-        bpe.check_specials().map_err(|e| DataError::Invalid {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        bpe.check_specials().map_err(|e| DataError::Invalid { path: path.into(), reason: e.to_string() })?;
         Ok(bpe)
     }
 
@@ -94,9 +72,7 @@ impl Bpe {
         let sp = Specials::DEFAULT;
         for (token, id) in SPECIAL_TOKENS.iter().zip([sp.pad, sp.unk, sp.bos, sp.eos]) {
             if self.inner.token_to_id(token) != Some(id as u32) {
-                return Err(DataError::Tokenizer(format!(
-                    "special token {token} must have id {id}"
-                )));
+                return Err(DataError::Tokenizer(format!("special token {token} must have id {id}")));
             }
         }
         Ok(())
@@ -108,12 +84,7 @@ impl Bpe {
 
     /// Token ids of `text`, without specials.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, false)
-            .map_err(tk_error)?
-            .get_ids()
-            .to_vec())
+        Ok(self.inner.encode(text, false).map_err(tk_error)?.get_ids().to_vec())
     }
 
     /// The text of `ids`; special tokens are dropped.
@@ -123,9 +94,7 @@ impl Bpe {
 
     /// The pieces of `ids`, for display.
     pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
-        ids.iter()
-            .map(|&i| self.inner.id_to_token(i).unwrap_or_else(|| "<?>".into()))
-            .collect()
+        ids.iter().map(|&i| self.inner.id_to_token(i).unwrap_or_else(|| "<?>".into())).collect()
     }
 }
 
@@ -134,17 +103,8 @@ mod tests {
     use super::*;
 
     fn corpus() -> Vec<String> {
-        let words = [
-            "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "Straße", "über",
-        ];
-        (0..400)
-            .map(|i| {
-                (0..6)
-                    .map(|j| words[(i * 7 + j * 3) % words.len()])
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect()
+        let words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "Straße", "über"];
+        (0..400).map(|i| (0..6).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" ")).collect()
     }
 
     #[test]
@@ -152,10 +112,7 @@ mod tests {
         let text = corpus();
         let bpe = Bpe::train(text.iter().map(String::as_str), 60).unwrap();
         assert!(bpe.vocab_size() <= 60);
-        assert!(bpe
-            .encode("the 猫")
-            .unwrap()
-            .contains(&(Specials::DEFAULT.unk as u32)));
+        assert!(bpe.encode("the 猫").unwrap().contains(&(Specials::DEFAULT.unk as u32)));
     }
 
     fn s_decoded(bpe: &Bpe, s: &str) -> String {
@@ -166,18 +123,8 @@ mod tests {
     fn known_text_round_trips_exactly() {
         let text = corpus();
         let bpe = Bpe::train(text.iter().map(String::as_str), 80).unwrap();
-        for s in [
-            "the cat sat on the mat",
-            "a  dog ran in the park",
-            "über  Straße ",
-            "Straße",
-        ] {
-            assert_eq!(
-                s_decoded(&bpe, s),
-                s,
-                "{:?}",
-                bpe.pieces(&bpe.encode(s).unwrap())
-            );
+        for s in ["the cat sat on the mat", "a  dog ran in the park", "über  Straße ", "Straße"] {
+            assert_eq!(s_decoded(&bpe, s), s, "{:?}", bpe.pieces(&bpe.encode(s).unwrap()));
         }
     }
 
@@ -189,13 +136,7 @@ mod tests {
         let p = d.path().join("tokenizer.json");
         bpe.save(&p).unwrap();
         let again = Bpe::load(&p).unwrap();
-        assert_eq!(
-            again.encode("the dog").unwrap(),
-            bpe.encode("the dog").unwrap()
-        );
-        assert_eq!(
-            bpe.pieces(&[0, 1, 2, 3]),
-            vec!["<pad>", "<unk>", "<s>", "</s>"]
-        );
+        assert_eq!(again.encode("the dog").unwrap(), bpe.encode("the dog").unwrap());
+        assert_eq!(bpe.pieces(&[0, 1, 2, 3]), vec!["<pad>", "<unk>", "<s>", "</s>"]);
     }
 }

@@ -27,12 +27,8 @@ const EN: [&str; 8] = [
 ];
 
 fn write_split(dir: &Path, prefix: &str, n: usize, extra: &[(&str, &str)]) -> PathBuf {
-    let mut de: Vec<String> = (0..n)
-        .map(|i| format!("{} {}", DE[i % 8], DE[(i * 3) % 8]))
-        .collect();
-    let mut en: Vec<String> = (0..n)
-        .map(|i| format!("{} {}", EN[i % 8], EN[(i * 3) % 8]))
-        .collect();
+    let mut de: Vec<String> = (0..n).map(|i| format!("{} {}", DE[i % 8], DE[(i * 3) % 8])).collect();
+    let mut en: Vec<String> = (0..n).map(|i| format!("{} {}", EN[i % 8], EN[(i * 3) % 8])).collect();
     for (d, e) in extra {
         de.push(d.to_string());
         en.push(e.to_string());
@@ -53,13 +49,7 @@ fn spec(dir: &Path, out: &Path) -> PrepareSpec {
                     dir,
                     "train",
                     200,
-                    &[
-                        ("", "empty source"),
-                        (
-                            "lang lang lang lang lang lang lang lang lang lang lang lang",
-                            "long",
-                        ),
-                    ],
+                    &[("", "empty source"), ("lang lang lang lang lang lang lang lang lang lang lang lang", "long")],
                 ),
             ),
             ("valid".into(), write_split(dir, "val", 20, &[])),
@@ -78,15 +68,7 @@ fn prepares_and_reads_back() {
     let out = d.path().join("data");
     let manifest = prepare(&spec(d.path(), &out), |_| {}).unwrap();
     let train = manifest.split("train").unwrap();
-    assert_eq!(
-        (
-            train.lines,
-            train.pairs,
-            train.skipped_empty,
-            train.skipped_too_long
-        ),
-        (202, 200, 1, 1)
-    );
+    assert_eq!((train.lines, train.pairs, train.skipped_empty, train.skipped_too_long), (202, 200, 1, 1));
     assert_eq!(train.skipped_lines_sample, vec![201, 202]);
     assert!(manifest.vocab_size <= 120);
 
@@ -96,19 +78,10 @@ fn prepares_and_reads_back() {
     assert_eq!(valid.len(), 20);
     // Decoding gives back the exact text.
     let ids: Vec<u32> = valid[3].0.iter().map(|&i| i as u32).collect();
-    assert_eq!(
-        ds.tokenizer.decode(&ids).unwrap(),
-        format!("{} {}", DE[3], DE[1])
-    );
-    assert!(valid
-        .iter()
-        .flat_map(|(s, t)| s.iter().chain(t))
-        .all(|&i| i >= 4));
+    assert_eq!(ds.tokenizer.decode(&ids).unwrap(), format!("{} {}", DE[3], DE[1]));
+    assert!(valid.iter().flat_map(|(s, t)| s.iter().chain(t)).all(|&i| i >= 4));
     let e = ds.split("nope").err().unwrap().to_string();
-    assert!(
-        e.contains("no split `nope`") && e.contains("train, valid, test"),
-        "{e}"
-    );
+    assert!(e.contains("no split `nope`") && e.contains("train, valid, test"), "{e}");
 }
 
 #[test]
@@ -127,12 +100,7 @@ fn existing_folder_needs_force_and_corruption_is_caught() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&file, bytes).unwrap();
-    let e = Dataset::open(&out)
-        .unwrap()
-        .split("valid")
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Dataset::open(&out).unwrap().split("valid").err().unwrap().to_string();
     assert!(e.contains("valid.de.bin") && e.contains("checksum"), "{e}");
 }
 
@@ -143,10 +111,7 @@ fn bad_input_leaves_nothing_behind() {
     let mut s = spec(d.path(), &out);
     std::fs::write(d.path().join("val.en"), "only one line\n").unwrap();
     let e = prepare(&s, |_| {}).unwrap_err().to_string();
-    assert!(
-        e.contains("val.de has 20 lines") && e.contains("val.en has 1"),
-        "{e}"
-    );
+    assert!(e.contains("val.de has 20 lines") && e.contains("val.en has 1"), "{e}");
     assert!(!out.exists());
     let leftovers: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()
@@ -158,9 +123,5 @@ fn bad_input_leaves_nothing_behind() {
     s.splits[1].1 = d.path().join("missing");
     let e = prepare(&s, |_| {}).unwrap_err().to_string();
     assert!(e.contains("missing.de"), "{e}");
-    assert!(Dataset::open(&out)
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("not a prepared data folder"));
+    assert!(Dataset::open(&out).err().unwrap().to_string().contains("not a prepared data folder"));
 }

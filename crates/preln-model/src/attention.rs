@@ -43,22 +43,14 @@ impl MultiHeadAttention {
     /// # Shapes
     /// query: `[B, T, d]`; memory: `[B, S, d]`; mask: bool, broadcastable to `[B, heads, T, S]`,
     /// `true` = attend -> `[B, T, d]`
-    pub fn forward(
-        &self,
-        query: &Tensor,
-        memory: &Tensor,
-        mask: Option<&Tensor>,
-        train: bool,
-    ) -> Tensor {
+    pub fn forward(&self, query: &Tensor, memory: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let (b, t, d) = query.size3().expect("query must be [B, T, d]");
         let q = self.split(&self.q_proj.forward(query));
         let k = self.split(&self.k_proj.forward(memory));
         let v = self.split(&self.v_proj.forward(memory));
         let dropout = if train { self.dropout } else { 0.0 };
-        let ctx =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
         // [B, heads, T, d_head] -> [B, T, d]
-        self.out_proj
-            .forward(&ctx.transpose(1, 2).reshape([b, t, d]))
+        self.out_proj.forward(&ctx.transpose(1, 2).reshape([b, t, d]))
     }
 }

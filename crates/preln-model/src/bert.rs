@@ -40,14 +40,7 @@ impl Bert {
         Ok(Bert {
             cfg: cfg.clone(),
             tokens: embedding_weight(&(&e / "tokens"), "weight", v, d, std, Some(cfg.pad_id)),
-            positions: embedding_weight(
-                &(&e / "positions"),
-                "weight",
-                cfg.max_positions,
-                d,
-                std,
-                None,
-            ),
+            positions: embedding_weight(&(&e / "positions"), "weight", cfg.max_positions, d, std, None),
             segments: embedding_weight(&(&e / "segments"), "weight", cfg.segments, d, std, None),
             embed_norm: layer_norm(&e / "norm", d, cfg.layer_norm_eps),
             encoder: Encoder::new(p / "encoder", &layer, cfg.layers),
@@ -72,19 +65,14 @@ impl Bert {
         if t > self.cfg.max_positions {
             return Err(ModelError::InvalidConfig {
                 key: "max_positions",
-                reason: format!(
-                    "is {} but the batch has sequences of length {t}",
-                    self.cfg.max_positions
-                ),
+                reason: format!("is {} but the batch has sequences of length {t}", self.cfg.max_positions),
             });
         }
         let x = lookup(&self.tokens, tokens, self.cfg.pad_id)
             + self.positions.narrow(0, 0, t).unsqueeze(0)
             + Tensor::embedding(&self.segments, segments, -1, false, false);
         let x = self.embed_norm.forward(&x).dropout(self.cfg.dropout, train);
-        Ok(self
-            .encoder
-            .forward(&x, &mask::key_padding(tokens, self.cfg.pad_id), train))
+        Ok(self.encoder.forward(&x, &mask::key_padding(tokens, self.cfg.pad_id), train))
     }
 
     /// MLM logits for hidden states.
@@ -98,12 +86,7 @@ impl Bert {
 
     /// # Shapes
     /// tokens, segments: `[B, T]` -> logits `[B, T, V]`
-    pub fn forward(
-        &self,
-        tokens: &Tensor,
-        segments: &Tensor,
-        train: bool,
-    ) -> Result<(StackOut, Tensor)> {
+    pub fn forward(&self, tokens: &Tensor, segments: &Tensor, train: bool) -> Result<(StackOut, Tensor)> {
         let stack = self.encode(tokens, segments, train)?;
         let logits = self.mlm_logits(&stack.out);
         Ok((stack, logits))

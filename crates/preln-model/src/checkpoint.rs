@@ -40,17 +40,11 @@ pub fn parameters(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 /// The number of scalar parameters.
 pub fn count(vs: &VarStore) -> i64 {
-    vs.trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum()
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }
 
 fn checkpoint_error(path: &Path, reason: impl Into<String>) -> ModelError {
-    ModelError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    ModelError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn dtype_name(kind: Kind) -> Option<(&'static str, usize)> {
@@ -70,16 +64,10 @@ fn dtype_name(kind: Kind) -> Option<(&'static str, usize)> {
 }
 
 /// The safetensors encoding of `tensors` with string `metadata` (`__metadata__`).
-pub fn encode_safetensors(
-    tensors: &[(String, Tensor)],
-    metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn encode_safetensors(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert(
-            "__metadata__".into(),
-            serde_json::to_value(metadata).expect("strings serialize"),
-        );
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialize"));
     }
     let mut data: Vec<u8> = Vec::new();
     for (name, t) in tensors {
@@ -111,14 +99,8 @@ pub fn encode_safetensors(
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that
 /// an interrupted write never leaves a truncated file behind.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
     {
@@ -130,11 +112,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes `tensors` (and `metadata`) as safetensors to `path`, atomically.
-pub fn write_atomic(
-    tensors: &[(String, Tensor)],
-    metadata: &BTreeMap<String, String>,
-    path: &Path,
-) -> Result<()> {
+pub fn write_atomic(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>, path: &Path) -> Result<()> {
     write_file_atomic(path, &encode_safetensors(tensors, metadata)?)
 }
 
@@ -142,22 +120,16 @@ pub fn write_atomic(
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     use std::io::Read;
     let bad = |reason: String| checkpoint_error(path, reason);
-    let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    f.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let len = u64::from_le_bytes(len);
     if len > 100_000_000 {
         return Err(bad("not a safetensors file: header too large".into()));
     }
     let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| bad(format!("truncated header: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    f.read_exact(&mut header).map_err(|e| bad(format!("truncated header: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
     match v.get("__metadata__") {
         None => Ok(BTreeMap::new()),
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(format!("bad metadata: {e}"))),
@@ -174,10 +146,7 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
         return Err(checkpoint_error(path, "file not found"));
     }
-    Ok(Tensor::read_safetensors(path)
-        .map_err(|e| checkpoint_error(path, e.to_string()))?
-        .into_iter()
-        .collect())
+    Ok(Tensor::read_safetensors(path).map_err(|e| checkpoint_error(path, e.to_string()))?.into_iter().collect())
 }
 
 /// Loads every variable of `vs` from `path`. Strict: a missing or unexpected key, or a shape
@@ -189,28 +158,15 @@ pub fn load(vs: &mut VarStore, path: &Path) -> Result<()> {
 /// Loads every variable of `vs` from `file` (tensors read from `path`), strictly as [`load`].
 pub fn load_from(vs: &mut VarStore, mut file: HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let vars = parameters(vs);
-    let missing: Vec<&str> = vars
-        .iter()
-        .filter(|(n, _)| !file.contains_key(n))
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let missing: Vec<&str> = vars.iter().filter(|(n, _)| !file.contains_key(n)).map(|(n, _)| n.as_str()).collect();
     if !missing.is_empty() {
-        return Err(checkpoint_error(
-            path,
-            format!("missing keys: {}", missing.join(", ")),
-        ));
+        return Err(checkpoint_error(path, format!("missing keys: {}", missing.join(", "))));
     }
-    let mut unexpected: Vec<&String> = file
-        .keys()
-        .filter(|k| !vars.iter().any(|(n, _)| n == *k))
-        .collect();
+    let mut unexpected: Vec<&String> = file.keys().filter(|k| !vars.iter().any(|(n, _)| n == *k)).collect();
     if !unexpected.is_empty() {
         unexpected.sort();
         let names: Vec<&str> = unexpected.iter().map(|s| s.as_str()).collect();
-        return Err(checkpoint_error(
-            path,
-            format!("unexpected keys: {}", names.join(", ")),
-        ));
+        return Err(checkpoint_error(path, format!("unexpected keys: {}", names.join(", "))));
     }
     tch::no_grad(|| {
         for (name, mut var) in vars {
@@ -218,11 +174,7 @@ pub fn load_from(vs: &mut VarStore, mut file: HashMap<String, Tensor>, path: &Pa
             if src.size() != var.size() {
                 return Err(checkpoint_error(
                     path,
-                    format!(
-                        "`{name}` has shape {:?} in the file but {:?} in the model",
-                        src.size(),
-                        var.size()
-                    ),
+                    format!("`{name}` has shape {:?} in the file but {:?} in the model", src.size(), var.size()),
                 ));
             }
             var.copy_(&src.to_kind(var.kind()));
@@ -245,11 +197,7 @@ mod tests {
         let c = Tensor::from_slice(&[0.1f64]);
         let meta = BTreeMap::from([("step".to_string(), "42".to_string())]);
         write_atomic(
-            &[
-                ("a".into(), a.shallow_clone()),
-                ("b".into(), b.shallow_clone()),
-                ("c".into(), c.shallow_clone()),
-            ],
+            &[("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone()), ("c".into(), c.shallow_clone())],
             &meta,
             &path,
         )
@@ -264,21 +212,11 @@ mod tests {
 
     #[test]
     fn natural_order_of_paths() {
-        let mut v = vec![
-            "encoder.layers.10.ffn",
-            "encoder.layers.2.ffn",
-            "embed_tokens.weight",
-            "encoder.final_norm",
-        ];
+        let mut v = vec!["encoder.layers.10.ffn", "encoder.layers.2.ffn", "embed_tokens.weight", "encoder.final_norm"];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(
             v,
-            vec![
-                "embed_tokens.weight",
-                "encoder.final_norm",
-                "encoder.layers.2.ffn",
-                "encoder.layers.10.ffn"
-            ]
+            vec!["embed_tokens.weight", "encoder.final_norm", "encoder.layers.2.ffn", "encoder.layers.10.ffn"]
         );
     }
 }

@@ -88,19 +88,12 @@ impl Default for Seq2SeqConfig {
 impl Seq2SeqConfig {
     /// The paper's IWSLT14 model: 6+6 layers, d 512, FFN 1024, 4 heads.
     pub fn iwslt14(placement: NormPlacement) -> Self {
-        Seq2SeqConfig {
-            placement,
-            ..Default::default()
-        }
+        Seq2SeqConfig { placement, ..Default::default() }
     }
 
     /// The CPU-scale model of the reproduction: 6+6 layers, d 256, FFN 1024, 4 heads.
     pub fn cpu(placement: NormPlacement) -> Self {
-        Seq2SeqConfig {
-            placement,
-            d_model: 256,
-            ..Default::default()
-        }
+        Seq2SeqConfig { placement, d_model: 256, ..Default::default() }
     }
 
     /// Looks up a named preset.
@@ -115,13 +108,7 @@ impl Seq2SeqConfig {
     pub const PRESETS: [&'static str; 2] = ["iwslt14", "cpu"];
 
     pub fn validate(&self) -> Result<()> {
-        check_dims(
-            self.vocab_size,
-            self.pad_id,
-            self.d_model,
-            self.ffn_dim,
-            self.heads,
-        )?;
+        check_dims(self.vocab_size, self.pad_id, self.d_model, self.ffn_dim, self.heads)?;
         check_positive("encoder_layers", self.encoder_layers)?;
         check_positive("decoder_layers", self.decoder_layers)?;
         if self.d_model % 2 != 0 {
@@ -202,13 +189,7 @@ impl Default for BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
-        check_dims(
-            self.vocab_size,
-            self.pad_id,
-            self.d_model,
-            self.ffn_dim,
-            self.heads,
-        )?;
+        check_dims(self.vocab_size, self.pad_id, self.d_model, self.ffn_dim, self.heads)?;
         check_positive("layers", self.layers)?;
         check_positive("max_positions", self.max_positions)?;
         check_positive("segments", self.segments)?;
@@ -244,10 +225,7 @@ impl BertConfig {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ModelError {
-    ModelError::InvalidConfig {
-        key,
-        reason: reason.into(),
-    }
+    ModelError::InvalidConfig { key, reason: reason.into() }
 }
 
 fn check_positive(key: &'static str, v: i64) -> Result<()> {
@@ -263,16 +241,10 @@ fn check_dims(vocab: i64, pad: i64, d: i64, ffn: i64, heads: i64) -> Result<()> 
     check_positive("ffn_dim", ffn)?;
     check_positive("heads", heads)?;
     if pad < 0 || pad >= vocab {
-        return Err(invalid(
-            "pad_id",
-            format!("must lie in 0..{vocab}, got {pad}"),
-        ));
+        return Err(invalid("pad_id", format!("must lie in 0..{vocab}, got {pad}")));
     }
     if d % heads != 0 {
-        return Err(invalid(
-            "heads",
-            format!("must divide d_model {d}, got {heads}"),
-        ));
+        return Err(invalid("heads", format!("must divide d_model {d}, got {heads}")));
     }
     Ok(())
 }
@@ -307,21 +279,14 @@ mod tests {
 
     #[test]
     fn heads_must_divide_d_model() {
-        let cfg = Seq2SeqConfig {
-            heads: 3,
-            ..Default::default()
-        };
+        let cfg = Seq2SeqConfig { heads: 3, ..Default::default() };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("`heads`"), "{err}");
     }
 
     #[test]
     fn pad_must_be_in_vocab() {
-        let cfg = Seq2SeqConfig {
-            vocab_size: 10,
-            pad_id: 10,
-            ..Default::default()
-        };
+        let cfg = Seq2SeqConfig { vocab_size: 10, pad_id: 10, ..Default::default() };
         assert!(cfg.validate().unwrap_err().to_string().contains("`pad_id`"));
     }
 

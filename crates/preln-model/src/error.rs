@@ -11,10 +11,7 @@ pub enum ModelError {
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -9,57 +9,21 @@ pub fn linear(p: nn::Path, d_in: i64, d_out: i64, init: WeightInit) -> nn::Linea
     let ws_init = match init {
         WeightInit::Xavier => {
             let bound = (6.0 / (d_in + d_out) as f64).sqrt();
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            }
+            Init::Uniform { lo: -bound, up: bound }
         }
-        WeightInit::Normal { std } => Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
+        WeightInit::Normal { std } => Init::Randn { mean: 0.0, stdev: std },
     };
-    nn::linear(
-        p,
-        d_in,
-        d_out,
-        nn::LinearConfig {
-            ws_init,
-            bs_init: Some(Init::Const(0.0)),
-            bias: true,
-        },
-    )
+    nn::linear(p, d_in, d_out, nn::LinearConfig { ws_init, bs_init: Some(Init::Const(0.0)), bias: true })
 }
 
 /// A LayerNorm over the last dimension, gain 1 and bias 0.
 pub fn layer_norm(p: nn::Path, d: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![d],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+    nn::layer_norm(p, vec![d], nn::LayerNormConfig { eps, ..Default::default() })
 }
 
 /// An embedding matrix `[n, d]` drawn from N(0, std^2), with row `pad` (if any) set to zero.
-pub fn embedding_weight(
-    p: &nn::Path,
-    name: &str,
-    n: i64,
-    d: i64,
-    std: f64,
-    pad: Option<i64>,
-) -> tch::Tensor {
-    let w = p.var(
-        name,
-        &[n, d],
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
-    );
+pub fn embedding_weight(p: &nn::Path, name: &str, n: i64, d: i64, std: f64, pad: Option<i64>) -> tch::Tensor {
+    let w = p.var(name, &[n, d], Init::Randn { mean: 0.0, stdev: std });
     if let Some(pad) = pad {
         tch::no_grad(|| {
             let _ = w.get(pad).zero_();

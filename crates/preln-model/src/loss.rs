@@ -37,19 +37,10 @@ impl LossSums {
 
 /// # Shapes
 /// logits: `[..., V]`; target: `[...]` -> scalar sums
-pub fn label_smoothed_nll(
-    logits: &Tensor,
-    target: &Tensor,
-    epsilon: f64,
-    ignore_index: i64,
-) -> LossSums {
+pub fn label_smoothed_nll(logits: &Tensor, target: &Tensor, epsilon: f64, ignore_index: i64) -> LossSums {
     let v = *logits.size().last().expect("logits need a class dimension");
     // Statistics in fp32 at least, whatever the logits' precision.
-    let kind = if logits.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    };
+    let kind = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let lprobs = logits.log_softmax(-1, kind).view([-1, v]);
     let target = target.reshape([-1]);
     let keep = target.ne(ignore_index);
@@ -61,11 +52,7 @@ pub fn label_smoothed_nll(
     let smooth = smooth.where_self(&keep, &zero).sum(kind);
     let eps_i = if v > 1 { epsilon / (v - 1) as f64 } else { 0.0 };
     let loss = &nll * (1.0 - epsilon - eps_i) + smooth * eps_i;
-    LossSums {
-        loss,
-        nll,
-        tokens: keep.sum(Kind::Int64),
-    }
+    LossSums { loss, nll, tokens: keep.sum(Kind::Int64) }
 }
 
 #[cfg(test)]
@@ -97,11 +84,7 @@ mod tests {
         let s = label_smoothed_nll(&logits, &target, 0.2, -100);
         let (lp0, lp1) = ((2.0f64 / 3.0).ln(), (1.0f64 / 3.0).ln());
         let expected = (1.0 - 0.2 - 0.2) * -lp0 + 0.2 * -(lp0 + lp1);
-        assert!(
-            (f(&s.loss) - expected).abs() < 1e-6,
-            "{} vs {expected}",
-            f(&s.loss)
-        );
+        assert!((f(&s.loss) - expected).abs() < 1e-6, "{} vs {expected}", f(&s.loss));
         // Which equals 0.8 * -lp0 + 0.2 * -lp1, the cross-entropy with the smoothed target.
         assert!((expected - (0.8 * -lp0 + 0.2 * -lp1)).abs() < 1e-12);
     }

@@ -43,27 +43,14 @@ mod tests {
     fn rows(t: &Tensor) -> Vec<Vec<bool>> {
         let t = t.to_kind(Kind::Int64);
         (0..t.size()[0])
-            .map(|i| {
-                Vec::<i64>::try_from(t.get(i))
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v != 0)
-                    .collect()
-            })
+            .map(|i| Vec::<i64>::try_from(t.get(i)).unwrap().into_iter().map(|v| v != 0).collect())
             .collect()
     }
 
     #[test]
     fn causal_is_lower_triangular() {
         let m = causal(3, Device::Cpu);
-        assert_eq!(
-            rows(&m),
-            vec![
-                vec![true, false, false],
-                vec![true, true, false],
-                vec![true, true, true]
-            ]
-        );
+        assert_eq!(rows(&m), vec![vec![true, false, false], vec![true, true, false], vec![true, true, true]]);
     }
 
     #[test]
@@ -73,14 +60,7 @@ mod tests {
         let m = causal_with_padding(&tokens, 0);
         assert_eq!(m.size(), vec![1, 1, 3, 3]);
         let m = m.view([3, 3]);
-        assert_eq!(
-            rows(&m),
-            vec![
-                vec![true, false, false],
-                vec![true, true, false],
-                vec![true, true, false]
-            ]
-        );
+        assert_eq!(rows(&m), vec![vec![true, false, false], vec![true, true, false], vec![true, true, false]]);
         assert_eq!(key_padding(&tokens, 0).size(), vec![1, 1, 1, 3]);
     }
 }

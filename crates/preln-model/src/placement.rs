@@ -47,14 +47,8 @@ impl NormPlacement {
     /// The single point where a placement becomes concrete norms.
     pub const fn slots(self) -> Slots {
         match self {
-            NormPlacement::Post => Slots {
-                sublayer_norm: Some(NormPosition::AfterResidual),
-                final_norm: false,
-            },
-            NormPlacement::Pre => Slots {
-                sublayer_norm: Some(NormPosition::BeforeBranch),
-                final_norm: true,
-            },
+            NormPlacement::Post => Slots { sublayer_norm: Some(NormPosition::AfterResidual), final_norm: false },
+            NormPlacement::Pre => Slots { sublayer_norm: Some(NormPosition::BeforeBranch), final_norm: true },
         }
     }
 
@@ -82,9 +76,7 @@ impl std::str::FromStr for NormPlacement {
         match s.to_ascii_lowercase().as_str() {
             "post" | "post-ln" | "postln" => Ok(NormPlacement::Post),
             "pre" | "pre-ln" | "preln" => Ok(NormPlacement::Pre),
-            other => Err(format!(
-                "unknown norm placement `{other}` (expected `post` or `pre`)"
-            )),
+            other => Err(format!("unknown norm placement `{other}` (expected `post` or `pre`)")),
         }
     }
 }
@@ -97,26 +89,14 @@ mod tests {
     fn pre_has_final_norm_post_has_none() {
         assert!(NormPlacement::Pre.slots().final_norm);
         assert!(!NormPlacement::Post.slots().final_norm);
-        assert_eq!(
-            NormPlacement::Pre.slots().sublayer_norm,
-            Some(NormPosition::BeforeBranch)
-        );
-        assert_eq!(
-            NormPlacement::Post.slots().sublayer_norm,
-            Some(NormPosition::AfterResidual)
-        );
+        assert_eq!(NormPlacement::Pre.slots().sublayer_norm, Some(NormPosition::BeforeBranch));
+        assert_eq!(NormPlacement::Post.slots().sublayer_norm, Some(NormPosition::AfterResidual));
     }
 
     #[test]
     fn parses_names() {
-        assert_eq!(
-            "Pre-LN".parse::<NormPlacement>().unwrap(),
-            NormPlacement::Pre
-        );
-        assert_eq!(
-            "post".parse::<NormPlacement>().unwrap(),
-            NormPlacement::Post
-        );
+        assert_eq!("Pre-LN".parse::<NormPlacement>().unwrap(), NormPlacement::Pre);
+        assert_eq!("post".parse::<NormPlacement>().unwrap(), NormPlacement::Post);
         assert!("sandwich".parse::<NormPlacement>().is_err());
     }
 }

@@ -50,37 +50,12 @@ impl Seq2Seq {
         let pad = Some(cfg.pad_id);
         let embed = if cfg.share_embeddings {
             let w = embedding_weight(&(p / "embed_tokens"), "weight", v, d, std, pad);
-            Embeddings {
-                encoder: w.shallow_clone(),
-                decoder: w.shallow_clone(),
-                output: w,
-            }
+            Embeddings { encoder: w.shallow_clone(), decoder: w.shallow_clone(), output: w }
         } else {
             Embeddings {
-                encoder: embedding_weight(
-                    &(p / "encoder" / "embed_tokens"),
-                    "weight",
-                    v,
-                    d,
-                    std,
-                    pad,
-                ),
-                decoder: embedding_weight(
-                    &(p / "decoder" / "embed_tokens"),
-                    "weight",
-                    v,
-                    d,
-                    std,
-                    pad,
-                ),
-                output: embedding_weight(
-                    &(p / "decoder" / "output_projection"),
-                    "weight",
-                    v,
-                    d,
-                    std,
-                    None,
-                ),
+                encoder: embedding_weight(&(p / "encoder" / "embed_tokens"), "weight", v, d, std, pad),
+                decoder: embedding_weight(&(p / "decoder" / "embed_tokens"), "weight", v, d, std, pad),
+                output: embedding_weight(&(p / "decoder" / "output_projection"), "weight", v, d, std, None),
             }
         };
         let layer = cfg.layer();
@@ -121,10 +96,7 @@ impl Seq2Seq {
     pub fn encode(&self, src: &Tensor, train: bool) -> Encoded {
         let mask = mask::key_padding(src, self.cfg.pad_id);
         let x = self.embed(&self.embed.encoder, src, 0, train);
-        Encoded {
-            stack: self.encoder.forward(&x, &mask, train),
-            mask,
-        }
+        Encoded { stack: self.encoder.forward(&x, &mask, train), mask }
     }
 
     /// Teacher-forced decoding of the whole target prefix at once.
@@ -134,9 +106,7 @@ impl Seq2Seq {
     pub fn decode(&self, enc: &Encoded, prev: &Tensor, train: bool) -> Decoded {
         let self_mask = mask::causal_with_padding(prev, self.cfg.pad_id);
         let x = self.embed(&self.embed.decoder, prev, 0, train);
-        let stack = self
-            .decoder
-            .forward(&x, &self_mask, &enc.stack.out, &enc.mask, train);
+        let stack = self.decoder.forward(&x, &self_mask, &enc.stack.out, &enc.mask, train);
         let logits = stack.out.matmul(&self.embed.output.tr());
         Decoded { logits, stack }
     }

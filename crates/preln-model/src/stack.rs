@@ -42,11 +42,8 @@ impl EncoderLayer {
     /// # Shapes
     /// x: `[B, S, d]`; mask: `[B, 1, 1, S]` -> `[B, S, d]`
     pub fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> ResidualOut {
-        let a = self.self_attn_res.forward(x, train, |h| {
-            self.self_attn.forward(h, h, Some(mask), train)
-        });
-        self.ffn_res
-            .forward(&a.out, train, |h| self.ffn.forward(h, train))
+        let a = self.self_attn_res.forward(x, train, |h| self.self_attn.forward(h, h, Some(mask), train));
+        self.ffn_res.forward(&a.out, train, |h| self.ffn.forward(h, train))
     }
 }
 
@@ -84,40 +81,25 @@ impl DecoderLayer {
         memory_mask: &Tensor,
         train: bool,
     ) -> ResidualOut {
-        let a = self.self_attn_res.forward(x, train, |h| {
-            self.self_attn.forward(h, h, Some(self_mask), train)
-        });
-        let c = self.cross_attn_res.forward(&a.out, train, |h| {
-            self.cross_attn.forward(h, memory, Some(memory_mask), train)
-        });
-        self.ffn_res
-            .forward(&c.out, train, |h| self.ffn.forward(h, train))
+        let a = self.self_attn_res.forward(x, train, |h| self.self_attn.forward(h, h, Some(self_mask), train));
+        let c = self
+            .cross_attn_res
+            .forward(&a.out, train, |h| self.cross_attn.forward(h, memory, Some(memory_mask), train));
+        self.ffn_res.forward(&c.out, train, |h| self.ffn.forward(h, train))
     }
 }
 
 /// Variables `{p}.layers.{i}.*` and, when the placement has one, `{p}.final_norm`.
 fn final_norm(p: &nn::Path, cfg: &LayerConfig) -> Option<nn::LayerNorm> {
-    cfg.placement
-        .slots()
-        .final_norm
-        .then(|| layer_norm(p / "final_norm", cfg.d_model, cfg.layer_norm_eps))
+    cfg.placement.slots().final_norm.then(|| layer_norm(p / "final_norm", cfg.d_model, cfg.layer_norm_eps))
 }
 
-fn finish(
-    input: &Tensor,
-    x: Tensor,
-    layer_sums: Vec<Tensor>,
-    norm: &Option<nn::LayerNorm>,
-) -> StackOut {
+fn finish(input: &Tensor, x: Tensor, layer_sums: Vec<Tensor>, norm: &Option<nn::LayerNorm>) -> StackOut {
     let out = match norm {
         Some(ln) => ln.forward(&x),
         None => x,
     };
-    StackOut {
-        input: input.shallow_clone(),
-        out,
-        layer_sums,
-    }
+    StackOut { input: input.shallow_clone(), out, layer_sums }
 }
 
 #[derive(Debug)]
@@ -130,9 +112,7 @@ impl Encoder {
     pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
         let lp = &p / "layers";
         Encoder {
-            layers: (0..layers)
-                .map(|i| EncoderLayer::new(&lp / i, cfg))
-                .collect(),
+            layers: (0..layers).map(|i| EncoderLayer::new(&lp / i, cfg)).collect(),
             final_norm: final_norm(&p, cfg),
         }
     }
@@ -165,9 +145,7 @@ impl Decoder {
     pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
         let lp = &p / "layers";
         Decoder {
-            layers: (0..layers)
-                .map(|i| DecoderLayer::new(&lp / i, cfg))
-                .collect(),
+            layers: (0..layers).map(|i| DecoderLayer::new(&lp / i, cfg)).collect(),
             final_norm: final_norm(&p, cfg),
         }
     }

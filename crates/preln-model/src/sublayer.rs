@@ -26,25 +26,13 @@ pub struct ResidualOut {
 impl Residual {
     /// The norm, if any, is the variable `{p}` (e.g. `encoder.layers.0.self_attn_norm`).
     pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
-        let norm = cfg
-            .placement
-            .slots()
-            .sublayer_norm
-            .map(|pos| (pos, layer_norm(p, cfg.d_model, cfg.layer_norm_eps)));
-        Residual {
-            norm,
-            dropout: cfg.dropout,
-        }
+        let norm = cfg.placement.slots().sublayer_norm.map(|pos| (pos, layer_norm(p, cfg.d_model, cfg.layer_norm_eps)));
+        Residual { norm, dropout: cfg.dropout }
     }
 
     /// # Shapes
     /// x: `[B, T, d]`; `branch` maps `[B, T, d]` to `[B, T, d]`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        train: bool,
-        branch: impl FnOnce(&Tensor) -> Tensor,
-    ) -> ResidualOut {
+    pub fn forward(&self, x: &Tensor, train: bool, branch: impl FnOnce(&Tensor) -> Tensor) -> ResidualOut {
         let branch_out = match &self.norm {
             Some((NormPosition::BeforeBranch, ln)) => branch(&ln.forward(x)),
             _ => branch(x),
@@ -83,13 +71,7 @@ mod tests {
         let x = Tensor::from_slice(&[1f32, 2.0, 3.0]).view([1, 1, 3]);
         let ln = |v: &Tensor| v.layer_norm([3], None::<Tensor>, None::<Tensor>, 1e-5, false);
         for placement in NormPlacement::ALL {
-            let cfg = Seq2SeqConfig {
-                placement,
-                d_model: 3,
-                heads: 1,
-                ..Default::default()
-            }
-            .layer();
+            let cfg = Seq2SeqConfig { placement, d_model: 3, heads: 1, ..Default::default() }.layer();
             let vs = VarStore::new(Device::Cpu);
             let r = Residual::new(vs.root() / "n", &cfg).forward(&x, false, |h| h * 2.0);
             let (want_out, want_sum) = match placement {

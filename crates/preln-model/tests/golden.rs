@@ -36,20 +36,12 @@ impl ModelKind {
 
 /// Builds the model, loads the golden weights by path, runs forward and backward in `kind`,
 /// and returns logits and loss with the golden values.
-fn run(
-    model: ModelKind,
-    placement: NormPlacement,
-    kind: Kind,
-) -> (VarStore, Tensor, Tensor, HashMap<String, Tensor>) {
+fn run(model: ModelKind, placement: NormPlacement, kind: Kind) -> (VarStore, Tensor, Tensor, HashMap<String, Tensor>) {
     let base = common::golden_dir().join(format!("{}_{}", model.name(), placement.name()));
     let weights = base.with_extension("weights.safetensors");
     let golden_path = base.with_extension("golden.safetensors");
     for path in [&weights, &golden_path] {
-        assert!(
-            path.exists(),
-            "{} is missing: run tools/make_golden.py",
-            path.display()
-        );
+        assert!(path.exists(), "{} is missing: run tools/make_golden.py", path.display());
     }
     let device = common::device();
     let mut vs = VarStore::new(device);
@@ -111,56 +103,24 @@ fn check(model: ModelKind, placement: NormPlacement, kind: Kind, tol: f64) {
     let case = format!("{} {placement} {kind:?}", model.name());
     let (vs, logits, loss, golden) = run(model, placement, kind);
     let mut report = vec![
-        (
-            "logits".to_string(),
-            common::relative_error(&logits, &golden["output.logits"], 0.0),
-        ),
-        (
-            "loss".to_string(),
-            common::relative_error(&loss.reshape([1]), &golden["output.loss"], 0.0),
-        ),
+        ("logits".to_string(), common::relative_error(&logits, &golden["output.logits"], 0.0)),
+        ("loss".to_string(), common::relative_error(&loss.reshape([1]), &golden["output.loss"], 0.0)),
     ];
     // Gradients that vanish in exact arithmetic (the key-projection bias: softmax ignores a
     // shift shared by all keys) are judged against 1% of the model's largest gradient.
     let floor = 0.01
-        * golden
-            .iter()
-            .filter(|(k, _)| k.starts_with("grad."))
-            .map(|(_, g)| common::max_abs(g))
-            .fold(0.0, f64::max);
+        * golden.iter().filter(|(k, _)| k.starts_with("grad.")).map(|(_, g)| common::max_abs(g)).fold(0.0, f64::max);
     let params = parameters(&vs);
     let golden_grads = golden.keys().filter(|k| k.starts_with("grad.")).count();
-    assert_eq!(
-        params.len(),
-        golden_grads,
-        "{case}: parameter count differs from the reference"
-    );
+    assert_eq!(params.len(), golden_grads, "{case}: parameter count differs from the reference");
     for (name, var) in &params {
-        let want = golden
-            .get(&format!("grad.{name}"))
-            .unwrap_or_else(|| panic!("{case}: no reference gradient for {name}"));
-        report.push((
-            format!("grad {name}"),
-            common::relative_error(&var.grad(), want, floor),
-        ));
+        let want =
+            golden.get(&format!("grad.{name}")).unwrap_or_else(|| panic!("{case}: no reference gradient for {name}"));
+        report.push((format!("grad {name}"), common::relative_error(&var.grad(), want, floor)));
     }
-    let worst =
-        report.iter().cloned().fold(
-            ("".to_string(), 0.0f64),
-            |a, b| if b.1 > a.1 { b } else { a },
-        );
-    assert!(
-        worst.1 <= tol,
-        "{case}: {} differs by {:.3e} relative (tolerance {tol:.0e})",
-        worst.0,
-        worst.1
-    );
-    eprintln!(
-        "{case}: {} tensors match, worst {} at {:.2e}",
-        report.len(),
-        worst.0,
-        worst.1
-    );
+    let worst = report.iter().cloned().fold(("".to_string(), 0.0f64), |a, b| if b.1 > a.1 { b } else { a });
+    assert!(worst.1 <= tol, "{case}: {} differs by {:.3e} relative (tolerance {tol:.0e})", worst.0, worst.1);
+    eprintln!("{case}: {} tensors match, worst {} at {:.2e}", report.len(), worst.0, worst.1);
 }
 
 #[test]

@@ -25,11 +25,7 @@ fn param_names(vs: &VarStore) -> Vec<String> {
 }
 
 fn norm_weights(names: &[String]) -> Vec<&str> {
-    names
-        .iter()
-        .filter(|n| n.ends_with("norm.weight"))
-        .map(|n| n.as_str())
-        .collect()
+    names.iter().filter(|n| n.ends_with("norm.weight")).map(|n| n.as_str()).collect()
 }
 
 #[test]
@@ -38,11 +34,7 @@ fn pre_ln_has_exactly_one_final_norm_per_stack_and_post_ln_none() {
         let vs = VarStore::new(Device::Cpu);
         let model = Seq2Seq::new(&vs.root(), &tiny(placement)).unwrap();
         let names = param_names(&vs);
-        let finals: Vec<&str> = names
-            .iter()
-            .filter(|n| n.contains("final_norm"))
-            .map(|n| n.as_str())
-            .collect();
+        let finals: Vec<&str> = names.iter().filter(|n| n.contains("final_norm")).map(|n| n.as_str()).collect();
         // 3 encoder layers x 2 sublayers + 2 decoder layers x 3 sublayers = 12 sublayer norms.
         let sublayer_norms = norm_weights(&names).len() - finals.len() / 2;
         assert_eq!(sublayer_norms, 12, "{placement}: {names:?}");
@@ -60,10 +52,7 @@ fn pre_ln_has_exactly_one_final_norm_per_stack_and_post_ln_none() {
                 assert!(model.encoder().has_final_norm() && model.decoder().has_final_norm());
             }
             NormPlacement::Post => {
-                assert!(
-                    finals.is_empty(),
-                    "Post-LN must not have a final norm: {finals:?}"
-                );
+                assert!(finals.is_empty(), "Post-LN must not have a final norm: {finals:?}");
                 assert!(!model.encoder().has_final_norm() && !model.decoder().has_final_norm());
             }
         }
@@ -84,9 +73,7 @@ fn bert_final_norm_follows_placement() {
             ..Default::default()
         };
         Bert::new(&vs.root(), &cfg).unwrap();
-        let has_final = param_names(&vs)
-            .iter()
-            .any(|n| n == "encoder.final_norm.weight");
+        let has_final = param_names(&vs).iter().any(|n| n == "encoder.final_norm.weight");
         assert_eq!(has_final, placement == NormPlacement::Pre, "{placement}");
     }
 }
@@ -104,28 +91,14 @@ fn parameter_paths_are_stable() {
         "decoder.layers.1.cross_attn.out_proj.bias",
         "decoder.layers.1.cross_attn_norm.weight",
     ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "missing {expected} in {names:?}"
-        );
+        assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
     }
     // Shared embeddings: one matrix only.
     assert_eq!(names.iter().filter(|n| n.contains("embed")).count(), 1);
     let vs = VarStore::new(Device::Cpu);
-    Seq2Seq::new(
-        &vs.root(),
-        &Seq2SeqConfig {
-            share_embeddings: false,
-            ..tiny(NormPlacement::Post)
-        },
-    )
-    .unwrap();
+    Seq2Seq::new(&vs.root(), &Seq2SeqConfig { share_embeddings: false, ..tiny(NormPlacement::Post) }).unwrap();
     let names = param_names(&vs);
-    for expected in [
-        "encoder.embed_tokens.weight",
-        "decoder.embed_tokens.weight",
-        "decoder.output_projection.weight",
-    ] {
+    for expected in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"] {
         assert!(names.iter().any(|n| n == expected), "missing {expected}");
     }
 }
@@ -134,20 +107,11 @@ fn parameter_paths_are_stable() {
 fn init_follows_the_paper() {
     let vs = VarStore::new(Device::Cpu);
     tch::manual_seed(0);
-    let cfg = Seq2SeqConfig {
-        d_model: 64,
-        ffn_dim: 128,
-        heads: 4,
-        ..tiny(NormPlacement::Post)
-    };
+    let cfg = Seq2SeqConfig { d_model: 64, ffn_dim: 128, heads: 4, ..tiny(NormPlacement::Post) };
     Seq2Seq::new(&vs.root(), &cfg).unwrap();
     let vars = vs.variables();
     let emb = &vars["embed_tokens.weight"];
-    assert_eq!(
-        emb.get(cfg.pad_id).abs().sum(Kind::Float).double_value(&[]),
-        0.0,
-        "padding row must be zero"
-    );
+    assert_eq!(emb.get(cfg.pad_id).abs().sum(Kind::Float).double_value(&[]), 0.0, "padding row must be zero");
     let std = emb.narrow(0, 1, 29).std(true).double_value(&[]);
     assert!((std - 64f64.powf(-0.5)).abs() < 0.02, "embedding std {std}");
     // Xavier uniform on fc1 [128, 64]: bound sqrt(6 / 192).
@@ -155,13 +119,7 @@ fn init_follows_the_paper() {
     let bound = (6.0f64 / 192.0).sqrt();
     assert!(w.abs().max().double_value(&[]) <= bound + 1e-6);
     assert!(w.abs().max().double_value(&[]) > 0.9 * bound);
-    assert_eq!(
-        vars["encoder.layers.0.ffn.fc1.bias"]
-            .abs()
-            .sum(Kind::Float)
-            .double_value(&[]),
-        0.0
-    );
+    assert_eq!(vars["encoder.layers.0.ffn.fc1.bias"].abs().sum(Kind::Float).double_value(&[]), 0.0);
 }
 
 fn batch() -> (Tensor, Tensor) {
@@ -172,12 +130,8 @@ fn batch() -> (Tensor, Tensor) {
 
 #[test]
 fn dropout_acts_in_training_only() {
-    let cfg = Seq2SeqConfig {
-        dropout: 0.3,
-        attention_dropout: 0.1,
-        activation_dropout: 0.1,
-        ..tiny(NormPlacement::Pre)
-    };
+    let cfg =
+        Seq2SeqConfig { dropout: 0.3, attention_dropout: 0.1, activation_dropout: 0.1, ..tiny(NormPlacement::Pre) };
     let vs = VarStore::new(Device::Cpu);
     let m = Seq2Seq::new(&vs.root(), &cfg).unwrap();
     let (src, prev) = batch();
@@ -185,10 +139,7 @@ fn dropout_acts_in_training_only() {
     let eval2 = m.forward(&src, &prev, false).1.logits;
     assert!(eval1.equal(&eval2), "evaluation must be deterministic");
     let train = m.forward(&src, &prev, true).1.logits;
-    assert!(
-        !train.allclose(&eval1, 1e-4, 1e-4, false),
-        "dropout must change training outputs"
-    );
+    assert!(!train.allclose(&eval1, 1e-4, 1e-4, false), "dropout must change training outputs");
 }
 
 #[test]
@@ -199,14 +150,8 @@ fn padding_does_not_change_real_positions() {
         let (src, prev) = batch();
         let full = m.forward(&src, &prev, false).1.logits;
         // Sentence 2 alone, without its padding.
-        let alone = m
-            .forward(
-                &src.narrow(0, 1, 1).narrow(1, 0, 2),
-                &prev.narrow(0, 1, 1).narrow(1, 0, 2),
-                false,
-            )
-            .1
-            .logits;
+        let alone =
+            m.forward(&src.narrow(0, 1, 1).narrow(1, 0, 2), &prev.narrow(0, 1, 1).narrow(1, 0, 2), false).1.logits;
         let padded = full.narrow(0, 1, 1).narrow(1, 0, 2);
         assert!(padded.allclose(&alone, 1e-5, 1e-5, false), "{placement}");
     }
@@ -221,12 +166,8 @@ fn causal_mask_hides_the_future() {
     let changed = prev.copy();
     let _ = changed.get(0).get(2).fill_(20);
     let b = m.forward(&src, &changed, false).1.logits;
-    assert!(a
-        .narrow(1, 0, 2)
-        .allclose(&b.narrow(1, 0, 2), 1e-6, 1e-6, false));
-    assert!(!a
-        .narrow(1, 2, 1)
-        .allclose(&b.narrow(1, 2, 1), 1e-6, 1e-6, false));
+    assert!(a.narrow(1, 0, 2).allclose(&b.narrow(1, 0, 2), 1e-6, 1e-6, false));
+    assert!(!a.narrow(1, 2, 1).allclose(&b.narrow(1, 2, 1), 1e-6, 1e-6, false));
 }
 
 #[test]
@@ -250,30 +191,15 @@ fn checkpoint_round_trip_and_strict_errors() {
     let mut post = VarStore::new(Device::Cpu);
     Seq2Seq::new(&post.root(), &tiny(NormPlacement::Post)).unwrap();
     let err = checkpoint::load(&mut post, &path).unwrap_err().to_string();
-    assert!(
-        err.contains("unexpected keys") && err.contains("encoder.final_norm.weight"),
-        "{err}"
-    );
+    assert!(err.contains("unexpected keys") && err.contains("encoder.final_norm.weight"), "{err}");
 
     // A wider model: the shape error names the key.
     let mut wide = VarStore::new(Device::Cpu);
-    Seq2Seq::new(
-        &wide.root(),
-        &Seq2SeqConfig {
-            ffn_dim: 32,
-            ..tiny(NormPlacement::Pre)
-        },
-    )
-    .unwrap();
+    Seq2Seq::new(&wide.root(), &Seq2SeqConfig { ffn_dim: 32, ..tiny(NormPlacement::Pre) }).unwrap();
     let err = checkpoint::load(&mut wide, &path).unwrap_err().to_string();
     assert!(err.contains("ffn.fc1.") && err.contains("shape"), "{err}");
 
-    let err = checkpoint::load(&mut wide, &dir.join("nope.safetensors"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("nope.safetensors") && err.contains("not found"),
-        "{err}"
-    );
+    let err = checkpoint::load(&mut wide, &dir.join("nope.safetensors")).unwrap_err().to_string();
+    assert!(err.contains("nope.safetensors") && err.contains("not found"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

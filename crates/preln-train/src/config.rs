@@ -82,10 +82,7 @@ impl Default for TrainConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source_name}: {message}")]
-    Parse {
-        source_name: String,
-        message: String,
-    },
+    Parse { source_name: String, message: String },
     #[error("--set {0}: expected key=value")]
     BadOverride(String),
     #[error("--set {key}: {message}")]
@@ -112,42 +109,27 @@ pub fn config_text(name_or_path: &str) -> Result<(String, String), ConfigError> 
     if !path.exists() && !name_or_path.contains(['/', '.']) {
         return Err(ConfigError::UnknownPreset(name_or_path.into()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
-        source_name: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Parse { source_name: path.display().to_string(), message: e.to_string() })?;
     Ok((path.display().to_string(), text))
 }
 
 /// Parses TOML, applies `key=value` overrides (dotted keys, TOML values; bare words are
 /// strings), and validates.
-pub fn resolve(
-    source_name: &str,
-    text: &str,
-    overrides: &[String],
-) -> Result<TrainConfig, ConfigError> {
-    let parse_err = |message: String| ConfigError::Parse {
-        source_name: source_name.into(),
-        message,
-    };
+pub fn resolve(source_name: &str, text: &str, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse { source_name: source_name.into(), message };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
     for o in overrides {
-        let (key, raw) = o
-            .split_once('=')
-            .ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+        let (key, raw) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
         let key = key.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
             Ok(mut t) => t.remove("v").expect("parsed key"),
             Err(_) => toml::Value::String(raw.trim().to_string()),
         };
-        set_path(&mut table, key, value).map_err(|message| ConfigError::Override {
-            key: key.into(),
-            message,
-        })?;
+        set_path(&mut table, key, value).map_err(|message| ConfigError::Override { key: key.into(), message })?;
     }
-    let cfg: TrainConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
+    let cfg: TrainConfig =
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -157,12 +139,8 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
     let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
     let mut t = table;
     for p in parts {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{p}` is not a table"))?;
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
     }
     t.insert(last.to_string(), value);
     Ok(())
@@ -171,9 +149,7 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let inv = ConfigError::Invalid;
-        self.model
-            .validate()
-            .map_err(|e| inv(format!("model: {e}")))?;
+        self.model.validate().map_err(|e| inv(format!("model: {e}")))?;
         self.optimizer.validate().map_err(inv)?;
         self.schedule.validate().map_err(inv)?;
         let t = &self.train;
@@ -184,22 +160,13 @@ impl TrainConfig {
             return Err(inv("train.max_tokens >= 2, train.update_freq >= 1, train.max_epochs >= 1 and train.log_every >= 1 are required".into()));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
-            return Err(inv(format!(
-                "train.label_smoothing must lie in [0, 1), got {}",
-                t.label_smoothing
-            )));
+            return Err(inv(format!("train.label_smoothing must lie in [0, 1), got {}", t.label_smoothing)));
         }
         if !(t.clip_norm >= 0.0) {
-            return Err(inv(format!(
-                "train.clip_norm must be >= 0, got {}",
-                t.clip_norm
-            )));
+            return Err(inv(format!("train.clip_norm must be >= 0, got {}", t.clip_norm)));
         }
         if !["auto", "cpu", "cuda"].contains(&t.device.as_str()) {
-            return Err(inv(format!(
-                "train.device must be auto, cpu or cuda, got `{}`",
-                t.device
-            )));
+            return Err(inv(format!("train.device must be auto, cpu or cuda, got `{}`", t.device)));
         }
         Ok(())
     }
@@ -220,24 +187,17 @@ mod tests {
             resolve(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let paper = resolve("iwslt14", PRESETS[0].1, &[]).unwrap();
-        assert_eq!(
-            (paper.model.d_model, paper.model.ffn_dim, paper.model.heads),
-            (512, 1024, 4)
-        );
+        assert_eq!((paper.model.d_model, paper.model.ffn_dim, paper.model.heads), (512, 1024, 4));
         assert_eq!(paper.schedule, Schedule::InverseSqrt { warmup: 4000 });
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = resolve("x.toml", "[train]\nlr = 1e-3\nmax_tokenz = 5\n", &[])
-            .unwrap_err()
-            .to_string();
+        let e = resolve("x.toml", "[train]\nlr = 1e-3\nmax_tokenz = 5\n", &[]).unwrap_err().to_string();
         assert!(e.starts_with("x.toml") && e.contains("max_tokenz"), "{e}");
         let e = resolve("x.toml", "[modle]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("modle"), "{e}");
-        let e = resolve("x.toml", "", &["train.lrr=1".into()])
-            .unwrap_err()
-            .to_string();
+        let e = resolve("x.toml", "", &["train.lrr=1".into()]).unwrap_err().to_string();
         assert!(e.contains("lrr"), "{e}");
     }
 
@@ -256,41 +216,18 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.model.placement, NormPlacement::Post);
         assert_eq!(cfg.train.lr, 1e-3);
-        assert_eq!(
-            cfg.schedule,
-            Schedule::StepDecay {
-                warmup: 0,
-                epochs: vec![8],
-                gamma: 0.1
-            }
-        );
-        assert_eq!(
-            cfg.optimizer,
-            OptimizerConfig::Sgd {
-                momentum: 0.9,
-                weight_decay: 0.0
-            }
-        );
-        assert!(matches!(
-            resolve("t", "", &["nonsense".into()]),
-            Err(ConfigError::BadOverride(_))
-        ));
+        assert_eq!(cfg.schedule, Schedule::StepDecay { warmup: 0, epochs: vec![8], gamma: 0.1 });
+        assert_eq!(cfg.optimizer, OptimizerConfig::Sgd { momentum: 0.9, weight_decay: 0.0 });
+        assert!(matches!(resolve("t", "", &["nonsense".into()]), Err(ConfigError::BadOverride(_))));
     }
 
     #[test]
     fn invalid_values_are_explained() {
-        let e = resolve("t", "", &["train.label_smoothing=1.5".into()])
-            .unwrap_err()
-            .to_string();
+        let e = resolve("t", "", &["train.label_smoothing=1.5".into()]).unwrap_err().to_string();
         assert!(e.contains("label_smoothing"), "{e}");
-        let e = resolve("t", "", &["model.heads=3".into()])
-            .unwrap_err()
-            .to_string();
+        let e = resolve("t", "", &["model.heads=3".into()]).unwrap_err().to_string();
         assert!(e.contains("heads"), "{e}");
-        assert!(config_text("nosuchpreset")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown preset"));
+        assert!(config_text("nosuchpreset").unwrap_err().to_string().contains("unknown preset"));
     }
 
     #[test]

@@ -40,15 +40,8 @@ impl Metrics {
         } else if path.exists() {
             std::fs::remove_file(path).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(Metrics {
-            path: path.to_path_buf(),
-            file,
-        })
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        Ok(Metrics { path: path.to_path_buf(), file })
     }
 
     pub fn write(&mut self, v: &Value) -> Result<(), TrainError> {
@@ -57,14 +50,12 @@ impl Metrics {
 
     /// All lines of a metrics file, parsed.
     pub fn read(path: &Path) -> Result<Vec<Value>, TrainError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| TrainError::Io(path.to_path_buf(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io(path.to_path_buf(), e))?;
         text.lines()
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| {
-                    TrainError::Checkpoint(format!("{}:{}: {e}", path.display(), i + 1))
-                })
+                serde_json::from_str(l)
+                    .map_err(|e| TrainError::Checkpoint(format!("{}:{}: {e}", path.display(), i + 1)))
             })
             .collect()
     }

@@ -62,11 +62,7 @@ fn default_adamw_decay() -> f64 {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        OptimizerConfig::Adam {
-            betas: paper_betas(),
-            eps: default_eps(),
-            weight_decay: 0.0,
-        }
+        OptimizerConfig::Adam { betas: paper_betas(), eps: default_eps(), weight_decay: 0.0 }
     }
 }
 
@@ -91,37 +87,18 @@ impl OptimizerConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let (b1, b2, eps, wd) = match *self {
-            OptimizerConfig::Adam {
-                betas,
-                eps,
-                weight_decay,
-            }
-            | OptimizerConfig::AdamW {
-                betas,
-                eps,
-                weight_decay,
-            }
-            | OptimizerConfig::RAdam {
-                betas,
-                eps,
-                weight_decay,
-            } => (betas.0, betas.1, eps, weight_decay),
-            OptimizerConfig::Sgd {
-                momentum,
-                weight_decay,
-            } => {
+            OptimizerConfig::Adam { betas, eps, weight_decay }
+            | OptimizerConfig::AdamW { betas, eps, weight_decay }
+            | OptimizerConfig::RAdam { betas, eps, weight_decay } => (betas.0, betas.1, eps, weight_decay),
+            OptimizerConfig::Sgd { momentum, weight_decay } => {
                 if !(0.0..1.0).contains(&momentum) {
-                    return Err(format!(
-                        "optimizer.momentum must lie in [0, 1), got {momentum}"
-                    ));
+                    return Err(format!("optimizer.momentum must lie in [0, 1), got {momentum}"));
                 }
                 (0.0, 0.0, 1.0, weight_decay)
             }
         };
         if !(0.0..1.0).contains(&b1) || !(0.0..1.0).contains(&b2) {
-            return Err(format!(
-                "optimizer.betas must lie in [0, 1), got ({b1}, {b2})"
-            ));
+            return Err(format!("optimizer.betas must lie in [0, 1), got ({b1}, {b2})"));
         }
         if !(eps > 0.0) {
             return Err(format!("optimizer.eps must be > 0, got {eps}"));
@@ -148,16 +125,8 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, params: Vec<(String, Tensor)>) -> Self {
-        let state = params
-            .iter()
-            .map(|(_, p)| cfg.slots().iter().map(|_| Tensor::zeros_like(p)).collect())
-            .collect();
-        Optimizer {
-            cfg,
-            params,
-            state,
-            step: 0,
-        }
+        let state = params.iter().map(|(_, p)| cfg.slots().iter().map(|_| Tensor::zeros_like(p)).collect()).collect();
+        Optimizer { cfg, params, state, step: 0 }
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -187,49 +156,22 @@ impl Optimizer {
                     continue;
                 }
                 match cfg {
-                    OptimizerConfig::Adam {
-                        betas,
-                        eps,
-                        weight_decay,
-                    } => {
-                        let g = if weight_decay != 0.0 {
-                            &g + &*p * weight_decay
-                        } else {
-                            g
-                        };
+                    OptimizerConfig::Adam { betas, eps, weight_decay } => {
+                        let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
                         adam(p, &g, st, betas, eps, lr, t);
                     }
-                    OptimizerConfig::AdamW {
-                        betas,
-                        eps,
-                        weight_decay,
-                    } => {
+                    OptimizerConfig::AdamW { betas, eps, weight_decay } => {
                         if weight_decay != 0.0 {
                             let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                         }
                         adam(p, &g, st, betas, eps, lr, t);
                     }
-                    OptimizerConfig::RAdam {
-                        betas,
-                        eps,
-                        weight_decay,
-                    } => {
-                        let g = if weight_decay != 0.0 {
-                            &g + &*p * weight_decay
-                        } else {
-                            g
-                        };
+                    OptimizerConfig::RAdam { betas, eps, weight_decay } => {
+                        let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
                         radam(p, &g, st, betas, eps, lr, t);
                     }
-                    OptimizerConfig::Sgd {
-                        momentum,
-                        weight_decay,
-                    } => {
-                        let g = if weight_decay != 0.0 {
-                            &g + &*p * weight_decay
-                        } else {
-                            g
-                        };
+                    OptimizerConfig::Sgd { momentum, weight_decay } => {
+                        let g = if weight_decay != 0.0 { &g + &*p * weight_decay } else { g };
                         if momentum == 0.0 {
                             let _ = p.g_add_(&(g * -lr));
                         } else {
@@ -257,25 +199,15 @@ impl Optimizer {
     }
 
     /// Restores state written by [`Self::state_tensors`] after `steps` updates.
-    pub fn load_state(
-        &mut self,
-        tensors: &HashMap<String, Tensor>,
-        steps: u64,
-    ) -> Result<(), StateError> {
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<(), StateError> {
         let slots = self.cfg.slots();
         tch::no_grad(|| {
             for ((name, _), st) in self.params.iter().zip(self.state.iter_mut()) {
                 for (slot, t) in slots.iter().zip(st.iter_mut()) {
                     let key = format!("optimizer.{slot}.{name}");
-                    let src = tensors
-                        .get(&key)
-                        .ok_or_else(|| StateError(format!("missing `{key}`")))?;
+                    let src = tensors.get(&key).ok_or_else(|| StateError(format!("missing `{key}`")))?;
                     if src.size() != t.size() {
-                        return Err(StateError(format!(
-                            "`{key}` has shape {:?}, expected {:?}",
-                            src.size(),
-                            t.size()
-                        )));
+                        return Err(StateError(format!("`{key}` has shape {:?}, expected {:?}", src.size(), t.size())));
                     }
                     t.copy_(src);
                 }
@@ -295,15 +227,7 @@ fn update_moments(g: &Tensor, st: &mut [Tensor], (b1, b2): (f64, f64)) {
 }
 
 /// `torch.optim.Adam`'s update: `p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
-fn adam(
-    p: &mut Tensor,
-    g: &Tensor,
-    st: &mut [Tensor],
-    betas: (f64, f64),
-    eps: f64,
-    lr: f64,
-    t: i32,
-) {
+fn adam(p: &mut Tensor, g: &Tensor, st: &mut [Tensor], betas: (f64, f64), eps: f64, lr: f64, t: i32) {
     update_moments(g, st, betas);
     let bc1 = 1.0 - betas.0.powi(t);
     let bc2 = 1.0 - betas.1.powi(t);
@@ -313,15 +237,7 @@ fn adam(
 
 /// `torch.optim.RAdam`'s update: Adam's step scaled by the variance rectification term while
 /// the approximated SMA length exceeds 5, plain momentum SGD before.
-fn radam(
-    p: &mut Tensor,
-    g: &Tensor,
-    st: &mut [Tensor],
-    betas: (f64, f64),
-    eps: f64,
-    lr: f64,
-    t: i32,
-) {
+fn radam(p: &mut Tensor, g: &Tensor, st: &mut [Tensor], betas: (f64, f64), eps: f64, lr: f64, t: i32) {
     update_moments(g, st, betas);
     let (b1, b2) = betas;
     let bc1 = 1.0 - b1.powi(t);
@@ -330,9 +246,7 @@ fn radam(
     let rho_t = rho_inf - 2.0 * t as f64 * b2.powi(t) / bc2;
     let m_hat = &st[0] / bc1;
     if rho_t > 5.0 {
-        let rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-            / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-            .sqrt();
+        let rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt();
         let adaptive = bc2.sqrt() / (st[1].sqrt() + eps);
         let _ = p.g_add_(&(m_hat * adaptive * (-lr * rect)));
     } else {

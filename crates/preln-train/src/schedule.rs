@@ -62,17 +62,12 @@ impl Schedule {
             return lr_max * step as f64 / warmup as f64;
         }
         match self {
-            Schedule::InverseSqrt { warmup } => {
-                lr_max * ((*warmup).max(1) as f64 / step as f64).sqrt()
-            }
+            Schedule::InverseSqrt { warmup } => lr_max * ((*warmup).max(1) as f64 / step as f64).sqrt(),
             Schedule::Constant { .. } => lr_max,
             Schedule::StepDecay { epochs, gamma, .. } => {
                 lr_max * gamma.powi(epochs.iter().filter(|&&e| e <= epoch).count() as i32)
             }
-            Schedule::LinearDecay {
-                warmup,
-                total_steps,
-            } => {
+            Schedule::LinearDecay { warmup, total_steps } => {
                 let span = total_steps.saturating_sub(*warmup).max(1) as f64;
                 let done = (step - warmup) as f64;
                 lr_max * (1.0 - done / span).max(0.0)
@@ -85,12 +80,9 @@ impl Schedule {
             Schedule::StepDecay { gamma, .. } if !(*gamma > 0.0) => {
                 Err(format!("schedule.gamma must be > 0, got {gamma}"))
             }
-            Schedule::LinearDecay {
-                warmup,
-                total_steps,
-            } if total_steps <= warmup => Err(format!(
-                "schedule.total_steps ({total_steps}) must exceed schedule.warmup ({warmup})"
-            )),
+            Schedule::LinearDecay { warmup, total_steps } if total_steps <= warmup => {
+                Err(format!("schedule.total_steps ({total_steps}) must exceed schedule.warmup ({warmup})"))
+            }
             _ => Ok(()),
         }
     }
@@ -125,25 +117,11 @@ mod tests {
         }
         for s in [
             Schedule::Constant { warmup: 0 },
-            Schedule::StepDecay {
-                warmup: 0,
-                epochs: vec![2],
-                gamma: 0.1,
-            },
-            Schedule::LinearDecay {
-                warmup: 0,
-                total_steps: 10,
-            },
+            Schedule::StepDecay { warmup: 0, epochs: vec![2], gamma: 0.1 },
+            Schedule::LinearDecay { warmup: 0, total_steps: 10 },
         ] {
             assert!(
-                close(
-                    s.lr_at(LR, 1, 1),
-                    if matches!(s, Schedule::LinearDecay { .. }) {
-                        LR * 0.9
-                    } else {
-                        LR
-                    }
-                ),
+                close(s.lr_at(LR, 1, 1), if matches!(s, Schedule::LinearDecay { .. }) { LR * 0.9 } else { LR }),
                 "{s:?}"
             );
         }
@@ -151,11 +129,7 @@ mod tests {
 
     #[test]
     fn step_decay_at_epoch_boundaries() {
-        let s = Schedule::StepDecay {
-            warmup: 0,
-            epochs: vec![8, 12],
-            gamma: 0.1,
-        };
+        let s = Schedule::StepDecay { warmup: 0, epochs: vec![8, 12], gamma: 0.1 };
         assert!(close(s.lr_at(5e-4, 100, 7), 5e-4));
         assert!(close(s.lr_at(5e-4, 100, 8), 5e-5));
         assert!(close(s.lr_at(5e-4, 100, 12), 5e-6));
@@ -163,21 +137,13 @@ mod tests {
 
     #[test]
     fn linear_decay_reaches_zero() {
-        let s = Schedule::LinearDecay {
-            warmup: 10,
-            total_steps: 110,
-        };
+        let s = Schedule::LinearDecay { warmup: 10, total_steps: 110 };
         assert!(close(s.lr_at(LR, 5, 1), LR / 2.0));
         assert!(close(s.lr_at(LR, 10, 1), LR));
         assert!(close(s.lr_at(LR, 60, 1), LR / 2.0));
         assert_eq!(s.lr_at(LR, 110, 1), 0.0);
         assert_eq!(s.lr_at(LR, 500, 1), 0.0);
-        assert!(Schedule::LinearDecay {
-            warmup: 10,
-            total_steps: 10
-        }
-        .validate()
-        .is_err());
+        assert!(Schedule::LinearDecay { warmup: 10, total_steps: 10 }.validate().is_err());
     }
 
     #[test]
@@ -190,16 +156,8 @@ mod tests {
     #[test]
     fn parses_from_toml() {
         let s: Schedule = toml::from_str("kind = \"step_decay\"\nepochs = [8]").unwrap();
-        assert_eq!(
-            s,
-            Schedule::StepDecay {
-                warmup: 0,
-                epochs: vec![8],
-                gamma: 0.1
-            }
-        );
-        let e = toml::from_str::<Schedule>("kind = \"inverse_sqrt\"\nwarmup = 1\nwarmpu = 3")
-            .unwrap_err();
+        assert_eq!(s, Schedule::StepDecay { warmup: 0, epochs: vec![8], gamma: 0.1 });
+        let e = toml::from_str::<Schedule>("kind = \"inverse_sqrt\"\nwarmup = 1\nwarmpu = 3").unwrap_err();
         assert!(e.to_string().contains("warmpu"), "{e}");
     }
 }

@@ -34,25 +34,16 @@ pub struct TrainState {
 
 const STATE_KEY: &str = "preln.train_state";
 
-pub fn save(
-    path: &Path,
-    vs: &VarStore,
-    opt: &Optimizer,
-    state: &TrainState,
-) -> Result<(), TrainError> {
+pub fn save(path: &Path, vs: &VarStore, opt: &Optimizer, state: &TrainState) -> Result<(), TrainError> {
     let mut tensors = parameters(vs);
     tensors.extend(opt.state_tensors());
     let json = serde_json::to_string(state).expect("state serializes");
-    let meta = BTreeMap::from([
-        (STATE_KEY.to_string(), json.clone()),
-        ("format".to_string(), "preln-train-1".to_string()),
-    ]);
+    let meta =
+        BTreeMap::from([(STATE_KEY.to_string(), json.clone()), ("format".to_string(), "preln-train-1".to_string())]);
     checkpoint::write_atomic(&tensors, &meta, path)?;
     checkpoint::write_file_atomic(
         &path.with_extension("json"),
-        serde_json::to_string_pretty(state)
-            .expect("state serializes")
-            .as_bytes(),
+        serde_json::to_string_pretty(state).expect("state serializes").as_bytes(),
     )?;
     Ok(())
 }
@@ -61,22 +52,14 @@ pub fn save(
 pub fn read_state(path: &Path) -> Result<TrainState, TrainError> {
     let meta = read_metadata(path)?;
     let json = meta.get(STATE_KEY).ok_or_else(|| {
-        TrainError::Checkpoint(format!(
-            "{}: not a training checkpoint (no {STATE_KEY})",
-            path.display()
-        ))
+        TrainError::Checkpoint(format!("{}: not a training checkpoint (no {STATE_KEY})", path.display()))
     })?;
-    serde_json::from_str(json)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    serde_json::from_str(json).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 /// Splits a checkpoint's tensors into model parameters and optimizer state.
-pub fn split(
-    tensors: HashMap<String, Tensor>,
-) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
-    tensors
-        .into_iter()
-        .partition(|(k, _)| !k.starts_with("optimizer."))
+pub fn split(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    tensors.into_iter().partition(|(k, _)| !k.starts_with("optimizer."))
 }
 
 /// Restores model, optimizer and position from `path`.
@@ -84,8 +67,7 @@ pub fn load(path: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<Train
     let state = read_state(path)?;
     let (model, optim) = split(checkpoint::read(path)?);
     checkpoint::load_from(vs, model, path)?;
-    opt.load_state(&optim, state.step)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    opt.load_state(&optim, state.step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
     Ok(state)
 }
 

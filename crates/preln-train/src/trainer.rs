@@ -61,20 +61,14 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(TrainError::Config(
-            "train.device = cuda but libtorch sees no CUDA device".into(),
-        )),
+        "cuda" => Err(TrainError::Config("train.device = cuda but libtorch sees no CUDA device".into())),
         _ => Ok(Device::cuda_if_available()),
     }
 }
 
 /// The model config a data set implies: its vocabulary, pad id 0.
 pub fn model_config(cfg: &TrainConfig, vocab_size: usize) -> Seq2SeqConfig {
-    Seq2SeqConfig {
-        vocab_size: vocab_size as i64,
-        pad_id: Specials::DEFAULT.pad,
-        ..cfg.model.clone()
-    }
+    Seq2SeqConfig { vocab_size: vocab_size as i64, pad_id: Specials::DEFAULT.pad, ..cfg.model.clone() }
 }
 
 /// A seed for libtorch's generator from (run seed, update, batch within the update).
@@ -94,10 +88,7 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 fn lengths(pairs: &Pairs) -> Vec<(usize, usize)> {
-    pairs
-        .iter()
-        .map(|(s, t)| (s.len() + 1, t.len() + 1))
-        .collect()
+    pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect()
 }
 
 fn make_batch(pairs: &Pairs, idx: &[usize], device: Device) -> Batch {
@@ -137,11 +128,7 @@ fn layer_sq_norms(stack: &StackOut, keep: &Tensor) -> Vec<f64> {
             .iter()
             .map(|x| {
                 let d = x.size()[2] as f64;
-                (x.to_kind(Kind::Float)
-                    .square()
-                    .sum_dim_intlist(-1, false, Kind::Float)
-                    * &keep)
-                    .sum(Kind::Float)
+                (x.to_kind(Kind::Float).square().sum_dim_intlist(-1, false, Kind::Float) * &keep).sum(Kind::Float)
                     / &count
                     / d
             })
@@ -149,12 +136,7 @@ fn layer_sq_norms(stack: &StackOut, keep: &Tensor) -> Vec<f64> {
         if vals.is_empty() {
             return vec![];
         }
-        Vec::<f64>::try_from(
-            Tensor::stack(&vals, 0)
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu),
-        )
-        .unwrap_or_default()
+        Vec::<f64>::try_from(Tensor::stack(&vals, 0).to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default()
     })
 }
 
@@ -189,10 +171,7 @@ impl Trainer {
         let device = resolve_device(&cfg.train.device)?;
         let last = last_checkpoint(run_dir);
         if resume && !last.exists() {
-            return Err(TrainError::Config(format!(
-                "--resume: no checkpoint at {}",
-                last.display()
-            )));
+            return Err(TrainError::Config(format!("--resume: no checkpoint at {}", last.display())));
         }
         if !resume && last.exists() {
             return Err(TrainError::Config(format!(
@@ -200,34 +179,33 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        std::fs::create_dir_all(checkpoint_dir(run_dir))
-            .map_err(|e| TrainError::Io(run_dir.into(), e))?;
+        std::fs::create_dir_all(checkpoint_dir(run_dir)).map_err(|e| TrainError::Io(run_dir.into(), e))?;
         let mcfg = model_config(cfg, vocab_size);
         let mut vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
         let params = parameters(&vs);
-        let mut opt = Optimizer::new(
-            cfg.optimizer.clone(),
-            params
-                .iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-        );
-        let state = if resume {
-            state::load(&last, &mut vs, &mut opt)?
-        } else {
-            TrainState {
-                epoch: 1,
-                ..Default::default()
-            }
-        };
-        let resolved = TrainConfig {
-            model: mcfg,
-            ..cfg.clone()
-        };
+        let mut opt =
+            Optimizer::new(cfg.optimizer.clone(), params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
+        let state =
+            if resume { state::load(&last, &mut vs, &mut opt)? } else { TrainState { epoch: 1, ..Default::default() } };
+        let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
         let cfg_path = run_dir.join("config.toml");
         preln_model::checkpoint::write_file_atomic(&cfg_path, resolved.to_toml().as_bytes())?;
         let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        let mut state = state;
+        let t = &cfg.train;
+        if state.done && state.epoch <= t.max_epochs && (t.max_updates == 0 || state.step < t.max_updates) {
+            // A finished run resumed with larger limits: continue where it stopped.
+            state.done = false;
+            if state.batch_in_epoch >= batches.len() {
+                if state.epoch == t.max_epochs {
+                    state.done = true;
+                } else {
+                    state.epoch += 1;
+                    state.batch_in_epoch = 0;
+                }
+            }
+        }
         Ok(Trainer {
             cfg: resolved,
             run_dir: run_dir.into(),
@@ -252,12 +230,7 @@ impl Trainer {
     }
 
     fn save_last(&self) -> Result<(), TrainError> {
-        state::save(
-            &last_checkpoint(&self.run_dir),
-            &self.vs,
-            &self.opt,
-            &self.state,
-        )
+        state::save(&last_checkpoint(&self.run_dir), &self.vs, &self.opt, &self.state)
     }
 
     /// Validation loss and NLL (nats per target token) over a split, without dropout or autograd.
@@ -267,12 +240,8 @@ impl Trainer {
             for idx in token_batches(&lengths(pairs), self.cfg.train.max_tokens) {
                 let b = make_batch(pairs, &idx, self.device);
                 let (_, dec) = self.model.forward(&b.src, &b.prev, false);
-                let s = label_smoothed_nll(
-                    &dec.logits,
-                    &b.target,
-                    self.cfg.train.label_smoothing,
-                    self.cfg.model.pad_id,
-                );
+                let s =
+                    label_smoothed_nll(&dec.logits, &b.target, self.cfg.train.label_smoothing, self.cfg.model.pad_id);
                 loss += s.loss.double_value(&[]);
                 nll += s.nll.double_value(&[]);
                 tokens += b.target_tokens;
@@ -292,19 +261,11 @@ impl Trainer {
             })
             .cloned()
             .unwrap_or_default();
-        let non_finite: Vec<&str> = norms
-            .iter()
-            .filter(|(_, v)| !v.is_finite())
-            .map(|(n, _)| n.as_str())
-            .take(5)
-            .collect();
+        let non_finite: Vec<&str> =
+            norms.iter().filter(|(_, v)| !v.is_finite()).map(|(n, _)| n.as_str()).take(5).collect();
         let last = last_checkpoint(&self.run_dir);
         let kept = match state::read_state(&last) {
-            Ok(s) => format!(
-                "the last good checkpoint is {} (step {})",
-                last.display(),
-                s.step
-            ),
+            Ok(s) => format!("the last good checkpoint is {} (step {})", last.display(), s.step),
             Err(_) => "no checkpoint had been written yet".to_string(),
         };
         let msg = format!(
@@ -325,10 +286,7 @@ impl Trainer {
     /// Trains until `max_epochs` / `max_updates` (or `stop_at_step`), validating every epoch.
     pub fn run(&mut self, opts: &RunOptions) -> Result<Summary, TrainError> {
         let t = self.cfg.train.clone();
-        let mut metrics = Metrics::open(
-            &self.run_dir.join("metrics.jsonl"),
-            opts.resume.then_some(self.state.step),
-        )?;
+        let mut metrics = Metrics::open(&self.run_dir.join("metrics.jsonl"), opts.resume.then_some(self.state.step))?;
         let pad = self.cfg.model.pad_id;
         let mut last_valid = None;
         let started = Instant::now();
@@ -338,11 +296,9 @@ impl Trainer {
             let order = epoch_order(self.batches.len(), t.seed, self.state.epoch);
             let bar = ProgressBar::new(order.len() as u64);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar.set_prefix(self.state.epoch.to_string());
             bar.set_position(self.state.batch_in_epoch as u64);
@@ -356,13 +312,11 @@ impl Trainer {
                         run_dir: self.run_dir.clone(),
                     });
                 }
-                let group: Vec<usize> = order[self.state.batch_in_epoch
-                    ..(self.state.batch_in_epoch + t.update_freq).min(order.len())]
+                let group: Vec<usize> = order
+                    [self.state.batch_in_epoch..(self.state.batch_in_epoch + t.update_freq).min(order.len())]
                     .to_vec();
-                let batches: Vec<Batch> = group
-                    .iter()
-                    .map(|&g| make_batch(&self.train, &self.batches[g], self.device))
-                    .collect();
+                let batches: Vec<Batch> =
+                    group.iter().map(|&g| make_batch(&self.train, &self.batches[g], self.device)).collect();
                 let tokens: i64 = batches.iter().map(|b| b.target_tokens).sum();
                 let diag_now = t.diag_every > 0 && (self.state.step + 1) % t.diag_every == 0;
                 let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
@@ -384,16 +338,9 @@ impl Trainer {
                 }
                 let norm_t = total_grad_norm(&self.params);
                 let host = Vec::<f64>::try_from(
-                    Tensor::stack(
-                        &[
-                            loss_sum / tokens as f64,
-                            nll_sum / tokens as f64,
-                            norm_t.to_kind(Kind::Float),
-                        ],
-                        0,
-                    )
-                    .to_kind(Kind::Double)
-                    .to_device(Device::Cpu),
+                    Tensor::stack(&[loss_sum / tokens as f64, nll_sum / tokens as f64, norm_t.to_kind(Kind::Float)], 0)
+                        .to_kind(Kind::Double)
+                        .to_device(Device::Cpu),
                 )
                 .expect("three scalars");
                 let (loss, nll, norm) = (host[0], host[1], host[2]);
@@ -413,10 +360,7 @@ impl Trainer {
                 if t.clip_norm > 0.0 {
                     clip_grads(&self.params, norm, t.clip_norm);
                 }
-                let lr = self
-                    .cfg
-                    .schedule
-                    .lr_at(t.lr, self.state.step + 1, self.state.epoch);
+                let lr = self.cfg.schedule.lr_at(t.lr, self.state.step + 1, self.state.epoch);
                 self.opt.step(lr);
                 self.opt.zero_grad();
                 self.state.step += 1;
@@ -475,18 +419,11 @@ impl Trainer {
             }
             self.save_last()?;
             if improved {
-                std::fs::copy(
-                    last_checkpoint(&self.run_dir),
-                    best_checkpoint(&self.run_dir),
-                )
-                .map_err(|e| TrainError::Io(best_checkpoint(&self.run_dir), e))?;
+                std::fs::copy(last_checkpoint(&self.run_dir), best_checkpoint(&self.run_dir))
+                    .map_err(|e| TrainError::Io(best_checkpoint(&self.run_dir), e))?;
             }
         }
-        Ok(Summary {
-            state: self.state.clone(),
-            last_valid_loss: last_valid,
-            run_dir: self.run_dir.clone(),
-        })
+        Ok(Summary { state: self.state.clone(), last_valid_loss: last_valid, run_dir: self.run_dir.clone() })
     }
 }
 
@@ -496,10 +433,7 @@ mod tests {
 
     #[test]
     fn groups_by_layer() {
-        assert_eq!(
-            param_group("encoder.layers.3.ffn.fc2.weight"),
-            "encoder.layers.3"
-        );
+        assert_eq!(param_group("encoder.layers.3.ffn.fc2.weight"), "encoder.layers.3");
         assert_eq!(param_group("embed_tokens.weight"), "embed_tokens");
         assert_eq!(param_group("decoder.final_norm.bias"), "decoder.final_norm");
         let g = group_norms(&[
@@ -507,13 +441,7 @@ mod tests {
             ("encoder.layers.0.b.bias".into(), 4.0),
             ("embed_tokens.weight".into(), 1.0),
         ]);
-        assert_eq!(
-            g,
-            vec![
-                ("encoder.layers.0".to_string(), 5.0),
-                ("embed_tokens".to_string(), 1.0)
-            ]
-        );
+        assert_eq!(g, vec![("encoder.layers.0".to_string(), 5.0), ("embed_tokens".to_string(), 1.0)]);
     }
 
     #[test]

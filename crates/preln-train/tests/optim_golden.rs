@@ -8,37 +8,19 @@ use tch::{Kind, Tensor};
 
 fn golden() -> std::collections::HashMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/optim.safetensors");
-    assert!(
-        path.exists(),
-        "{} is missing: run tools/make_optim_golden.py",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run tools/make_optim_golden.py", path.display());
     checkpoint::read(&path).unwrap()
 }
 
 fn replay(name: &str, cfg: OptimizerConfig) {
     let g = golden();
-    let params: Vec<(String, Tensor)> = ["a", "b"]
-        .iter()
-        .map(|k| {
-            (
-                k.to_string(),
-                g[&format!("init.{k}")].copy().set_requires_grad(true),
-            )
-        })
-        .collect();
-    let mut opt = Optimizer::new(
-        cfg,
-        params
-            .iter()
-            .map(|(n, p)| (n.clone(), p.shallow_clone()))
-            .collect(),
-    );
+    let params: Vec<(String, Tensor)> =
+        ["a", "b"].iter().map(|k| (k.to_string(), g[&format!("init.{k}")].copy().set_requires_grad(true))).collect();
+    let mut opt = Optimizer::new(cfg, params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
     for k in 1..=10i64 {
         opt.zero_grad();
         for (_, p) in &params {
-            let idx =
-                Tensor::arange(p.numel() as i64, (Kind::Double, p.device())).reshape(p.size());
+            let idx = Tensor::arange(p.numel() as i64, (Kind::Double, p.device())).reshape(p.size());
             let grad = tch::no_grad(|| p * 0.5 + (idx + k as f64).cos() * 0.1);
             // d/dp sum(p * grad) = grad
             (p * grad).sum(Kind::Double).backward();
@@ -47,65 +29,29 @@ fn replay(name: &str, cfg: OptimizerConfig) {
         for (pname, p) in &params {
             let want = &g[&format!("{name}.{k}.{pname}")];
             let err = (p - want).abs().max().double_value(&[]);
-            assert!(
-                err < 1e-12,
-                "{name} step {k} param {pname}: max error {err:e}"
-            );
+            assert!(err < 1e-12, "{name} step {k} param {pname}: max error {err:e}");
         }
     }
 }
 
 #[test]
 fn adam_matches_torch() {
-    replay(
-        "adam",
-        OptimizerConfig::Adam {
-            betas: (0.9, 0.98),
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-    );
+    replay("adam", OptimizerConfig::Adam { betas: (0.9, 0.98), eps: 1e-8, weight_decay: 0.01 });
 }
 
 #[test]
 fn adamw_matches_torch() {
-    replay(
-        "adamw",
-        OptimizerConfig::AdamW {
-            betas: (0.9, 0.98),
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-    );
+    replay("adamw", OptimizerConfig::AdamW { betas: (0.9, 0.98), eps: 1e-8, weight_decay: 0.01 });
 }
 
 #[test]
 fn sgd_matches_torch() {
-    replay(
-        "sgd",
-        OptimizerConfig::Sgd {
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-    );
-    replay(
-        "sgd_momentum",
-        OptimizerConfig::Sgd {
-            momentum: 0.9,
-            weight_decay: 0.001,
-        },
-    );
+    replay("sgd", OptimizerConfig::Sgd { momentum: 0.0, weight_decay: 0.0 });
+    replay("sgd_momentum", OptimizerConfig::Sgd { momentum: 0.9, weight_decay: 0.001 });
 }
 
 #[test]
 fn radam_matches_torch_in_both_phases() {
     // With beta2 = 0.98 the rectification starts at step 6 of 10: both branches are replayed.
-    replay(
-        "radam",
-        OptimizerConfig::RAdam {
-            betas: (0.9, 0.98),
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
-    );
+    replay("radam", OptimizerConfig::RAdam { betas: (0.9, 0.98), eps: 1e-8, weight_decay: 0.01 });
 }

@@ -49,38 +49,21 @@ fn learns_and_resumes_exactly_mid_epoch() {
     let summary = t.run(&RunOptions::default()).unwrap();
     assert!(summary.state.done && summary.state.epoch == 2);
     let steps_per_epoch = losses(&full, "valid")[0].0;
-    assert!(
-        steps_per_epoch > 8,
-        "need a mid-epoch stop: {steps_per_epoch} updates per epoch"
-    );
+    assert!(steps_per_epoch > 8, "need a mid-epoch stop: {steps_per_epoch} updates per epoch");
     let valid_losses = losses(&full, "valid");
-    assert!(
-        valid_losses[1].1 < valid_losses[0].1,
-        "validation loss must fall: {valid_losses:?}"
-    );
+    assert!(valid_losses[1].1 < valid_losses[0].1, "validation loss must fall: {valid_losses:?}");
     assert!(valid_losses[1].1 < (VOCAB as f64).ln(), "{valid_losses:?}");
 
     // Killed at step 8 (after the checkpoint of step 5), then resumed.
     let cut = d.path().join("cut");
     let mut t = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &cut, false).unwrap();
-    t.run(&RunOptions {
-        stop_at_step: Some(8),
-        ..Default::default()
-    })
-    .unwrap();
+    t.run(&RunOptions { stop_at_step: Some(8), ..Default::default() }).unwrap();
     let saved = state::read_state(&last_checkpoint(&cut)).unwrap();
     assert_eq!((saved.step, saved.epoch), (5, 1));
-    assert!(
-        saved.batch_in_epoch > 0,
-        "the checkpoint is in the middle of an epoch"
-    );
+    assert!(saved.batch_in_epoch > 0, "the checkpoint is in the middle of an epoch");
     drop(t);
     let mut t = Trainer::new(&cfg, train, valid, VOCAB, &cut, true).unwrap();
-    t.run(&RunOptions {
-        resume: true,
-        ..Default::default()
-    })
-    .unwrap();
+    t.run(&RunOptions { resume: true, ..Default::default() }).unwrap();
 
     let (a, b) = (losses(&full, "train"), losses(&cut, "train"));
     assert_eq!(a.len(), b.len(), "one line per update in both runs");
@@ -96,27 +79,17 @@ fn divergence_stops_with_a_diagnosis_and_keeps_the_last_checkpoint() {
     let _one = serial();
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("run");
-    let cfg = tiny(&[
-        "optimizer={kind=\"sgd\"}",
-        "train.lr=1e30",
-        "train.save_every=1",
-    ]);
+    let cfg = tiny(&["optimizer={kind=\"sgd\"}", "train.lr=1e30", "train.save_every=1"]);
     let (train, valid) = data();
     let mut t = Trainer::new(&cfg, train, valid, VOCAB, &run, false).unwrap();
     let err = t.run(&RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("diverged at step"), "{err}");
-    assert!(
-        err.contains("largest gradient: ") && (err.contains(".weight") || err.contains(".bias")),
-        "{err}"
-    );
+    assert!(err.contains("largest gradient: ") && (err.contains(".weight") || err.contains(".bias")), "{err}");
     assert!(err.contains("last good checkpoint"), "{err}");
     let kept = state::read_state(&last_checkpoint(&run)).unwrap();
     assert!(kept.step >= 1);
-    let diverged = Metrics::read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .find(|v| v["kind"] == "diverged")
-        .unwrap();
+    let diverged =
+        Metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().find(|v| v["kind"] == "diverged").unwrap();
     assert_eq!(diverged["step"].as_u64().unwrap(), kept.step + 1);
 }
 
@@ -127,22 +100,10 @@ fn an_existing_run_is_not_overwritten() {
     let run = d.path().join("run");
     let cfg = tiny(&["train.max_updates=2"]);
     let (train, valid) = data();
-    Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false)
-        .unwrap()
-        .run(&RunOptions::default())
-        .unwrap();
-    let e = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("already holds a run") && e.contains("--resume"),
-        "{e}"
-    );
-    let e = Trainer::new(&cfg, train, valid, VOCAB, &d.path().join("none"), true)
-        .err()
-        .unwrap()
-        .to_string();
+    Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false).unwrap().run(&RunOptions::default()).unwrap();
+    let e = Trainer::new(&cfg, train.clone(), valid.clone(), VOCAB, &run, false).err().unwrap().to_string();
+    assert!(e.contains("already holds a run") && e.contains("--resume"), "{e}");
+    let e = Trainer::new(&cfg, train, valid, VOCAB, &d.path().join("none"), true).err().unwrap().to_string();
     assert!(e.contains("no checkpoint"), "{e}");
     assert!(run.join("config.toml").exists());
 }

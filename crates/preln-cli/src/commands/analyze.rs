@@ -12,11 +12,7 @@ use crate::cli::{DepthArgs, InitArgs, ModelArgs, PlacementArg, ProbeArgs};
 
 fn model_config(args: &ModelArgs) -> Result<Seq2SeqConfig> {
     let mut cfg = Seq2SeqConfig::preset(&args.preset, NormPlacement::Pre).ok_or_else(|| {
-        anyhow!(
-            "--preset: unknown preset `{}` (known: {})",
-            args.preset,
-            Seq2SeqConfig::PRESETS.join(", ")
-        )
+        anyhow!("--preset: unknown preset `{}` (known: {})", args.preset, Seq2SeqConfig::PRESETS.join(", "))
     })?;
     if let Some(l) = args.layers {
         cfg.encoder_layers = l;
@@ -42,10 +38,7 @@ fn placements(args: &ModelArgs) -> Vec<NormPlacement> {
 
 /// Pairs until `tokens` target tokens are reached, cut into length-sorted batches of at most
 /// `tokens` padded tokens (less padding, the same gradient as one batch).
-fn batches_of(
-    pairs: impl Iterator<Item = (Vec<i64>, Vec<i64>)>,
-    tokens: i64,
-) -> (Vec<Batch>, usize) {
+fn batches_of(pairs: impl Iterator<Item = (Vec<i64>, Vec<i64>)>, tokens: i64) -> (Vec<Batch>, usize) {
     let mut chosen = Vec::new();
     let mut total = 0;
     for pair in pairs {
@@ -55,10 +48,7 @@ fn batches_of(
             break;
         }
     }
-    let lengths: Vec<(usize, usize)> = chosen
-        .iter()
-        .map(|(s, t)| (s.len() + 1, t.len() + 1))
-        .collect();
+    let lengths: Vec<(usize, usize)> = chosen.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect();
     let batches = token_batches(&lengths, tokens as usize)
         .into_iter()
         .map(|idx| {
@@ -77,29 +67,26 @@ fn probe_batches(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, S
     let Some(data) = &args.data else {
         let task = SyntheticTask::new(cfg.vocab_size, 10, 40, args.batch_seed);
         let (batches, n) = batches_of(task.pair_iter(args.batch_seed), args.tokens);
-        let what = format!("built-in synthetic task (batch seed {}): {n} sentence pairs of 10-40 Zipf-distributed words", args.batch_seed);
+        let what = format!(
+            "built-in synthetic task (batch seed {}): {n} sentence pairs of 10-40 Zipf-distributed words",
+            args.batch_seed
+        );
         return Ok((batches, what, cfg.vocab_size));
     };
     let (pairs, vocab, what) = if data.join("manifest.json").exists() {
         let ds = Dataset::open(data)?;
         let pairs = ds.split(&args.split)?;
         let vocab = ds.manifest.vocab_size as i64;
-        (
-            pairs,
-            vocab,
-            format!("{} split `{}`", data.display(), args.split),
-        )
+        (pairs, vocab, format!("{} split `{}`", data.display(), args.split))
     } else {
         let [src, tgt] = args.langs.as_slice() else {
-            bail!("--data {}: not a prepared folder (no manifest.json); for a file prefix give --langs SRC,TGT", data.display());
+            bail!(
+                "--data {}: not a prepared folder (no manifest.json); for a file prefix give --langs SRC,TGT",
+                data.display()
+            );
         };
         let text = read_parallel(&lang_file(data, src), &lang_file(data, tgt))?;
-        let bpe = Bpe::train(
-            text.pairs
-                .iter()
-                .flat_map(|(a, b)| [a.as_str(), b.as_str()]),
-            cfg.vocab_size as usize,
-        )?;
+        let bpe = Bpe::train(text.pairs.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]), cfg.vocab_size as usize)?;
         let mut pairs = Vec::with_capacity(text.pairs.len());
         for (a, b) in &text.pairs {
             let wide = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<_>>();
@@ -108,11 +95,7 @@ fn probe_batches(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, S
         (
             pairs,
             bpe.vocab_size() as i64,
-            format!(
-                "{}.{{{src},{tgt}}} with a BPE of {} learned on them",
-                data.display(),
-                bpe.vocab_size()
-            ),
+            format!("{}.{{{src},{tgt}}} with a BPE of {} learned on them", data.display(), bpe.vocab_size()),
         )
     };
     // A seeded draw of sentences, so the batch is not just the first lines of the file.
@@ -122,14 +105,7 @@ fn probe_batches(cfg: &Seq2SeqConfig, args: &ProbeArgs) -> Result<(Vec<Batch>, S
         order.swap(i, rng.range(0, i));
     }
     let (batches, n) = batches_of(order.into_iter().map(|i| pairs[i].clone()), args.tokens);
-    Ok((
-        batches,
-        format!(
-            "{what}: {n} sentence pairs drawn with seed {}",
-            args.batch_seed
-        ),
-        vocab,
-    ))
+    Ok((batches, format!("{what}: {n} sentence pairs drawn with seed {}", args.batch_seed), vocab))
 }
 
 fn seeds(args: &ProbeArgs) -> Result<Vec<u64>> {
@@ -166,10 +142,7 @@ pub fn init(args: InitArgs) -> Result<()> {
             r.placement, r.encoder_w2_last_over_first, r.decoder_w2_last_over_first
         );
     }
-    eprintln!(
-        "done in {:.0} s on {device:?}",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
     list(&files);
     Ok(())
 }
@@ -177,10 +150,7 @@ pub fn init(args: InitArgs) -> Result<()> {
 pub fn depth(args: DepthArgs) -> Result<()> {
     let mut cfg = model_config(&args.model)?;
     if args.depths.len() < 2 || args.depths.iter().any(|&d| d < 1) {
-        bail!(
-            "--depths needs at least two depths of 1 or more, got {:?}",
-            args.depths
-        );
+        bail!("--depths needs at least two depths of 1 or more, got {:?}", args.depths);
     }
     let device = super::device(args.probe.device)?;
     let (batches, data, vocab) = probe_batches(&cfg, &args.probe)?;
@@ -202,10 +172,7 @@ pub fn depth(args: DepthArgs) -> Result<()> {
             f.placement, f.stack, f.fit.slope, f.fit.slope_stderr, f.predicted_slope
         );
     }
-    eprintln!(
-        "done in {:.0} s on {device:?}",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
     list(&files);
     Ok(())
 }

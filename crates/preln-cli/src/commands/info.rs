@@ -9,11 +9,7 @@ use tch::Device;
 pub fn run() -> Result<()> {
     println!("preln {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch threads: {}", tch::get_num_threads());
-    println!(
-        "CUDA available: {} ({} devices)",
-        tch::Cuda::is_available(),
-        tch::Cuda::device_count()
-    );
+    println!("CUDA available: {} ({} devices)", tch::Cuda::is_available(), tch::Cuda::device_count());
     for name in Seq2SeqConfig::PRESETS {
         for placement in NormPlacement::ALL {
             let cfg = Seq2SeqConfig::preset(name, placement).expect("listed preset");

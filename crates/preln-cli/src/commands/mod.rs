@@ -3,6 +3,7 @@
 mod analyze;
 mod info;
 mod prepare;
+mod train;
 
 use anyhow::{bail, Result};
 use tch::Device;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(),
         Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => train::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
     }
@@ -30,6 +32,8 @@ pub fn device(arg: DeviceArg) -> Result<Device> {
         DeviceArg::Auto => Ok(Device::cuda_if_available()),
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceArg::Cuda => bail!("--device cuda: libtorch sees no CUDA device (is this a CUDA build of libtorch on a GPU machine?)"),
+        DeviceArg::Cuda => {
+            bail!("--device cuda: libtorch sees no CUDA device (is this a CUDA build of libtorch on a GPU machine?)")
+        }
     }
 }

@@ -11,11 +11,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         splits.push(("valid".to_string(), v.clone()));
     }
     for (i, t) in args.testpref.iter().enumerate() {
-        let name = if i == 0 {
-            "test".to_string()
-        } else {
-            format!("test{i}")
-        };
+        let name = if i == 0 { "test".to_string() } else { format!("test{i}") };
         splits.push((name, t.clone()));
     }
     let spec = PrepareSpec {
@@ -29,11 +25,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     };
     let start = std::time::Instant::now();
     let manifest = prepare(&spec, |line| eprintln!("{line}"))?;
-    eprintln!(
-        "vocabulary {} entries; done in {:.1} s",
-        manifest.vocab_size,
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("vocabulary {} entries; done in {:.1} s", manifest.vocab_size, start.elapsed().as_secs_f64());
     println!("{}", args.out.display());
     Ok(())
 }

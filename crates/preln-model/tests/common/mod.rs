@@ -15,9 +15,7 @@ pub fn device() -> Device {
 }
 
 pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("golden")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden")
 }
 
 /// max |got - want| / max(max |want|, floor): the error relative to the tensor's scale, or to

@@ -1,0 +1,71 @@
+//! `preln train`: config -> data -> trainer -> summary.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use preln_data::Dataset;
+use preln_train::config::{config_text, resolve};
+use preln_train::trainer::{RunOptions, Trainer};
+use serde_json::json;
+
+use crate::cli::TrainArgs;
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let run_json = args.out.join("run.json");
+    let (source, text) = match (&args.config, args.resume) {
+        (_, true) => {
+            let path = args.out.join("config.toml");
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("--resume: reading {}", path.display()))?;
+            (path.display().to_string(), text)
+        }
+        (Some(c), false) => config_text(c)?,
+        (None, false) => bail!("--config is required (a TOML file or a preset: iwslt14, cpu, tiny)"),
+    };
+    let cfg = resolve(&source, &text, &args.overrides)?;
+    let data_dir: PathBuf = match (&args.data, args.resume) {
+        (Some(d), _) => d.clone(),
+        (None, true) => {
+            let v: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?,
+            )?;
+            PathBuf::from(v["data"].as_str().context("run.json has no `data`")?)
+        }
+        (None, false) => bail!("--data is required: a folder made by `preln prepare`"),
+    };
+    let ds = Dataset::open(&data_dir)?;
+    let train = ds.split("train")?;
+    let valid = ds.split(&cfg.train.valid_split)?;
+    eprintln!(
+        "{} training pairs, {} validation pairs, vocabulary {}; {} {}+{} layers, d {}, {} lr {} {:?}",
+        train.len(),
+        valid.len(),
+        ds.manifest.vocab_size,
+        cfg.model.placement,
+        cfg.model.encoder_layers,
+        cfg.model.decoder_layers,
+        cfg.model.d_model,
+        cfg.optimizer.name(),
+        cfg.train.lr,
+        cfg.schedule
+    );
+    let mut trainer = Trainer::new(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?;
+    let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+    std::fs::write(&run_json, serde_json::to_string_pretty(&json!({"data": abs}))?)
+        .with_context(|| format!("writing {}", run_json.display()))?;
+    if args.resume {
+        let s = trainer.state();
+        eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
+    }
+    let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
+    eprintln!(
+        "done: {} updates, {} epochs, best validation loss {:.4} (epoch {}), {:.0} s",
+        summary.state.step,
+        summary.state.epoch,
+        summary.state.best_valid_loss.unwrap_or(f64::NAN),
+        summary.state.best_epoch.unwrap_or(0),
+        summary.state.wall_s
+    );
+    println!("{}", args.out.display());
+    Ok(())
+}
