@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Show versions, devices and the model presets with their parameter counts.
     Info,
+    /// Fetch a public data set (download, or copy from a local folder) and verify it.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Parallel text files -> a data folder: joint BPE, tokenized splits, manifest with checksums.
     Prepare(PrepareArgs),
     /// Train a translation model on a prepared data folder.
@@ -49,6 +52,26 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Multi30k task 1, raw text (train 29,000 / val 1,014 / test_2016_flickr 1,000 De-En pairs)
+    /// from github.com/multi30k/dataset, checked against known SHA-256 sums.
+    Multi30k(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// Folder to write the text files into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Use a local copy (files plain or .gz) instead of downloading.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Download from this base URL instead of the data set's home (a mirror).
+    #[arg(long)]
+    pub base_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

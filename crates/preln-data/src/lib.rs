@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod batching;
 pub mod dataset;
+pub mod download;
 pub mod error;
 pub mod prepare;
 pub mod store;

@@ -1,6 +1,7 @@
 //! One module per verb; `run` dispatches.
 
 mod analyze;
+mod data;
 mod info;
 mod prepare;
 mod train;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info => info::run(),
+        Command::Data(cmd) => data::run(cmd),
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
