@@ -29,9 +29,30 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Train a translation model on a prepared data folder.
     Train(TrainArgs),
+    /// Corpus BLEU of hypotheses on stdin against reference files, exactly as sacreBLEU 2.x.
+    Bleu(BleuArgs),
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
     #[command(subcommand)]
     Analyze(Analyze),
+}
+
+#[derive(Args, Debug)]
+pub struct BleuArgs {
+    /// Reference file, one segment a line; repeat for several references.
+    #[arg(long = "ref", required = true)]
+    pub refs: Vec<PathBuf>,
+    /// Lowercase hypotheses and references first.
+    #[arg(long, short = 'l')]
+    pub lowercase: bool,
+    /// Tokenizer: 13a (sacreBLEU's default), intl, none.
+    #[arg(long, default_value = "13a")]
+    pub tokenize: String,
+    /// Print JSON with the score, precisions, BP, ratio and lengths.
+    #[arg(long)]
+    pub json: bool,
+    /// Decimals of the score in the text form (sacreBLEU's default: 1).
+    #[arg(long, short = 'w', default_value_t = 1)]
+    pub width: usize,
 }
 
 #[derive(Args, Debug)]

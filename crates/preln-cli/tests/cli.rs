@@ -257,3 +257,32 @@ fn train_resume_and_config_errors() {
     let out = preln(&["train", "--config", "nosuch", "--data", data_s, "--out", d.path().join("r3").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `nosuch`"));
 }
+
+#[test]
+fn bleu_reads_stdin_and_prints_sacrebleu_forms() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().join("ref.txt");
+    std::fs::write(&r, "a b c d e\nd e f g\n").unwrap();
+    let run = |extra: &[&str], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_preln"))
+            .args(["bleu", "--ref", r.to_str().unwrap()])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&[], "a b c d\nd e f g\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0 = 88.2 100.0/100.0/100.0/100.0 (BP = 0.882 ratio = 0.889 hyp_len = 8 ref_len = 9)"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run(&["--json"], "a b c d\nd e f g\n").stdout).unwrap();
+    assert!((v["score"].as_f64().unwrap() - 88.24969025845955).abs() < 1e-9 && v["hyp_len"] == 8);
+    let out = run(&[], "a b c d\n");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has 2"));
+}

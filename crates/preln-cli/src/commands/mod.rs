@@ -1,6 +1,7 @@
 //! One module per verb; `run` dispatches.
 
 mod analyze;
+mod bleu;
 mod data;
 mod info;
 mod prepare;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train::run(args),
+        Command::Bleu(args) => bleu::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
     }

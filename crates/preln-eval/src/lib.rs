@@ -1,0 +1,8 @@
+//! Evaluation: corpus BLEU identical to sacreBLEU 2.x (tokenizers 13a / intl / none,
+//! exponential smoothing, brevity penalty, several references).
+
+pub mod bleu;
+pub mod tokenize;
+
+pub use bleu::{corpus_bleu, Bleu, BleuError, BleuOptions};
+pub use tokenize::Tokenize;
