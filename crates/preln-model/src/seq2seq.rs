@@ -8,7 +8,7 @@ use crate::embedding::{lookup, sinusoidal};
 use crate::error::Result;
 use crate::init::{embedding_std, embedding_weight};
 use crate::mask;
-use crate::stack::{Decoder, Encoder, StackOut};
+use crate::stack::{Decoder, DecoderCache, Encoder, StackOut};
 
 /// Embedding matrices. With sharing, all three are the one variable `embed_tokens.weight`.
 #[derive(Debug)]
@@ -109,6 +109,22 @@ impl Seq2Seq {
         let stack = self.decoder.forward(&x, &self_mask, &enc.stack.out, &enc.mask, train);
         let logits = stack.out.matmul(&self.embed.output.tr());
         Decoded { logits, stack }
+    }
+
+    /// Starts incremental decoding over an encoded batch.
+    pub fn start_decoding(&self, enc: &Encoded) -> DecoderCache {
+        self.decoder.start_cache(&enc.stack.out, &enc.mask)
+    }
+
+    /// Logits for the next position given the last token of each row; keys and values of the
+    /// past come from `cache`. Equal to the last row of [`Self::decode`] on the whole prefix.
+    ///
+    /// # Shapes
+    /// last: `[B]` token ids -> logits `[B, V]`
+    pub fn decode_step(&self, last: &Tensor, cache: &mut DecoderCache) -> Tensor {
+        let x = self.embed(&self.embed.decoder, &last.unsqueeze(1), cache.len, false);
+        let h = self.decoder.forward_step(&x, cache);
+        h.squeeze_dim(1).matmul(&self.embed.output.tr())
     }
 
     /// # Shapes

@@ -3,7 +3,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::attention::MultiHeadAttention;
+use crate::attention::{KvCache, MultiHeadAttention};
 use crate::config::LayerConfig;
 use crate::ffn::FeedForward;
 use crate::init::layer_norm;
@@ -86,6 +86,63 @@ impl DecoderLayer {
             .cross_attn_res
             .forward(&a.out, train, |h| self.cross_attn.forward(h, memory, Some(memory_mask), train));
         self.ffn_res.forward(&c.out, train, |h| self.ffn.forward(h, train))
+    }
+
+    /// One new position, attending over the cached past (inference: no dropout).
+    ///
+    /// # Shapes
+    /// x: `[B, 1, d]`; memory_mask: `[B, 1, 1, S]` -> `[B, 1, d]`
+    pub fn forward_step(&self, x: &Tensor, cache: &mut LayerCache, memory_mask: &Tensor) -> Tensor {
+        let a = self.self_attn_res.forward(x, false, |h| {
+            let kv = self.self_attn.keys_values(h);
+            let past = match cache.self_kv.take() {
+                Some(mut c) => {
+                    c.append(kv);
+                    c
+                }
+                None => KvCache { k: kv.0, v: kv.1 },
+            };
+            let out = self.self_attn.attend(h, &past.k, &past.v, None, false);
+            cache.self_kv = Some(past);
+            out
+        });
+        let cross = &cache.cross_kv;
+        let c = self.cross_attn_res.forward(&a.out, false, |h| {
+            self.cross_attn.attend(h, &cross.k, &cross.v, Some(memory_mask), false)
+        });
+        self.ffn_res.forward(&c.out, false, |h| self.ffn.forward(h, false)).out
+    }
+}
+
+/// What one decoder layer keeps between decoding steps.
+#[derive(Debug)]
+pub struct LayerCache {
+    /// Keys and values of the positions decoded so far.
+    pub self_kv: Option<KvCache>,
+    /// Keys and values of the encoder output (computed once).
+    pub cross_kv: KvCache,
+}
+
+/// The state of incremental decoding.
+#[derive(Debug)]
+pub struct DecoderCache {
+    pub layers: Vec<LayerCache>,
+    /// `[B, 1, 1, S]`
+    pub memory_mask: Tensor,
+    /// Positions decoded so far.
+    pub len: i64,
+}
+
+impl DecoderCache {
+    /// Keeps rows `index` of the batch (beam search reordering, or expansion to beams).
+    pub fn select(&mut self, index: &Tensor) {
+        for l in &mut self.layers {
+            if let Some(c) = &mut l.self_kv {
+                c.select(index);
+            }
+            l.cross_kv.select(index);
+        }
+        self.memory_mask = self.memory_mask.index_select(0, index);
     }
 }
 
@@ -173,5 +230,37 @@ impl Decoder {
             h = r.out;
         }
         finish(x, h, sums, &self.final_norm)
+    }
+
+    /// A cache for incremental decoding over `memory`.
+    ///
+    /// # Shapes
+    /// memory: `[B, S, d]`; memory_mask: `[B, 1, 1, S]`
+    pub fn start_cache(&self, memory: &Tensor, memory_mask: &Tensor) -> DecoderCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (k, v) = l.cross_attn.keys_values(memory);
+                LayerCache { self_kv: None, cross_kv: KvCache { k, v } }
+            })
+            .collect();
+        DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0 }
+    }
+
+    /// One new position through every layer (and the final norm).
+    ///
+    /// # Shapes
+    /// x: `[B, 1, d]` (embedded) -> `[B, 1, d]`
+    pub fn forward_step(&self, x: &Tensor, cache: &mut DecoderCache) -> Tensor {
+        let mut h = x.shallow_clone();
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward_step(&h, c, &cache.memory_mask);
+        }
+        cache.len += 1;
+        match &self.final_norm {
+            Some(ln) => ln.forward(&h),
+            None => h,
+        }
     }
 }
