@@ -2,7 +2,9 @@
 //! exponential smoothing, brevity penalty, several references).
 
 pub mod bleu;
+pub mod search;
 pub mod tokenize;
 
 pub use bleu::{corpus_bleu, Bleu, BleuError, BleuOptions};
+pub use search::{beam_search, Hypothesis, SearchConfig};
 pub use tokenize::Tokenize;

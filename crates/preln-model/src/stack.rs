@@ -107,9 +107,9 @@ impl DecoderLayer {
             out
         });
         let cross = &cache.cross_kv;
-        let c = self.cross_attn_res.forward(&a.out, false, |h| {
-            self.cross_attn.attend(h, &cross.k, &cross.v, Some(memory_mask), false)
-        });
+        let c = self
+            .cross_attn_res
+            .forward(&a.out, false, |h| self.cross_attn.attend(h, &cross.k, &cross.v, Some(memory_mask), false));
         self.ffn_res.forward(&c.out, false, |h| self.ffn.forward(h, false)).out
     }
 }

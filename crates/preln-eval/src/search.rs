@@ -1,0 +1,190 @@
+//! Beam search and greedy decoding (greedy is beam 1), batched over sentences, following fairseq's
+//! `SequenceGenerator`: each step takes the top `2k` extensions of the `k` live hypotheses; an EOS
+//! among the top `k` finishes a hypothesis with score `sum log p / length^lenpen` (length counts
+//! the EOS); the first `k` other extensions stay live; a sentence is done when it has `k` finished
+//! hypotheses; at the length limit `a * source length + b`, EOS is forced.
+
+use preln_data::Specials;
+use preln_model::seq2seq::Encoded;
+use preln_model::stack::DecoderCache;
+use preln_model::Seq2Seq;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SearchConfig {
+    pub beam: usize,
+    /// Length penalty exponent (fairseq `--lenpen`; the paper used 1.2).
+    pub lenpen: f64,
+    /// Generate at most `max_len_a * source_tokens + max_len_b` tokens (EOS included).
+    pub max_len_a: f64,
+    pub max_len_b: i64,
+    pub specials: Specials,
+    /// Recompute the whole prefix every step instead of using the key/value cache (slow; for
+    /// checking that both give the same output).
+    pub no_cache: bool,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            beam: 5,
+            lenpen: 1.2,
+            max_len_a: 1.2,
+            max_len_b: 10,
+            specials: Specials::DEFAULT,
+            no_cache: false,
+        }
+    }
+}
+
+/// A finished translation: regular token ids (no BOS/EOS) and its normalized score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    pub tokens: Vec<i64>,
+    pub score: f64,
+}
+
+/// How the next-token logits are computed: from the cache, or from the whole prefix.
+enum Stepper {
+    Cached(DecoderCache),
+    Full { enc: Encoded, prefix: Tensor },
+}
+
+impl Stepper {
+    fn step(&mut self, model: &Seq2Seq, last: &Tensor) -> Tensor {
+        match self {
+            Stepper::Cached(cache) => model.decode_step(last, cache),
+            Stepper::Full { enc, prefix } => {
+                *prefix = Tensor::cat(&[&*prefix, &last.unsqueeze(1)], 1);
+                let logits = model.decode(enc, prefix, false).logits;
+                logits.select(1, logits.size()[1] - 1)
+            }
+        }
+    }
+
+    fn select(&mut self, index: &Tensor) {
+        match self {
+            Stepper::Cached(cache) => cache.select(index),
+            Stepper::Full { enc, prefix } => {
+                enc.stack.out = enc.stack.out.index_select(0, index);
+                enc.mask = enc.mask.index_select(0, index);
+                *prefix = prefix.index_select(0, index);
+            }
+        }
+    }
+}
+
+/// Translates a batch of right-padded sources `[B, S]` (each ending in EOS); returns the best
+/// hypothesis of each sentence.
+pub fn beam_search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> {
+    tch::no_grad(|| search(model, src, cfg))
+}
+
+fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> {
+    let sp = cfg.specials;
+    let device = src.device();
+    let (b, _) = src.size2().expect("src must be [B, S]");
+    let (bsz, k) = (b as usize, cfg.beam.max(1));
+    let src_lens = Vec::<i64>::try_from(src.ne(sp.pad).sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
+        .expect("lengths");
+    let max_lens: Vec<usize> =
+        src_lens.iter().map(|&l| ((cfg.max_len_a * l as f64) as i64 + cfg.max_len_b).max(1) as usize).collect();
+    let enc = model.encode(src, false);
+    let expand = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k as i64, 0, None::<i64>);
+    let mut stepper = if cfg.no_cache {
+        Stepper::Full { enc, prefix: Tensor::zeros([b, 0], (Kind::Int64, device)) }
+    } else {
+        Stepper::Cached(model.start_decoding(&enc))
+    };
+    stepper.select(&expand);
+
+    let rows = bsz * k;
+    let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); rows];
+    let mut scores: Vec<f64> = (0..rows).map(|r| if r % k == 0 { 0.0 } else { f64::NEG_INFINITY }).collect();
+    let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); bsz];
+    let mut done = vec![false; bsz];
+    let mut last = Tensor::full([rows as i64], sp.bos, (Kind::Int64, device));
+    let longest = max_lens.iter().copied().max().unwrap_or(1);
+    for step in 0..longest {
+        let logits = stepper.step(model, &last);
+        let v = logits.size()[1];
+        let mut lprobs = logits.log_softmax(-1, Kind::Float);
+        let _ = lprobs.index_fill_(1, &Tensor::from_slice(&[sp.pad, sp.bos]).to_device(device), f64::NEG_INFINITY);
+        // Rows at their length limit may only end.
+        let force: Vec<i64> = (0..rows).filter(|&r| step + 1 >= max_lens[r / k]).map(|r| r as i64).collect();
+        if !force.is_empty() {
+            let idx = Tensor::from_slice(&force).to_device(device);
+            let eos_col = lprobs.index_select(0, &idx).select(1, sp.eos);
+            let _ = lprobs.index_fill_(0, &idx, f64::NEG_INFINITY);
+            let _ = lprobs.index_put_(
+                &[Some(idx), Some(Tensor::full([force.len() as i64], sp.eos, (Kind::Int64, device)))],
+                &eos_col,
+                false,
+            );
+        }
+        let prior = Tensor::from_slice(&scores).to_kind(Kind::Float).to_device(device).unsqueeze(1);
+        let cand = (lprobs + prior).view([b, k as i64 * v]);
+        let (top_v, top_i) = cand.topk((2 * k) as i64, 1, true, true);
+        let top_v =
+            Vec::<f64>::try_from(top_v.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1)).expect("values");
+        let top_i = Vec::<i64>::try_from(top_i.to_device(Device::Cpu).flatten(0, -1)).expect("indices");
+
+        let mut src_rows = Vec::with_capacity(rows);
+        let mut new_tokens = Vec::with_capacity(rows);
+        let mut new_scores = Vec::with_capacity(rows);
+        for i in 0..bsz {
+            let mut chosen = 0;
+            if !done[i] {
+                for c in 0..2 * k {
+                    let (val, idx) = (top_v[i * 2 * k + c], top_i[i * 2 * k + c]);
+                    if val == f64::NEG_INFINITY {
+                        break;
+                    }
+                    let row = i * k + (idx / v) as usize;
+                    let tok = idx % v;
+                    if tok == sp.eos {
+                        if c < k {
+                            let len = (tokens[row].len() + 1) as f64;
+                            finished[i]
+                                .push(Hypothesis { tokens: tokens[row].clone(), score: val / len.powf(cfg.lenpen) });
+                        }
+                    } else if chosen < k {
+                        src_rows.push(row as i64);
+                        new_tokens.push([tokens[row].as_slice(), &[tok]].concat());
+                        new_scores.push(val);
+                        chosen += 1;
+                    }
+                    if chosen == k && c + 1 >= k {
+                        break;
+                    }
+                }
+                if finished[i].len() >= k {
+                    done[i] = true;
+                }
+            }
+            // Done sentences (or too few live extensions) keep dead rows.
+            while chosen < k {
+                src_rows.push((i * k) as i64);
+                new_tokens.push(Vec::new());
+                new_scores.push(f64::NEG_INFINITY);
+                chosen += 1;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let index = Tensor::from_slice(&src_rows).to_device(device);
+        stepper.select(&index);
+        last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())
+            .to_device(device);
+        tokens = new_tokens;
+        scores = new_scores;
+    }
+    finished
+        .into_iter()
+        .map(|mut hyps| {
+            hyps.sort_by(|a, b| b.score.total_cmp(&a.score));
+            hyps.into_iter().next().unwrap_or(Hypothesis { tokens: Vec::new(), score: f64::NEG_INFINITY })
+        })
+        .collect()
+}
