@@ -29,11 +29,42 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Train a translation model on a prepared data folder.
     Train(TrainArgs),
+    /// Translate stdin (one sentence a line) with a trained run; detokenized text on stdout.
+    Translate(TranslateArgs),
     /// Corpus BLEU of hypotheses on stdin against reference files, exactly as sacreBLEU 2.x.
     Bleu(BleuArgs),
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
     #[command(subcommand)]
     Analyze(Analyze),
+}
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    /// A run folder made by `preln train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which checkpoint of the run: `best` (lowest validation loss) or `last`.
+    #[arg(long, default_value = "best")]
+    pub which: String,
+    /// Beam size (1 = greedy).
+    #[arg(long, default_value_t = 5)]
+    pub beam: usize,
+    /// Length penalty: hypotheses are ranked by log-probability / length^lenpen.
+    #[arg(long, default_value_t = 1.2)]
+    pub lenpen: f64,
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Output length limit: max_len_a * source tokens + max_len_b.
+    #[arg(long, default_value_t = 1.2)]
+    pub max_len_a: f64,
+    #[arg(long, default_value_t = 10)]
+    pub max_len_b: i64,
+    /// Decode without the key/value cache (slow; for checking).
+    #[arg(long)]
+    pub no_cache: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]

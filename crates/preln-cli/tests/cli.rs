@@ -239,6 +239,31 @@ fn train_resume_and_config_errors() {
     let stderr = ok(&["train", "--resume", "--out", run_s, "--set", "train.max_epochs=2"]);
     assert!(stderr.contains("resuming at update") && stderr.contains("epoch 2:"), "{stderr}");
 
+    // Translate with the run: same line count and order, empty lines stay empty, cached and
+    // uncached decoding agree.
+    assert!(run.join("tokenizer.json").exists());
+    let input = "der Hund 3 läuft nach Hause\n\nder Hund 7 läuft nach Hause\n";
+    let translate = |extra: &[&str]| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_preln"))
+            .args(["translate", "--checkpoint", run_s, "--device", "cpu", "--beam", "3"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let cached = translate(&[]);
+    let lines: Vec<&str> = cached.split('\n').collect();
+    assert_eq!(lines.len(), 4, "{cached:?}");
+    assert!(lines[1].is_empty() && lines[3].is_empty() && !lines[0].is_empty(), "{cached:?}");
+    assert_eq!(translate(&["--no-cache"]), cached);
+
     let out = preln(&["train", "--config", "tiny", "--data", data_s, "--out", run_s]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
     let out = preln(&[

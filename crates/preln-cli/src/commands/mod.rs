@@ -6,6 +6,7 @@ mod data;
 mod info;
 mod prepare;
 mod train;
+mod translate;
 
 use anyhow::{bail, Result};
 use tch::Device;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train::run(args),
         Command::Bleu(args) => bleu::run(args),
+        Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
     }

@@ -50,6 +50,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg.schedule
     );
     let mut trainer = Trainer::new(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?;
+    if !args.resume {
+        let tok = args.out.join("tokenizer.json");
+        std::fs::copy(data_dir.join("tokenizer.json"), &tok)
+            .with_context(|| format!("copying the tokenizer to {}", tok.display()))?;
+    }
     let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
     std::fs::write(&run_json, serde_json::to_string_pretty(&json!({"data": abs}))?)
         .with_context(|| format!("writing {}", run_json.display()))?;
