@@ -209,7 +209,7 @@ fn train_resume_and_config_errors() {
     let data = tiny_data(d.path());
     let run = d.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
-    ok(&[
+    let first = [
         "train",
         "--config",
         "tiny",
@@ -221,7 +221,15 @@ fn train_resume_and_config_errors() {
         "train.max_epochs=1",
         "--set",
         "train.device=\"cpu\"",
-    ]);
+        "--set",
+        "train.valid_bleu_beam=1",
+    ];
+    ok(&first);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let valid =
+        metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["kind"] == "valid");
+    let bleu = valid.unwrap()["bleu"].as_f64().expect("validation BLEU logged");
+    assert!((0.0..=100.0).contains(&bleu));
     for f in [
         "config.toml",
         "metrics.jsonl",

@@ -46,6 +46,10 @@ pub struct TrainSection {
     pub valid_split: String,
     /// `auto`, `cpu` or `cuda`.
     pub device: String,
+    /// Validation BLEU every epoch with this beam size (0: off; 1: greedy).
+    pub valid_bleu_beam: usize,
+    /// Length penalty of that search.
+    pub valid_bleu_lenpen: f64,
 }
 
 impl Default for TrainSection {
@@ -63,6 +67,8 @@ impl Default for TrainSection {
             diag_every: 100,
             save_every: 500,
             valid_split: "valid".into(),
+            valid_bleu_beam: 0,
+            valid_bleu_lenpen: 1.2,
             device: "auto".into(),
         }
     }

@@ -13,7 +13,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use preln_analysis::grad_norms;
 use preln_data::synthetic::SplitMix64;
-use preln_data::{token_batches, Batch, Pairs, Specials};
+use preln_data::{token_batches, Batch, Bpe, Pairs, Specials};
+use preln_eval::{beam_search, corpus_bleu, BleuOptions, SearchConfig};
 use preln_model::checkpoint::parameters;
 use preln_model::init::seeded;
 use preln_model::stack::StackOut;
@@ -152,6 +153,8 @@ pub struct Trainer {
     valid: Pairs,
     batches: Vec<Vec<usize>>,
     state: TrainState,
+    /// Turns ids back into text for validation BLEU.
+    tokenizer: Option<Bpe>,
 }
 
 impl Trainer {
@@ -207,6 +210,7 @@ impl Trainer {
             }
         }
         Ok(Trainer {
+            tokenizer: None,
             cfg: resolved,
             run_dir: run_dir.into(),
             device,
@@ -219,6 +223,39 @@ impl Trainer {
             batches,
             state,
         })
+    }
+
+    /// Enables validation BLEU (`train.valid_bleu_beam > 0`): hypotheses and references are
+    /// detokenized with `tokenizer` and scored as sacreBLEU would.
+    pub fn with_tokenizer(mut self, tokenizer: Bpe) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// Corpus BLEU of the model's translations of `pairs` (None when not configured).
+    pub fn bleu(&self, pairs: &Pairs) -> Result<Option<f64>, TrainError> {
+        let (Some(bpe), beam) = (&self.tokenizer, self.cfg.train.valid_bleu_beam) else { return Ok(None) };
+        if beam == 0 || pairs.is_empty() {
+            return Ok(None);
+        }
+        let search = SearchConfig { beam, lenpen: self.cfg.train.valid_bleu_lenpen, ..Default::default() };
+        let text = |ids: &[i64]| -> Result<String, TrainError> {
+            let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+            bpe.decode(&ids).map_err(|e| TrainError::Checkpoint(format!("detokenizing: {e}")))
+        };
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by_key(|&i| (pairs[i].0.len(), i));
+        let mut hyps = vec![String::new(); pairs.len()];
+        for chunk in order.chunks(64) {
+            let batch = make_batch(pairs, chunk, self.device);
+            for (&i, h) in chunk.iter().zip(beam_search(&self.model, &batch.src, &search)) {
+                hyps[i] = text(&h.tokens)?;
+            }
+        }
+        let refs = pairs.iter().map(|(_, t)| text(t)).collect::<Result<Vec<_>, _>>()?;
+        let b =
+            corpus_bleu(&hyps, &[refs], BleuOptions::default()).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        Ok(Some(b.score))
     }
 
     pub fn state(&self) -> &TrainState {
@@ -391,6 +428,7 @@ impl Trainer {
             bar.finish_and_clear();
             let epoch_secs = self.state.wall_s;
             let (vloss, vnll) = self.evaluate(&self.valid.clone());
+            let vbleu = self.bleu(&self.valid.clone())?;
             last_valid = Some(vloss);
             let improved = self.state.best_valid_loss.is_none_or(|b| vloss < b);
             if improved {
@@ -399,13 +437,14 @@ impl Trainer {
             }
             metrics.write(&json!({
                 "kind": "valid", "step": self.state.step, "epoch": self.state.epoch, "loss": vloss, "nll": vnll,
-                "ppl": vnll.exp(), "train_loss": epoch_loss / epoch_tokens.max(1) as f64, "wall_s": epoch_secs,
+                "ppl": vnll.exp(), "bleu": vbleu, "train_loss": epoch_loss / epoch_tokens.max(1) as f64, "wall_s": epoch_secs,
             }))?;
             eprintln!(
-                "epoch {}: train loss {:.4}, valid loss {vloss:.4}, valid nll {vnll:.4} (ppl {:.2}), {} updates, {:.0} s{}",
+                "epoch {}: train loss {:.4}, valid loss {vloss:.4}, valid nll {vnll:.4} (ppl {:.2}){}, {} updates, {:.0} s{}",
                 self.state.epoch,
                 epoch_loss / epoch_tokens.max(1) as f64,
                 vnll.exp(),
+                vbleu.map(|b| format!(", valid BLEU {b:.2}")).unwrap_or_default(),
                 self.state.step,
                 self.state.wall_s,
                 if improved { ", best so far" } else { "" }

@@ -49,7 +49,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg.train.lr,
         cfg.schedule
     );
-    let mut trainer = Trainer::new(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?;
+    let vocab = ds.manifest.vocab_size;
+    let mut trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, args.resume)?.with_tokenizer(ds.tokenizer);
     if !args.resume {
         let tok = args.out.join("tokenizer.json");
         std::fs::copy(data_dir.join("tokenizer.json"), &tok)
