@@ -121,20 +121,35 @@ fn list(files: &[std::path::PathBuf]) {
     }
 }
 
-pub fn init(args: InitArgs) -> Result<()> {
-    let mut cfg = model_config(&args.model)?;
-    let device = super::device(args.probe.device)?;
-    let (batches, data, vocab) = probe_batches(&cfg, &args.probe)?;
+/// What both studies need: the model, the device, the batches and their description.
+struct Setup {
+    cfg: Seq2SeqConfig,
+    device: Device,
+    batches: Vec<Batch>,
+    data: String,
+    seeds: Vec<u64>,
+    placements: Vec<NormPlacement>,
+}
+
+fn setup(model: &ModelArgs, probe: &ProbeArgs) -> Result<Setup> {
+    let mut cfg = model_config(model)?;
+    let device = super::device(probe.device)?;
+    let (batches, data, vocab) = probe_batches(&cfg, probe)?;
     cfg.vocab_size = vocab;
+    Ok(Setup { cfg, device, batches, data, seeds: seeds(probe)?, placements: placements(model) })
+}
+
+pub fn init(args: InitArgs) -> Result<()> {
+    let s = setup(&args.model, &args.probe)?;
     let study = init_study::InitStudy {
-        model: cfg,
-        placements: placements(&args.model),
-        seeds: seeds(&args.probe)?,
+        model: s.cfg,
+        placements: s.placements,
+        seeds: s.seeds,
         label_smoothing: args.probe.label_smoothing,
-        data,
+        data: s.data,
     };
     let start = std::time::Instant::now();
-    let report = init_study::run(&study, &batches, device, |line| eprintln!("{line}"))?;
+    let report = init_study::run(&study, &s.batches, s.device, |line| eprintln!("{line}"))?;
     let files = report::write_init(&report, &args.probe.out).context("writing the report")?;
     for r in &report.results {
         eprintln!(
@@ -142,29 +157,26 @@ pub fn init(args: InitArgs) -> Result<()> {
             r.placement, r.encoder_w2_last_over_first, r.decoder_w2_last_over_first
         );
     }
-    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
+    eprintln!("done in {:.0} s on {:?}", start.elapsed().as_secs_f64(), s.device);
     list(&files);
     Ok(())
 }
 
 pub fn depth(args: DepthArgs) -> Result<()> {
-    let mut cfg = model_config(&args.model)?;
     if args.depths.len() < 2 || args.depths.iter().any(|&d| d < 1) {
         bail!("--depths needs at least two depths of 1 or more, got {:?}", args.depths);
     }
-    let device = super::device(args.probe.device)?;
-    let (batches, data, vocab) = probe_batches(&cfg, &args.probe)?;
-    cfg.vocab_size = vocab;
+    let s = setup(&args.model, &args.probe)?;
     let study = depth_study::DepthStudy {
-        model: cfg,
-        placements: placements(&args.model),
+        model: s.cfg,
+        placements: s.placements,
         depths: args.depths.clone(),
-        seeds: seeds(&args.probe)?,
+        seeds: s.seeds,
         label_smoothing: args.probe.label_smoothing,
-        data,
+        data: s.data,
     };
     let start = std::time::Instant::now();
-    let report = depth_study::run(&study, &batches, device, |line| eprintln!("{line}"))?;
+    let report = depth_study::run(&study, &s.batches, s.device, |line| eprintln!("{line}"))?;
     let files = report::write_depth(&report, &args.probe.out).context("writing the report")?;
     for f in &report.fits {
         eprintln!(
@@ -172,7 +184,7 @@ pub fn depth(args: DepthArgs) -> Result<()> {
             f.placement, f.stack, f.fit.slope, f.fit.slope_stderr, f.predicted_slope
         );
     }
-    eprintln!("done in {:.0} s on {device:?}", start.elapsed().as_secs_f64());
+    eprintln!("done in {:.0} s on {:?}", start.elapsed().as_secs_f64(), s.device);
     list(&files);
     Ok(())
 }
