@@ -36,6 +36,51 @@ pub enum Command {
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
     #[command(subcommand)]
     Analyze(Analyze),
+    /// Speed benchmarks, optionally side by side with a PyTorch reference.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// Full training steps (forward, loss, backward, Adam) of a config on a fixed batch.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// A config file or preset (`iwslt14`: the paper's model; `cpu`).
+    #[arg(long, default_value = "iwslt14")]
+    pub config: String,
+    /// Override a config value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Sentences in the batch.
+    #[arg(long, default_value_t = 64)]
+    pub sentences: usize,
+    /// Tokens per sentence on each side (EOS/BOS included).
+    #[arg(long, default_value_t = 32)]
+    pub len: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 10_000)]
+    pub vocab: i64,
+    /// Timed steps per round.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Rounds; with --vs-pytorch the two sides alternate round by round.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Also time tools/bench_train.py (plain PyTorch) in the project's Python environment.
+    #[arg(long)]
+    pub vs_pytorch: bool,
+    /// The Python interpreter for --vs-pytorch (default: the environment scripts/setup.sh made).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]

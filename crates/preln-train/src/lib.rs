@@ -1,6 +1,7 @@
 //! The training engine: optimizers, learning-rate schedules, checkpoints with exact resume,
 //! metrics as JSON lines, divergence diagnosis.
 
+pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod optim;

@@ -1,6 +1,7 @@
 //! One module per verb; `run` dispatches.
 
 mod analyze;
+mod bench;
 mod bleu;
 mod data;
 mod info;
@@ -11,7 +12,7 @@ mod translate;
 use anyhow::{bail, Result};
 use tch::Device;
 
-use crate::cli::{Analyze, Cli, Command, DeviceArg};
+use crate::cli::{Analyze, Bench, Cli, Command, DeviceArg};
 
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
+        Command::Bench(Bench::Train(args)) => bench::train(args, cli.threads),
     }
 }
 

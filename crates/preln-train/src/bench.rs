@@ -1,0 +1,82 @@
+//! Timing of full training steps (forward, label-smoothed loss, backward, Adam update) on a
+//! fixed batch, for `preln bench train`.
+
+use std::time::Instant;
+
+use preln_data::Batch;
+use preln_model::checkpoint::parameters;
+use preln_model::init::seeded;
+use preln_model::{label_smoothed_nll, Seq2Seq, Seq2SeqConfig};
+use tch::nn::VarStore;
+use tch::Device;
+
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::TrainError;
+
+/// Seconds per step for `steps` steps after `warmup` untimed ones.
+pub fn time_steps(
+    model_cfg: &Seq2SeqConfig,
+    optimizer: &OptimizerConfig,
+    batch: &Batch,
+    label_smoothing: f64,
+    warmup: usize,
+    steps: usize,
+    device: Device,
+) -> Result<Vec<f64>, TrainError> {
+    let vs = VarStore::new(device);
+    let model = seeded(0, || Seq2Seq::new(&vs.root(), model_cfg))?;
+    let mut opt = Optimizer::new(optimizer.clone(), parameters(&vs));
+    let (src, prev, target) =
+        (batch.src.to_device(device), batch.prev.to_device(device), batch.target.to_device(device));
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        sync(device);
+        let t0 = Instant::now();
+        let (_, dec) = model.forward(&src, &prev, true);
+        label_smoothed_nll(&dec.logits, &target, label_smoothing, model_cfg.pad_id).mean_loss().backward();
+        opt.step(5e-4);
+        opt.zero_grad();
+        sync(device);
+        if step >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// The median of `xs` (NaN when empty).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// This process's peak resident memory in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
