@@ -3,13 +3,13 @@
 
 use preln_data::Batch;
 use preln_model::{NormPlacement, Result, Seq2SeqConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::probe::probe;
 use crate::stats::{LineFit, Stat};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DepthStudy {
     /// The model; placement and layer counts are replaced by the scan's.
     pub model: Seq2SeqConfig,
@@ -21,7 +21,7 @@ pub struct DepthStudy {
     pub data: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DepthReport {
     pub study: DepthStudy,
     pub target_tokens: i64,
@@ -29,7 +29,7 @@ pub struct DepthReport {
     pub fits: Vec<DepthFit>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DepthRow {
     pub placement: NormPlacement,
     pub layers: i64,
@@ -40,7 +40,7 @@ pub struct DepthRow {
     pub samples: Vec<(f64, f64)>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DepthFit {
     pub placement: NormPlacement,
     /// `encoder` or `decoder`.

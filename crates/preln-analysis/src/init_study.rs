@@ -3,14 +3,14 @@
 
 use preln_data::Batch;
 use preln_model::{NormPlacement, Result, Seq2SeqConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::probe::{probe, Probe};
 use crate::stats::Stat;
 
 /// What to measure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitStudy {
     /// The model; its `placement` is replaced by each of `placements`.
     pub model: Seq2SeqConfig,
@@ -21,7 +21,7 @@ pub struct InitStudy {
     pub data: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitReport {
     pub study: InitStudy,
     pub target_tokens: i64,
@@ -29,7 +29,7 @@ pub struct InitReport {
 }
 
 /// One placement, aggregated over seeds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlacementInit {
     pub placement: NormPlacement,
     pub loss: Stat,
@@ -45,13 +45,13 @@ pub struct PlacementInit {
     pub decoder_hidden: HiddenReport,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ParamStat {
     pub path: String,
     pub grad_norm: Stat,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FfnLayer {
     /// 1-based layer number.
     pub layer: usize,
@@ -60,14 +60,14 @@ pub struct FfnLayer {
 }
 
 /// `E ||x||^2 / d` per layer next to the bounds of Lemma 2.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HiddenReport {
     /// The embedded input `x_1`.
     pub input: Stat,
     pub layers: Vec<HiddenLayer>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HiddenLayer {
     /// 1-based: the value after `layer` layers.
     pub layer: usize,

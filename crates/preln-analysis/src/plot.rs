@@ -93,6 +93,9 @@ fn draw_panel<DB: DrawingBackend>(
     let untf = move |v: &f64| if panel.log_log { 10f64.powf(*v) } else { *v };
     let fmt = move |v: &f64| {
         let x = untf(v);
+        if panel.log_log && x >= 1.0 {
+            return if x >= 10.0 { format!("{x:.0}") } else { format!("{x:.1}") };
+        }
         if x.abs() >= 100.0 || x == x.round() {
             format!("{x:.0}")
         } else if x.abs() >= 1.0 {
@@ -140,7 +143,7 @@ fn draw_panel<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(if panel.log_log { SeriesLabelPosition::MiddleRight } else { SeriesLabelPosition::UpperLeft })
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))

@@ -1,9 +1,9 @@
 //! Summary statistics over seeds and least-squares fits.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Mean and sample standard deviation of a set of measurements.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     pub mean: f64,
     pub std: f64,
@@ -20,7 +20,7 @@ impl Stat {
 }
 
 /// `y = intercept + slope * x`, fitted by ordinary least squares.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineFit {
     pub slope: f64,
     pub intercept: f64,

@@ -209,6 +209,12 @@ pub enum Analyze {
     Init(InitArgs),
     /// Gradient norm of the last FFN's W2 against depth, with log-log slopes (Theorem 1).
     Depth(DepthArgs),
+    /// Rewrite the plots, CSV and Markdown of an output folder from its init.json / depth.json.
+    Replot {
+        /// The folder of an earlier `analyze init` or `analyze depth`.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -86,6 +86,14 @@ fn analyze_depth_fits_a_slope_per_placement_and_stack() {
         assert!(f["predicted_slope"] == -0.5 || f["predicted_slope"] == 0.0);
     }
     assert_png(&out.join("depth_w2.png"));
+    // The figures can be redrawn from the JSON alone.
+    std::fs::remove_file(out.join("depth_w2.png")).unwrap();
+    std::fs::remove_file(out.join("depth.md")).unwrap();
+    ok(&["analyze", "replot", "--out", out.to_str().unwrap()]);
+    assert_png(&out.join("depth_w2.png"));
+    assert!(std::fs::read_to_string(out.join("depth.md")).unwrap().contains("Theorem 1"));
+    let out = preln(&["analyze", "replot", "--out", d.path().to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no init.json or depth.json"));
 }
 
 #[test]

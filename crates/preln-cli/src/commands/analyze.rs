@@ -188,3 +188,27 @@ pub fn depth(args: DepthArgs) -> Result<()> {
     list(&files);
     Ok(())
 }
+
+pub fn replot(out: &std::path::Path) -> Result<()> {
+    let read = |name: &str| -> Result<Option<String>> {
+        let p = out.join(name);
+        if !p.exists() {
+            return Ok(None);
+        }
+        Ok(Some(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?))
+    };
+    let mut files = Vec::new();
+    if let Some(text) = read("init.json")? {
+        let report: init_study::InitReport = serde_json::from_str(&text).context("init.json")?;
+        files.extend(report::write_init(&report, out)?);
+    }
+    if let Some(text) = read("depth.json")? {
+        let report: depth_study::DepthReport = serde_json::from_str(&text).context("depth.json")?;
+        files.extend(report::write_depth(&report, out)?);
+    }
+    if files.is_empty() {
+        bail!("{}: no init.json or depth.json to replot", out.display());
+    }
+    list(&files);
+    Ok(())
+}

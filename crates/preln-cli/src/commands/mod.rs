@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
+        Command::Analyze(Analyze::Replot { out }) => analyze::replot(&out),
         Command::Bench(Bench::Train(args)) => bench::train(args, cli.threads),
     }
 }
