@@ -107,3 +107,33 @@ fn an_existing_run_is_not_overwritten() {
     assert!(e.contains("no checkpoint"), "{e}");
     assert!(run.join("config.toml").exists());
 }
+
+#[test]
+fn gradient_accumulation_takes_one_update_per_group_of_batches() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let (train, valid) = data();
+    let single = d.path().join("single");
+    Trainer::new(&tiny(&["train.max_epochs=1"]), train.clone(), valid.clone(), VOCAB, &single, false)
+        .unwrap()
+        .run(&RunOptions::default())
+        .unwrap();
+    let double = d.path().join("double");
+    let s = Trainer::new(&tiny(&["train.max_epochs=1", "train.update_freq=2"]), train, valid, VOCAB, &double, false)
+        .unwrap()
+        .run(&RunOptions::default())
+        .unwrap();
+    let batches = losses(&single, "valid")[0].0;
+    assert_eq!(s.state.step, batches.div_ceil(2), "{batches} batches in pairs");
+    // Each update's loss is the mean over the target tokens of its two batches.
+    let tokens: Vec<u64> = Metrics::read(&double.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["tokens"].as_u64().unwrap())
+        .collect();
+    assert!(
+        tokens.iter().take(tokens.len() - 1).all(|&t| t > 256),
+        "two batches of <= 256 padded tokens per update: {tokens:?}"
+    );
+}
