@@ -427,8 +427,8 @@ impl Trainer {
             }
             bar.finish_and_clear();
             let epoch_secs = self.state.wall_s;
-            let (vloss, vnll) = self.evaluate(&self.valid.clone());
-            let vbleu = self.bleu(&self.valid.clone())?;
+            let (vloss, vnll) = self.evaluate(&self.valid);
+            let vbleu = self.bleu(&self.valid)?;
             last_valid = Some(vloss);
             let improved = self.state.best_valid_loss.is_none_or(|b| vloss < b);
             if improved {
