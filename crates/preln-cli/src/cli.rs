@@ -45,6 +45,38 @@ pub enum Command {
 pub enum Bench {
     /// Full training steps (forward, loss, backward, Adam) of a config on a fixed batch.
     Train(BenchTrainArgs),
+    /// Decoding speed of a trained run (beam and greedy), against tools/translate_ref.py.
+    Translate(BenchTranslateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTranslateArgs {
+    /// A run folder made by `preln train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "best")]
+    pub which: String,
+    /// Source sentences, one a line (empty lines are skipped).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Beam sizes to time, comma-separated (1 = greedy).
+    #[arg(long, value_delimiter = ',', default_value = "5,1")]
+    pub beams: Vec<usize>,
+    #[arg(long, default_value_t = 1.2)]
+    pub lenpen: f64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1.2)]
+    pub max_len_a: f64,
+    #[arg(long, default_value_t = 10)]
+    pub max_len_b: i64,
+    /// Also decode with tools/translate_ref.py (plain PyTorch) and compare outputs and speed.
+    #[arg(long)]
+    pub vs_pytorch: bool,
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]

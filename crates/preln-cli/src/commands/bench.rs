@@ -10,7 +10,10 @@ use preln_train::bench::{median, peak_rss_mib, time_steps};
 use preln_train::config::{config_text, resolve};
 use serde_json::json;
 
-use crate::cli::BenchTrainArgs;
+use crate::cli::{BenchTrainArgs, BenchTranslateArgs};
+use crate::commands::translate::load_run;
+use preln_data::text::read_lines;
+use preln_eval::{beam_search, SearchConfig};
 
 fn python(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(p) = arg {
@@ -99,6 +102,80 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         let m = median(&theirs);
         println!("PyTorch: {m:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {their_peak:.0} MiB (torch {torch_version})", theirs.len(), tokens / m);
         println!("speed-up of preln over PyTorch eager: {:.2}x", m / m_ours);
+    }
+    Ok(())
+}
+
+pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
+    if args.beams.is_empty() || args.beams.contains(&0) || args.batch_size < 1 {
+        bail!("--beams must list sizes of at least 1, and --batch-size must be at least 1");
+    }
+    let device = super::device(args.device)?;
+    let run = load_run(&args.checkpoint, &args.which, device)?;
+    let lines = read_lines(&args.input)?;
+    let mut sources: Vec<Vec<i64>> = Vec::new();
+    for (i, l) in lines.iter().filter(|l| !l.trim().is_empty()).enumerate() {
+        let ids = run.bpe.encode(l).with_context(|| format!("{} sentence {}", args.input.display(), i + 1))?;
+        sources.push(ids.into_iter().map(i64::from).collect());
+    }
+    sources.sort_by_key(|s| s.len());
+    let batches: Vec<Vec<Vec<i64>>> = sources.chunks(args.batch_size).map(|c| c.to_vec()).collect();
+    let n = sources.len() as f64;
+    eprintln!(
+        "{} sentences from {}; {} threads; {device:?}",
+        sources.len(),
+        args.input.display(),
+        tch::get_num_threads()
+    );
+    for &beam in &args.beams {
+        let search = SearchConfig {
+            beam,
+            lenpen: args.lenpen,
+            max_len_a: args.max_len_a,
+            max_len_b: args.max_len_b,
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        let mut ours = Vec::new();
+        for b in &batches {
+            let pairs: Vec<(Vec<i64>, Vec<i64>)> = b.iter().map(|s| (s.clone(), Vec::new())).collect();
+            let batch = Batch::from_pairs(&pairs, Specials::DEFAULT, device);
+            ours.extend(beam_search(&run.model, &batch.src, &search));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!("beam {beam}: preln   {:.1} sentences/s ({secs:.1} s)", n / secs);
+        if !args.vs_pytorch {
+            continue;
+        }
+        let with_eos: Vec<Vec<Vec<i64>>> = batches
+            .iter()
+            .map(|b| b.iter().map(|s| [s.as_slice(), &[Specials::DEFAULT.eos]].concat()).collect())
+            .collect();
+        let spec = json!({
+            "config": run.config_path, "checkpoint": run.checkpoint, "batches": with_eos, "beam": beam,
+            "lenpen": args.lenpen, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+            "threads": threads.unwrap_or(0), "device": if device.is_cuda() { "cuda" } else { "cpu" },
+        });
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/translate_ref.py"));
+        let py = python(&args.python);
+        let mut child = Command::new(&py)
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {} {}", py.display(), script.display()))?;
+        std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, spec.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
+        let theirs: Vec<Vec<i64>> = serde_json::from_value(v["tokens"].clone())?;
+        let their_secs = v["seconds"].as_f64().unwrap_or(f64::NAN);
+        let same = ours.iter().zip(&theirs).filter(|(a, b)| a.tokens == **b).count();
+        println!("beam {beam}: PyTorch {:.1} sentences/s ({their_secs:.1} s)", n / their_secs);
+        println!("beam {beam}: speed-up {:.2}x; identical outputs {same}/{}", their_secs / secs, ours.len());
     }
     Ok(())
 }

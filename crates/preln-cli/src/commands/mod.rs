@@ -7,7 +7,7 @@ mod data;
 mod info;
 mod prepare;
 mod train;
-mod translate;
+pub mod translate;
 
 use anyhow::{bail, Result};
 use tch::Device;
@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
         Command::Analyze(Analyze::Replot { out }) => analyze::replot(&out),
         Command::Bench(Bench::Train(args)) => bench::train(args, cli.threads),
+        Command::Bench(Bench::Translate(args)) => bench::translate(args, cli.threads),
     }
 }
 

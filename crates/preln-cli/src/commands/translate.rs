@@ -28,24 +28,38 @@ fn tokenizer(run: &Path) -> Result<Bpe> {
     Ok(Bpe::load(&Path::new(data).join("tokenizer.json"))?)
 }
 
-pub fn run(args: TranslateArgs) -> Result<()> {
-    if args.beam < 1 || args.batch_size < 1 {
-        bail!("--beam and --batch-size must be at least 1");
-    }
-    let run = &args.checkpoint;
+/// A trained model ready to decode.
+pub struct LoadedRun {
+    pub model: Seq2Seq,
+    pub bpe: Bpe,
+    pub config_path: std::path::PathBuf,
+    pub checkpoint: std::path::PathBuf,
+    _vs: VarStore,
+}
+
+/// Loads `RUN/config.toml`, `RUN/checkpoints/{which}.safetensors` and the run's tokenizer.
+pub fn load_run(run: &Path, which: &str, device: tch::Device) -> Result<LoadedRun> {
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("{}: not a run folder of `preln train`", cfg_path.display()))?;
     let cfg = resolve(&cfg_path.display().to_string(), &text, &[])?;
-    let ckpt = run.join("checkpoints").join(format!("{}.safetensors", args.which));
+    let ckpt = run.join("checkpoints").join(format!("{which}.safetensors"));
     if !ckpt.exists() {
         bail!("{}: no such checkpoint (--which best|last)", ckpt.display());
     }
-    let device = super::device(args.device)?;
     let bpe = tokenizer(run)?;
     let mut vs = VarStore::new(device);
     let model = Seq2Seq::new(&vs.root(), &cfg.model.clone().without_dropout())?;
     state::load_model(&ckpt, &mut vs)?;
+    Ok(LoadedRun { model, bpe, config_path: cfg_path, checkpoint: ckpt, _vs: vs })
+}
+
+pub fn run(args: TranslateArgs) -> Result<()> {
+    if args.beam < 1 || args.batch_size < 1 {
+        bail!("--beam and --batch-size must be at least 1");
+    }
+    let device = super::device(args.device)?;
+    let LoadedRun { model, bpe, .. } = load_run(&args.checkpoint, &args.which, device)?;
 
     let lines: Vec<String> =
         std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("reading stdin")?;
