@@ -280,6 +280,27 @@ fn train_resume_and_config_errors() {
     assert!(lines[1].is_empty() && lines[3].is_empty() && !lines[0].is_empty(), "{cached:?}");
     assert_eq!(translate(&["--no-cache"]), cached);
 
+    // The independent PyTorch decoder (tools/translate_ref.py) finds the same translations.
+    let input = d.path().join("input.de");
+    std::fs::write(&input, (0..12).map(|i| format!("der Hund {i} läuft nach Hause\n")).collect::<String>()).unwrap();
+    let out = preln(&[
+        "bench",
+        "translate",
+        "--checkpoint",
+        run_s,
+        "--input",
+        input.to_str().unwrap(),
+        "--beams",
+        "3,1",
+        "--vs-pytorch",
+        "--device",
+        "cpu",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("beam 3: speed-up") && stdout.contains("identical outputs 12/12"), "{stdout}");
+    assert_eq!(stdout.matches("identical outputs 12/12").count(), 2, "{stdout}");
+
     let out = preln(&["train", "--config", "tiny", "--data", data_s, "--out", run_s]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
     let out = preln(&[
