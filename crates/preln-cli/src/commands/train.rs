@@ -13,7 +13,10 @@ use crate::cli::TrainArgs;
 pub fn run(args: TrainArgs) -> Result<()> {
     let run_json = args.out.join("run.json");
     let (source, text) = match (&args.config, args.resume) {
-        (_, true) => {
+        (given, true) => {
+            if given.is_some() {
+                eprintln!("--resume: using the run's own config.toml; --config is ignored (use --set to change values)");
+            }
             let path = args.out.join("config.toml");
             let text =
                 std::fs::read_to_string(&path).with_context(|| format!("--resume: reading {}", path.display()))?;
