@@ -98,20 +98,23 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
     };
     stepper.select(&expand);
 
+    // Sentences still being decoded; finished ones leave the batch (and the cache), as in
+    // fairseq, so late steps only pay for what is left.
+    let mut active: Vec<usize> = (0..bsz).collect();
     let rows = bsz * k;
     let mut tokens: Vec<Vec<i64>> = vec![Vec::new(); rows];
     let mut scores: Vec<f64> = (0..rows).map(|r| if r % k == 0 { 0.0 } else { f64::NEG_INFINITY }).collect();
     let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); bsz];
-    let mut done = vec![false; bsz];
     let mut last = Tensor::full([rows as i64], sp.bos, (Kind::Int64, device));
     let longest = max_lens.iter().copied().max().unwrap_or(1);
     for step in 0..longest {
+        let rows = active.len() * k;
         let logits = stepper.step(model, &last);
         let v = logits.size()[1];
         let mut lprobs = logits.log_softmax(-1, Kind::Float);
         let _ = lprobs.index_fill_(1, &Tensor::from_slice(&[sp.pad, sp.bos]).to_device(device), f64::NEG_INFINITY);
         // Rows at their length limit may only end.
-        let force: Vec<i64> = (0..rows).filter(|&r| step + 1 >= max_lens[r / k]).map(|r| r as i64).collect();
+        let force: Vec<i64> = (0..rows).filter(|&r| step + 1 >= max_lens[active[r / k]]).map(|r| r as i64).collect();
         if !force.is_empty() {
             let idx = Tensor::from_slice(&force).to_device(device);
             let eos_col = lprobs.index_select(0, &idx).select(1, sp.eos);
@@ -123,7 +126,7 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
             );
         }
         let prior = Tensor::from_slice(&scores).to_kind(Kind::Float).to_device(device).unsqueeze(1);
-        let cand = (lprobs + prior).view([b, k as i64 * v]);
+        let cand = (lprobs + prior).view([active.len() as i64, k as i64 * v]);
         let (top_v, top_i) = cand.topk((2 * k) as i64, 1, true, true);
         let top_v =
             Vec::<f64>::try_from(top_v.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1)).expect("values");
@@ -132,49 +135,51 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
         let mut src_rows = Vec::with_capacity(rows);
         let mut new_tokens = Vec::with_capacity(rows);
         let mut new_scores = Vec::with_capacity(rows);
-        for i in 0..bsz {
-            let mut chosen = 0;
-            if !done[i] {
-                for c in 0..2 * k {
-                    let (val, idx) = (top_v[i * 2 * k + c], top_i[i * 2 * k + c]);
-                    if val == f64::NEG_INFINITY {
-                        break;
-                    }
-                    let row = i * k + (idx / v) as usize;
-                    let tok = idx % v;
-                    if tok == sp.eos {
-                        if c < k {
-                            let len = (tokens[row].len() + 1) as f64;
-                            finished[i]
-                                .push(Hypothesis { tokens: tokens[row].clone(), score: val / len.powf(cfg.lenpen) });
-                        }
-                    } else if chosen < k {
-                        src_rows.push(row as i64);
-                        new_tokens.push([tokens[row].as_slice(), &[tok]].concat());
-                        new_scores.push(val);
-                        chosen += 1;
-                    }
-                    if chosen == k && c + 1 >= k {
-                        break;
-                    }
+        let mut still = Vec::with_capacity(active.len());
+        for (a, &i) in active.iter().enumerate() {
+            let (mut live_rows, mut live_tokens, mut live_scores) = (Vec::new(), Vec::new(), Vec::new());
+            for c in 0..2 * k {
+                let (val, idx) = (top_v[a * 2 * k + c], top_i[a * 2 * k + c]);
+                if val == f64::NEG_INFINITY {
+                    break;
                 }
-                if finished[i].len() >= k {
-                    done[i] = true;
+                let row = a * k + (idx / v) as usize;
+                let tok = idx % v;
+                if tok == sp.eos {
+                    if c < k {
+                        let len = (tokens[row].len() + 1) as f64;
+                        finished[i].push(Hypothesis { tokens: tokens[row].clone(), score: val / len.powf(cfg.lenpen) });
+                    }
+                } else if live_rows.len() < k {
+                    live_rows.push(row as i64);
+                    live_tokens.push([tokens[row].as_slice(), &[tok]].concat());
+                    live_scores.push(val);
+                }
+                if live_rows.len() == k && c + 1 >= k {
+                    break;
                 }
             }
-            // Done sentences (or too few live extensions) keep dead rows.
-            while chosen < k {
-                src_rows.push((i * k) as i64);
-                new_tokens.push(Vec::new());
-                new_scores.push(f64::NEG_INFINITY);
-                chosen += 1;
+            if finished[i].len() >= k || live_rows.is_empty() {
+                continue;
             }
+            // Too few live extensions: pad with dead rows.
+            while live_rows.len() < k {
+                live_rows.push(live_rows[0]);
+                live_tokens.push(Vec::new());
+                live_scores.push(f64::NEG_INFINITY);
+            }
+            still.push(i);
+            src_rows.extend(live_rows);
+            new_tokens.extend(live_tokens);
+            new_scores.extend(live_scores);
         }
-        if done.iter().all(|&d| d) {
+        if still.is_empty() {
             break;
         }
-        let index = Tensor::from_slice(&src_rows).to_device(device);
-        stepper.select(&index);
+        active = still;
+        if src_rows.iter().enumerate().any(|(r, &src)| src != r as i64) {
+            stepper.select(&Tensor::from_slice(&src_rows).to_device(device));
+        }
         last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())
             .to_device(device);
         tokens = new_tokens;

@@ -15,7 +15,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (source, text) = match (&args.config, args.resume) {
         (given, true) => {
             if given.is_some() {
-                eprintln!("--resume: using the run's own config.toml; --config is ignored (use --set to change values)");
+                eprintln!(
+                    "--resume: using the run's own config.toml; --config is ignored (use --set to change values)"
+                );
             }
             let path = args.out.join("config.toml");
             let text =
