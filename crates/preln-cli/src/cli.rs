@@ -62,14 +62,8 @@ pub struct BenchTranslateArgs {
     /// Beam sizes to time, comma-separated (1 = greedy).
     #[arg(long, value_delimiter = ',', default_value = "5,1")]
     pub beams: Vec<usize>,
-    #[arg(long, default_value_t = 1.2)]
-    pub lenpen: f64,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 1.2)]
-    pub max_len_a: f64,
-    #[arg(long, default_value_t = 10)]
-    pub max_len_b: i64,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Also decode with tools/translate_ref.py (plain PyTorch) and compare outputs and speed.
     #[arg(long)]
     pub vs_pytorch: bool,
@@ -126,6 +120,18 @@ pub struct TranslateArgs {
     /// Beam size (1 = greedy).
     #[arg(long, default_value_t = 5)]
     pub beam: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// Decode without the key/value cache (slow; for checking).
+    #[arg(long)]
+    pub no_cache: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+}
+
+/// Search options shared by `translate` and `bench translate`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SearchArgs {
     /// Length penalty: hypotheses are ranked by log-probability / length^lenpen.
     #[arg(long, default_value_t = 1.2)]
     pub lenpen: f64,
@@ -137,11 +143,6 @@ pub struct TranslateArgs {
     pub max_len_a: f64,
     #[arg(long, default_value_t = 10)]
     pub max_len_b: i64,
-    /// Decode without the key/value cache (slow; for checking).
-    #[arg(long)]
-    pub no_cache: bool,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]

@@ -107,7 +107,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
 }
 
 pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
-    if args.beams.is_empty() || args.beams.contains(&0) || args.batch_size < 1 {
+    if args.beams.is_empty() || args.beams.contains(&0) || args.search.batch_size < 1 {
         bail!("--beams must list sizes of at least 1, and --batch-size must be at least 1");
     }
     let device = super::device(args.device)?;
@@ -119,7 +119,7 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
         sources.push(ids.into_iter().map(i64::from).collect());
     }
     sources.sort_by_key(|s| s.len());
-    let batches: Vec<Vec<Vec<i64>>> = sources.chunks(args.batch_size).map(|c| c.to_vec()).collect();
+    let batches: Vec<Vec<Vec<i64>>> = sources.chunks(args.search.batch_size).map(|c| c.to_vec()).collect();
     let n = sources.len() as f64;
     eprintln!(
         "{} sentences from {}; {} threads; {device:?}",
@@ -130,9 +130,9 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
     for &beam in &args.beams {
         let search = SearchConfig {
             beam,
-            lenpen: args.lenpen,
-            max_len_a: args.max_len_a,
-            max_len_b: args.max_len_b,
+            lenpen: args.search.lenpen,
+            max_len_a: args.search.max_len_a,
+            max_len_b: args.search.max_len_b,
             ..Default::default()
         };
         let t0 = std::time::Instant::now();
@@ -153,7 +153,7 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
             .collect();
         let spec = json!({
             "config": run.config_path, "checkpoint": run.checkpoint, "batches": with_eos, "beam": beam,
-            "lenpen": args.lenpen, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+            "lenpen": args.search.lenpen, "max_len_a": args.search.max_len_a, "max_len_b": args.search.max_len_b,
             "threads": threads.unwrap_or(0), "device": if device.is_cuda() { "cuda" } else { "cpu" },
         });
         let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/translate_ref.py"));

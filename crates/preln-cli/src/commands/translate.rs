@@ -55,7 +55,7 @@ pub fn load_run(run: &Path, which: &str, device: tch::Device) -> Result<LoadedRu
 }
 
 pub fn run(args: TranslateArgs) -> Result<()> {
-    if args.beam < 1 || args.batch_size < 1 {
+    if args.beam < 1 || args.search.batch_size < 1 {
         bail!("--beam and --batch-size must be at least 1");
     }
     let device = super::device(args.device)?;
@@ -73,9 +73,9 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     encoded.sort_by_key(|(i, ids)| (ids.len(), *i));
     let search = SearchConfig {
         beam: args.beam,
-        lenpen: args.lenpen,
-        max_len_a: args.max_len_a,
-        max_len_b: args.max_len_b,
+        lenpen: args.search.lenpen,
+        max_len_a: args.search.max_len_a,
+        max_len_b: args.search.max_len_b,
         specials: Specials::DEFAULT,
         no_cache: args.no_cache,
     };
@@ -85,7 +85,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     );
     let mut out: Vec<String> = vec![String::new(); lines.len()];
     let start = std::time::Instant::now();
-    for chunk in encoded.chunks(args.batch_size) {
+    for chunk in encoded.chunks(args.search.batch_size) {
         let pairs: Vec<(Vec<i64>, Vec<i64>)> = chunk.iter().map(|(_, ids)| (ids.clone(), Vec::new())).collect();
         let batch = Batch::from_pairs(&pairs, Specials::DEFAULT, device);
         for ((i, _), hyp) in chunk.iter().zip(beam_search(&model, &batch.src, &search)) {
