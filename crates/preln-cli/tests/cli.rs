@@ -280,6 +280,26 @@ fn train_resume_and_config_errors() {
     assert!(lines[1].is_empty() && lines[3].is_empty() && !lines[0].is_empty(), "{cached:?}");
     assert_eq!(translate(&["--no-cache"]), cached);
 
+    // BLEU of these real system outputs: preln bleu against sacrebleu itself (from the venv).
+    let hyp = d.path().join("hyp.en");
+    let reference = d.path().join("ref.en");
+    std::fs::write(&hyp, &cached).unwrap();
+    std::fs::write(&reference, "the dog 3 runs home\n\nthe dog 7 runs home\n").unwrap();
+    let ours = Command::new(env!("CARGO_BIN_EXE_preln"))
+        .args(["bleu", "--ref", reference.to_str().unwrap(), "--json"])
+        .stdin(std::fs::File::open(&hyp).unwrap())
+        .output()
+        .unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+    let venv = option_env!("PRELN_TORCH_VENV").expect("built by scripts/setup.sh, which sets PRELN_TORCH_VENV");
+    let sacre = Command::new(format!("{venv}/bin/python"))
+        .args(["-m", "sacrebleu", reference.to_str().unwrap(), "-i", hyp.to_str().unwrap(), "-b", "-w", "6"])
+        .output()
+        .expect("sacrebleu from the project's environment");
+    assert!(sacre.status.success(), "{}", String::from_utf8_lossy(&sacre.stderr));
+    let theirs: f64 = String::from_utf8_lossy(&sacre.stdout).trim().parse().unwrap();
+    assert!((ours["score"].as_f64().unwrap() - theirs).abs() < 1e-5, "preln {} vs sacrebleu {theirs}", ours["score"]);
+
     // The independent PyTorch decoder (tools/translate_ref.py) finds the same translations.
     let input = d.path().join("input.de");
     std::fs::write(&input, (0..12).map(|i| format!("der Hund {i} läuft nach Hause\n")).collect::<String>()).unwrap();
