@@ -177,7 +177,8 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
             break;
         }
         active = still;
-        if src_rows.iter().enumerate().any(|(r, &src)| src != r as i64) {
+        let identity = src_rows.len() == rows && src_rows.iter().enumerate().all(|(r, &src)| src == r as i64);
+        if !identity {
             stepper.select(&Tensor::from_slice(&src_rows).to_device(device));
         }
         last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())

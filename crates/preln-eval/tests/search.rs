@@ -82,3 +82,19 @@ fn respects_length_limit_and_never_emits_specials() {
         assert!(h.score.is_finite());
     }
 }
+
+#[test]
+fn a_later_sentence_finishing_first_leaves_the_batch_cleanly() {
+    // Sentence 1 is short, so its length limit ends it first; the batch shrinks to sentence 0,
+    // whose row keeps index 0 (a regression: that reorder was once skipped as the identity).
+    let vs = VarStore::new(Device::Cpu);
+    let m = model(NormPlacement::Pre, &vs);
+    let src = tch::Tensor::from_slice(&[5i64, 6, 7, 8, 9, 10, 3, 11, 3, 0, 0, 0, 0, 0]).view([2, 7]);
+    for beam in [1, 2] {
+        let cfg = SearchConfig { beam, max_len_a: 1.0, max_len_b: 0, ..Default::default() };
+        let together = beam_search(&m, &src, &cfg);
+        assert!(together[1].tokens.len() < 2 && together[0].tokens.len() < 7, "beam {beam}: {together:?}");
+        let alone = beam_search(&m, &src.narrow(0, 0, 1), &cfg);
+        assert_eq!(alone[0].tokens, together[0].tokens, "beam {beam}");
+    }
+}
