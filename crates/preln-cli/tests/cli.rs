@@ -100,24 +100,7 @@ fn analyze_depth_fits_a_slope_per_placement_and_stack() {
 fn prepare_then_analyze_on_real_text() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let de: Vec<String> = (0..300).map(|i| format!("der Hund {} läuft schnell nach Hause", i % 17)).collect();
-    let en: Vec<String> = (0..300).map(|i| format!("the dog {} runs home fast", i % 17)).collect();
-    std::fs::write(p.join("train.de"), de.join("\n")).unwrap();
-    std::fs::write(p.join("train.en"), en.join("\n")).unwrap();
-    let data = p.join("data");
-    ok(&[
-        "prepare",
-        "-s",
-        "de",
-        "-t",
-        "en",
-        "--trainpref",
-        p.join("train").to_str().unwrap(),
-        "--vocab-size",
-        "80",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    let data = tiny_data(p, 80);
     let out = p.join("init");
     let mut args = vec![
         "analyze",
@@ -134,7 +117,9 @@ fn prepare_then_analyze_on_real_text() {
     args.extend(TINY);
     ok(&args);
     let v = json(&out.join("init.json"));
-    assert_eq!(v["study"]["model"]["vocab_size"], 80, "the data's vocabulary replaces --vocab");
+    let manifest = json(&data.join("manifest.json"));
+    assert_ne!(manifest["vocab_size"], 60);
+    assert_eq!(v["study"]["model"]["vocab_size"], manifest["vocab_size"], "the data's vocabulary replaces --vocab");
     assert!(v["study"]["data"].as_str().unwrap().contains("split `train`"));
     // A plain file prefix works too, with a BPE learned on the spot.
     let prefix = p.join("train");
@@ -185,7 +170,8 @@ fn bad_input_fails_with_a_message_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `huge`"));
 }
 
-fn tiny_data(p: &Path) -> std::path::PathBuf {
+/// Small parallel De-En text (train 200, valid 20 pairs), prepared with a BPE of `vocab`.
+fn tiny_data(p: &Path, vocab: usize) -> std::path::PathBuf {
     let de: Vec<String> = (0..200).map(|i| format!("der Hund {} läuft nach Hause", i % 13)).collect();
     let en: Vec<String> = (0..200).map(|i| format!("the dog {} runs home", i % 13)).collect();
     for (split, n) in [("train", 200), ("valid", 20)] {
@@ -204,7 +190,7 @@ fn tiny_data(p: &Path) -> std::path::PathBuf {
         "--validpref",
         p.join("valid").to_str().unwrap(),
         "--vocab-size",
-        "60",
+        &vocab.to_string(),
         "--out",
         data.to_str().unwrap(),
     ]);
@@ -214,7 +200,7 @@ fn tiny_data(p: &Path) -> std::path::PathBuf {
 #[test]
 fn train_resume_and_config_errors() {
     let d = tempfile::tempdir().unwrap();
-    let data = tiny_data(d.path());
+    let data = tiny_data(d.path(), 60);
     let run = d.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
     let first = [
