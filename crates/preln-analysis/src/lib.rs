@@ -8,5 +8,5 @@ pub mod probe;
 pub mod report;
 pub mod stats;
 
-pub use probe::{grad_norms, probe, Probe};
+pub use probe::{grad_norms, probe, sq_norms_over_d, Probe};
 pub use stats::{LineFit, Stat};

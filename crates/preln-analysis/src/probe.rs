@@ -48,22 +48,38 @@ pub fn grad_norms(vs: &VarStore) -> Vec<(String, f64)> {
     params.into_iter().map(|(n, _)| n).zip(values).collect()
 }
 
-/// `E ||x||^2 / d` over the tokens where `keep` is true.
+/// `E ||x||^2 / d` over the tokens where `keep` is true, for each tensor, in fp64 and read back
+/// in one transfer.
 ///
 /// # Shapes
-/// x: `[B, T, d]`; keep: `[B, T]` bool
-fn mean_sq_norm(x: &Tensor, keep: &Tensor) -> f64 {
-    let d = x.size()[2] as f64;
-    let keep = keep.to_kind(Kind::Double);
-    let per_token = x.to_kind(Kind::Double).square().sum_dim_intlist(-1, false, Kind::Double) / d;
-    ((per_token * &keep).sum(Kind::Double) / keep.sum(Kind::Double)).double_value(&[])
+/// each x: `[B, T, d]`; keep: `[B, T]` bool
+pub fn sq_norms_over_d(xs: &[&Tensor], keep: &Tensor) -> Vec<f64> {
+    if xs.is_empty() {
+        return Vec::new();
+    }
+    tch::no_grad(|| {
+        let keep = keep.to_kind(Kind::Double);
+        let count = keep.sum(Kind::Double);
+        let vals: Vec<Tensor> = xs
+            .iter()
+            .map(|x| {
+                let d = x.size()[2] as f64;
+                let per_token = x.to_kind(Kind::Double).square().sum_dim_intlist(-1, false, Kind::Double) / d;
+                (per_token * &keep).sum(Kind::Double) / &count
+            })
+            .collect();
+        Vec::<f64>::try_from(Tensor::stack(&vals, 0).to_device(Device::Cpu)).expect("norms are a 1-d tensor")
+    })
 }
 
 fn add_hidden(acc: &mut HiddenNorms, stack: &StackOut, keep: &Tensor, weight: f64) {
-    acc.input += weight * mean_sq_norm(&stack.input, keep);
+    let mut xs = vec![&stack.input];
+    xs.extend(stack.layer_sums.iter());
+    let norms = sq_norms_over_d(&xs, keep);
+    acc.input += weight * norms[0];
     acc.layers.resize(stack.layer_sums.len(), 0.0);
-    for (a, x) in acc.layers.iter_mut().zip(&stack.layer_sums) {
-        *a += weight * mean_sq_norm(x, keep);
+    for (a, n) in acc.layers.iter_mut().zip(&norms[1..]) {
+        *a += weight * n;
     }
 }
 

@@ -51,11 +51,8 @@ pub enum Bench {
 
 #[derive(Args, Debug)]
 pub struct BenchTranslateArgs {
-    /// A run folder made by `preln train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long, default_value = "best")]
-    pub which: String,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Source sentences, one a line (empty lines are skipped).
     #[arg(long)]
     pub input: PathBuf,
@@ -111,12 +108,8 @@ pub struct BenchTrainArgs {
 
 #[derive(Args, Debug)]
 pub struct TranslateArgs {
-    /// A run folder made by `preln train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Which checkpoint of the run: `best` (lowest validation loss) or `last`.
-    #[arg(long, default_value = "best")]
-    pub which: String,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Beam size (1 = greedy).
     #[arg(long, default_value_t = 5)]
     pub beam: usize,
@@ -127,6 +120,17 @@ pub struct TranslateArgs {
     pub no_cache: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
+}
+
+/// The trained run that `translate` and `bench translate` decode with.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A run folder made by `preln train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which checkpoint of the run: `best` (lowest validation loss) or `last`.
+    #[arg(long, default_value = "best")]
+    pub which: String,
 }
 
 /// Search options shared by `translate` and `bench translate`.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use preln_analysis::grad_norms;
+use preln_analysis::{grad_norms, sq_norms_over_d};
 use preln_data::synthetic::SplitMix64;
 use preln_data::{token_batches, Batch, Bpe, Pairs, Specials};
 use preln_eval::{beam_search, corpus_bleu, BleuOptions, SearchConfig};
@@ -121,24 +121,7 @@ pub fn group_norms(norms: &[(String, f64)]) -> Vec<(String, f64)> {
 
 /// `E ||x||^2 / d` over real tokens after each layer of a stack.
 fn layer_sq_norms(stack: &StackOut, keep: &Tensor) -> Vec<f64> {
-    tch::no_grad(|| {
-        let keep = keep.to_kind(Kind::Float);
-        let count = keep.sum(Kind::Float);
-        let vals: Vec<Tensor> = stack
-            .layer_sums
-            .iter()
-            .map(|x| {
-                let d = x.size()[2] as f64;
-                (x.to_kind(Kind::Float).square().sum_dim_intlist(-1, false, Kind::Float) * &keep).sum(Kind::Float)
-                    / &count
-                    / d
-            })
-            .collect();
-        if vals.is_empty() {
-            return vec![];
-        }
-        Vec::<f64>::try_from(Tensor::stack(&vals, 0).to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default()
-    })
+    sq_norms_over_d(&stack.layer_sums.iter().collect::<Vec<_>>(), keep)
 }
 
 pub struct Trainer {

@@ -111,7 +111,7 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
         bail!("--beams must list sizes of at least 1, and --batch-size must be at least 1");
     }
     let device = super::device(args.device)?;
-    let run = load_run(&args.checkpoint, &args.which, device)?;
+    let run = load_run(&args.run.checkpoint, &args.run.which, device)?;
     let lines = read_lines(&args.input)?;
     let mut sources: Vec<Vec<i64>> = Vec::new();
     for (i, l) in lines.iter().filter(|l| !l.trim().is_empty()).enumerate() {

@@ -59,7 +59,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         bail!("--beam and --batch-size must be at least 1");
     }
     let device = super::device(args.device)?;
-    let LoadedRun { model, bpe, .. } = load_run(&args.checkpoint, &args.which, device)?;
+    let LoadedRun { model, bpe, .. } = load_run(&args.run.checkpoint, &args.run.which, device)?;
 
     let lines: Vec<String> =
         std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("reading stdin")?;
