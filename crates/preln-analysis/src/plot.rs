@@ -5,6 +5,7 @@ use std::sync::Once;
 
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+pub use plotters::style::RGBColor;
 
 pub const POST_COLOR: RGBColor = RGBColor(214, 39, 40);
 pub const PRE_COLOR: RGBColor = RGBColor(31, 119, 180);

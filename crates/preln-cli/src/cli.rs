@@ -39,6 +39,50 @@ pub enum Command {
     /// Speed benchmarks, optionally side by side with a PyTorch reference.
     #[command(subcommand)]
     Bench(Bench),
+    /// Rerun the paper's experiments (Figure 3, the warmup study of Figures 2 and 4) and write
+    /// a report with plots: report.md and report.html in --out.
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// `init`: Figure 3 and the depth scan; `warmup`: the grid of training runs; `all`: both.
+    #[arg(value_enum, default_value = "all")]
+    pub what: ReproduceWhat,
+    /// A data folder made by `preln prepare` (e.g. Multi30k De-En). Without it: a built-in
+    /// synthetic translation task generated on the spot.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder (default: runs/reproduce-SCALE). Finished runs in it are kept and skipped.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `quick`: small models, minutes; `cpu`: 6+6 layers of width 128, hours on a laptop;
+    /// `paper`: the paper's model and run length.
+    #[arg(long, value_enum, default_value = "quick")]
+    pub scale: ScaleArg,
+    /// Training runs at the same time (default: one per CPU thread, each on one thread).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Only these runs of the grid (comma-separated names of configs/reproduce/*.toml).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Write the report from what is already in --out, without running anything.
+    #[arg(long)]
+    pub report_only: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReproduceWhat {
+    Init,
+    Warmup,
+    All,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleArg {
+    Quick,
+    Cpu,
+    Paper,
 }
 
 #[derive(Subcommand, Debug)]

@@ -92,6 +92,11 @@ fn lengths(pairs: &Pairs) -> Vec<(usize, usize)> {
     pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect()
 }
 
+/// Updates in one epoch of `pairs` with the batching of `cfg` (token batches, `update_freq`).
+pub fn updates_per_epoch(pairs: &Pairs, cfg: &TrainConfig) -> u64 {
+    token_batches(&lengths(pairs), cfg.train.max_tokens).len().div_ceil(cfg.train.update_freq) as u64
+}
+
 fn make_batch(pairs: &Pairs, idx: &[usize], device: Device) -> Batch {
     let chunk: Vec<_> = idx.iter().map(|&i| pairs[i].clone()).collect();
     Batch::from_pairs(&chunk, Specials::DEFAULT, device)

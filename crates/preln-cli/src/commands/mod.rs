@@ -6,6 +6,7 @@ mod bleu;
 mod data;
 mod info;
 mod prepare;
+mod reproduce;
 mod train;
 pub mod translate;
 
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Analyze(Analyze::Replot { out }) => analyze::replot(&out),
         Command::Bench(Bench::Train(args)) => bench::train(args, cli.threads),
         Command::Bench(Bench::Translate(args)) => bench::translate(args, cli.threads),
+        Command::Reproduce(args) => reproduce::run(args, cli.threads),
     }
 }
 

@@ -1,0 +1,293 @@
+//! The warmup study: the grid of runs in `configs/reproduce/`, scaled to the chosen scale, each
+//! trained by a `preln train` child process in its own folder. A finished or diverged run is a
+//! result and is skipped; an interrupted one is resumed from its last checkpoint.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use preln_train::config::{resolve, TrainConfig};
+use preln_train::metrics::Metrics;
+use preln_train::state::read_state;
+use preln_train::trainer::last_checkpoint;
+use serde_json::Value;
+
+use super::scale::ScaleSpec;
+
+/// The paper-scale configs of the grid, compiled in (the files in `configs/reproduce/`), in the
+/// order they are trained: the runs behind the paper's main claims first.
+pub const GRID: &[(&str, &str)] = &[
+    ("post-adam-1e-3-nowarmup", include_str!("../../../../../configs/reproduce/post-adam-1e-3-nowarmup.toml")),
+    ("post-adam-1e-3-warmup", include_str!("../../../../../configs/reproduce/post-adam-1e-3-warmup.toml")),
+    ("pre-adam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml")),
+    ("post-adam-5e-4-warmup", include_str!("../../../../../configs/reproduce/post-adam-5e-4-warmup.toml")),
+    ("post-adam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/post-adam-5e-4-nowarmup.toml")),
+    ("pre-adam-1e-3-nowarmup", include_str!("../../../../../configs/reproduce/pre-adam-1e-3-nowarmup.toml")),
+    ("post-radam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/post-radam-5e-4-nowarmup.toml")),
+    ("pre-radam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/pre-radam-5e-4-nowarmup.toml")),
+    ("post-sgd-5e-3-warmup", include_str!("../../../../../configs/reproduce/post-sgd-5e-3-warmup.toml")),
+    ("post-sgd-5e-3-nowarmup", include_str!("../../../../../configs/reproduce/post-sgd-5e-3-nowarmup.toml")),
+];
+
+/// The paper's run, which the warmup length and the decay epoch are scaled from: 4000 warmup
+/// updates and a x0.1 decay at epoch 8 in runs of about 15 epochs of ~1,100 updates (IWSLT14,
+/// 4096 tokens a batch).
+pub const PAPER_WARMUP: u64 = 4000;
+pub const PAPER_EPOCHS: u64 = 15;
+pub const PAPER_UPDATES_PER_EPOCH: u64 = 1100;
+
+/// The paper's warmup of `paper` updates, scaled by the ratio of run lengths (total updates).
+/// Warmups of 0 and 1 mean "no warmup" and stay as they are.
+pub fn scaled_warmup(paper: u64, updates_per_epoch: u64, epochs: u64) -> u64 {
+    if paper <= 1 {
+        return paper;
+    }
+    let ratio = (updates_per_epoch * epochs) as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64;
+    ((paper as f64 * ratio).round() as u64).max(2)
+}
+
+/// The paper's epoch `paper` (of `PAPER_EPOCHS`) at the same fraction of a run of `epochs`.
+pub fn scaled_epoch(paper: u64, epochs: u64) -> u64 {
+    ((paper * epochs).div_ceil(PAPER_EPOCHS)).max(1)
+}
+
+/// One run of the grid, as it will be trained.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub name: String,
+    /// The config file's first comment line.
+    pub description: String,
+    /// The config after scaling: what is trained.
+    pub config: TrainConfig,
+    pub dir: PathBuf,
+}
+
+/// Where a run stands on disk.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStatus {
+    NotStarted,
+    Partial { step: u64, epoch: u64 },
+    Complete,
+    Diverged { step: u64 },
+}
+
+/// The grid at this scale, with `updates_per_epoch` of the training data at the scale's batch size.
+pub fn plan(spec: &ScaleSpec, updates_per_epoch: u64, out: &Path, only: &[String]) -> Result<Vec<PlannedRun>> {
+    for o in only {
+        if !GRID.iter().any(|(n, _)| n == o) {
+            bail!(
+                "--only: no run `{o}` in the grid (runs: {})",
+                GRID.iter().map(|g| g.0).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut runs = Vec::new();
+    for (name, text) in GRID.iter().filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n)) {
+        let source = format!("configs/reproduce/{name}.toml");
+        let paper = resolve(&source, text, &[])?;
+        let overrides = spec.overrides(&paper, updates_per_epoch);
+        let config = resolve(&source, text, &overrides).with_context(|| format!("scaling {source}"))?;
+        let description = text.lines().next().unwrap_or("").trim_start_matches('#').trim().to_string();
+        runs.push(PlannedRun { name: name.to_string(), description, config, dir: out.join(name) });
+    }
+    Ok(runs)
+}
+
+pub fn status(dir: &Path) -> Result<RunStatus> {
+    let metrics = dir.join("metrics.jsonl");
+    if metrics.exists() {
+        if let Some(d) = Metrics::read(&metrics)?.iter().find(|v| v["kind"] == "diverged") {
+            return Ok(RunStatus::Diverged { step: d["step"].as_u64().unwrap_or(0) });
+        }
+    }
+    let last = last_checkpoint(dir);
+    if !last.exists() {
+        return Ok(RunStatus::NotStarted);
+    }
+    let s = read_state(&last)?;
+    Ok(if s.done { RunStatus::Complete } else { RunStatus::Partial { step: s.step, epoch: s.epoch } })
+}
+
+/// The file a run's requested config is kept in, to tell a changed grid from a resumable run.
+const REQUESTED: &str = "reproduce.toml";
+
+/// Refuses to mix a run folder with a different config (another scale, or edited configs).
+fn check_config(run: &PlannedRun) -> Result<()> {
+    let path = run.dir.join(REQUESTED);
+    let wanted = run.config.to_toml();
+    if path.exists() {
+        let had = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if had != wanted {
+            bail!(
+                "{}: this run was started with a different config (another --scale or --data, or edited configs); \
+                 remove the folder or choose another --out",
+                run.dir.display()
+            );
+        }
+    } else {
+        std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
+        preln_model::checkpoint::write_file_atomic(&path, wanted.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// How one run ended in this invocation.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Done,
+    Diverged,
+    Failed(String),
+}
+
+/// Trains (or resumes) every run that is not complete, `jobs` at a time, each child process
+/// with `threads` libtorch threads. Returns the runs that failed (not the diverged ones: a
+/// divergence is a result).
+pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) -> Result<Vec<(String, String)>> {
+    for run in runs {
+        check_config(run)?;
+    }
+    let todo: Vec<&PlannedRun> = runs
+        .iter()
+        .filter(|r| matches!(status(&r.dir), Ok(RunStatus::NotStarted) | Ok(RunStatus::Partial { .. }) | Err(_)))
+        .collect();
+    let done = runs.len() - todo.len();
+    if done > 0 {
+        eprintln!("warmup study: {done} of {} runs already finished (kept)", runs.len());
+    }
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    eprintln!(
+        "warmup study: training {} runs, {} at a time with {} thread{} each; logs in RUN/train.log",
+        todo.len(),
+        jobs,
+        threads,
+        if threads == 1 { "" } else { "s" }
+    );
+    let next = Mutex::new(0usize);
+    let failures = Mutex::new(Vec::new());
+    let total = todo.len();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(total) {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().expect("queue lock");
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(run) = todo.get(i) else { break };
+                let outcome = train_one(run, data, threads, i + 1, total);
+                match outcome {
+                    Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
+                    Err(e) => failures.lock().expect("lock").push((run.name.clone(), format!("{e:#}"))),
+                    Ok(_) => {}
+                }
+            });
+        }
+    });
+    Ok(failures.into_inner().expect("lock"))
+}
+
+fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
+    let st = status(&run.dir)?;
+    let exe = std::env::current_exe().context("locating the preln executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--threads").arg(threads.to_string()).arg("train").arg("--out").arg(&run.dir);
+    let how = match st {
+        RunStatus::Partial { step, epoch } => {
+            cmd.arg("--resume");
+            format!("resuming at update {step} (epoch {epoch})")
+        }
+        _ => {
+            // A run killed before its first checkpoint starts again from scratch.
+            let _ = std::fs::remove_dir_all(run.dir.join("checkpoints"));
+            cmd.arg("--config").arg(run.dir.join(REQUESTED)).arg("--data").arg(data);
+            "starting".to_string()
+        }
+    };
+    let log_path = run.dir.join("train.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    eprintln!("[{k}/{total}] {}: {how}", run.name);
+    let t = Instant::now();
+    let status_code = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("starting preln train for {}", run.name))?;
+    let secs = t.elapsed().as_secs_f64();
+    let summary = last_valid(&run.dir).unwrap_or_default();
+    match status(&run.dir)? {
+        RunStatus::Complete => {
+            eprintln!("[{k}/{total}] {}: finished in {secs:.0} s{summary}", run.name);
+            Ok(Outcome::Done)
+        }
+        RunStatus::Diverged { step } => {
+            eprintln!("[{k}/{total}] {}: diverged at update {step} after {secs:.0} s (kept as a result)", run.name);
+            Ok(Outcome::Diverged)
+        }
+        _ => {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            let msg = format!("preln train exited with {status_code}: {last} (see {})", log_path.display());
+            eprintln!("[{k}/{total}] {}: {msg}", run.name);
+            Ok(Outcome::Failed(msg))
+        }
+    }
+}
+
+/// ", epoch E: valid loss L, BLEU B" from a run's last validation line.
+fn last_valid(dir: &Path) -> Option<String> {
+    let lines = Metrics::read(&dir.join("metrics.jsonl")).ok()?;
+    let v: &Value = lines.iter().rev().find(|v| v["kind"] == "valid")?;
+    Some(format!(
+        ", epoch {}: valid loss {:.3}{}",
+        v["epoch"],
+        v["loss"].as_f64()?,
+        v["bleu"].as_f64().map(|b| format!(", BLEU {b:.2}")).unwrap_or_default()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_scales_with_run_length() {
+        // The paper's own run length keeps 4000; a tenth of it gets 400; no warmup stays none.
+        assert_eq!(scaled_warmup(4000, PAPER_UPDATES_PER_EPOCH, PAPER_EPOCHS), 4000);
+        assert_eq!(scaled_warmup(4000, 110, 15), 400);
+        assert_eq!(scaled_warmup(4000, 111, 5), 135);
+        assert_eq!(scaled_warmup(1, 111, 5), 1);
+        assert_eq!(scaled_warmup(0, 111, 5), 0);
+        assert_eq!(scaled_warmup(4000, 1, 1), 2);
+    }
+
+    #[test]
+    fn decay_epoch_keeps_its_place_in_the_run() {
+        assert_eq!(scaled_epoch(8, 15), 8);
+        assert_eq!(scaled_epoch(8, 5), 3);
+        assert_eq!(scaled_epoch(8, 6), 4);
+        assert_eq!(scaled_epoch(8, 1), 1);
+    }
+
+    #[test]
+    fn every_grid_config_is_valid_and_named_by_its_contents() {
+        for (name, text) in GRID {
+            let cfg = resolve(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let placement = cfg.model.placement.to_string().to_lowercase();
+            assert!(name.starts_with(placement.split('-').next().unwrap()), "{name} vs {placement}");
+            assert!(name.contains(cfg.optimizer.name()), "{name}");
+            assert_eq!(name.ends_with("nowarmup"), cfg.schedule.warmup() <= 1, "{name}");
+            assert!(text.starts_with("# "), "{name}: first line describes the run");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `preln reproduce [init|warmup|all]`: the paper's experiments at a chosen scale, and a report.
+//!
+//! - `init`: Figure 3 (gradient norms per layer at initialization) and the depth scan of
+//!   Theorem 1, on the paper's model, through the same studies as `preln analyze`.
+//! - `warmup`: the grid of training runs of Figures 2 and 4 (`configs/reproduce/`), scaled.
+//!
+//! Everything lands in `--out`: `init/`, `depth/`, one folder per run, `report.md` and
+//! `report.html`. Finished pieces are kept and skipped, so rerunning continues an interrupted
+//! reproduction, and `--report-only` redraws the report from what is there.
+
+pub mod builtin;
+mod doc;
+pub mod grid;
+pub mod report;
+pub mod scale;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use preln_data::Dataset;
+use preln_train::trainer::updates_per_epoch;
+
+use crate::cli::{DepthArgs, DeviceArg, InitArgs, ModelArgs, PlacementArg, ProbeArgs, ReproduceArgs, ReproduceWhat};
+use scale::ScaleSpec;
+
+pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
+    let spec = ScaleSpec::of(args.scale);
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", spec.name)));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let started = Instant::now();
+    let data = match &args.data {
+        Some(d) => {
+            Dataset::open(d)?;
+            d.clone()
+        }
+        None => builtin::ensure(&out.join("data"))?,
+    };
+    let mut failures = Vec::new();
+    if !args.report_only {
+        let (init, warmup) = match args.what {
+            ReproduceWhat::Init => (true, false),
+            ReproduceWhat::Warmup => (false, true),
+            ReproduceWhat::All => (true, true),
+        };
+        if init {
+            run_init(&spec, args.data.as_deref(), &out)?;
+        }
+        if warmup {
+            let cores = threads
+                .map(|t| t.max(1) as usize)
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let jobs = args.jobs.unwrap_or(cores).max(1);
+            let (runs, _) = plan_runs(&spec, &data, &out, &args.only)?;
+            failures = grid::run_all(&runs, &data, jobs, (cores / jobs).max(1))?;
+        }
+    }
+    let (runs, updates_per_epoch) = plan_runs(&spec, &data, &out, &args.only)?;
+    let written = report::write(&report::Context {
+        out: &out,
+        spec: &spec,
+        data: &data,
+        builtin: args.data.is_none(),
+        runs: &runs,
+        updates_per_epoch,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        wall_s: started.elapsed().as_secs_f64(),
+    })?;
+    for f in &written {
+        println!("{}", f.display());
+    }
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(|(n, m)| format!("{n}: {m}")).collect();
+        bail!("{} run(s) failed (rerun the same command to retry them):\n{}", failures.len(), list.join("\n"));
+    }
+    Ok(())
+}
+
+/// The grid at this scale and the updates per epoch it was scaled with.
+fn plan_runs(spec: &ScaleSpec, data: &Path, out: &Path, only: &[String]) -> Result<(Vec<grid::PlannedRun>, u64)> {
+    let ds = Dataset::open(data)?;
+    let train = ds.split("train")?;
+    let mut cfg = preln_train::config::TrainConfig::default();
+    cfg.train.max_tokens = spec.max_tokens;
+    let upe = updates_per_epoch(&train, &cfg);
+    Ok((grid::plan(spec, upe, out, only)?, upe))
+}
+
+/// Figure 3 and the depth scan, skipped when their JSON is already there.
+fn run_init(spec: &ScaleSpec, data: Option<&Path>, out: &Path) -> Result<()> {
+    let model = ModelArgs {
+        preset: "iwslt14".into(),
+        layers: None,
+        d_model: None,
+        ffn_dim: None,
+        heads: None,
+        vocab: None,
+        placements: vec![PlacementArg::Post, PlacementArg::Pre],
+    };
+    let probe = |seeds: u64, dir: &str| ProbeArgs {
+        data: data.map(Path::to_path_buf),
+        split: "train".into(),
+        langs: Vec::new(),
+        seeds,
+        tokens: spec.init_tokens,
+        batch_seed: 0,
+        label_smoothing: 0.1,
+        device: DeviceArg::Auto,
+        out: out.join(dir),
+    };
+    if out.join("init/init.json").exists() {
+        eprintln!("init study: {} exists (kept)", out.join("init/init.json").display());
+    } else {
+        eprintln!("init study (Figure 3): the paper's model, {} seeds", spec.init_seeds);
+        super::analyze::init(InitArgs { model: model.clone(), probe: probe(spec.init_seeds, "init") })?;
+    }
+    if out.join("depth/depth.json").exists() {
+        eprintln!("depth scan: {} exists (kept)", out.join("depth/depth.json").display());
+    } else {
+        eprintln!("depth scan (Theorem 1): depths {:?}, {} seeds", spec.depths, spec.depth_seeds);
+        super::analyze::depth(DepthArgs {
+            model,
+            probe: probe(spec.depth_seeds, "depth"),
+            depths: spec.depths.clone(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! The report of `preln reproduce`: plots in the style of Figures 2, 3 and 4, the claims of the
+//! paper next to what was measured here, a table per run, the exact configs and the software.
+//! Written from what is on disk, so it can be redrawn at any time (`--report-only`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use preln_analysis::depth_study::DepthReport;
+use preln_analysis::init_study::InitReport;
+use preln_analysis::plot::{draw, Panel, RGBColor, Series};
+use preln_model::NormPlacement;
+use preln_train::metrics::Metrics;
+use preln_train::optim::OptimizerConfig;
+use preln_train::schedule::Schedule;
+use serde_json::Value;
+
+use super::doc::{html, markdown, Block};
+use super::grid::{status, PlannedRun, RunStatus, PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
+use super::scale::ScaleSpec;
+
+pub struct Context<'a> {
+    pub out: &'a Path,
+    pub spec: &'a ScaleSpec,
+    pub data: &'a Path,
+    pub builtin: bool,
+    pub runs: &'a [PlannedRun],
+    pub updates_per_epoch: u64,
+    pub command: String,
+    pub wall_s: f64,
+}
+
+/// One epoch's validation line.
+#[derive(Clone, Debug)]
+pub struct EpochRow {
+    pub epoch: u64,
+    pub loss: f64,
+    pub bleu: Option<f64>,
+    pub wall_s: f64,
+}
+
+/// What a run left on disk.
+pub struct RunResult<'a> {
+    pub run: &'a PlannedRun,
+    pub status: RunStatus,
+    pub epochs: Vec<EpochRow>,
+}
+
+impl RunResult<'_> {
+    pub fn last(&self) -> Option<&EpochRow> {
+        self.epochs.last()
+    }
+
+    /// The epoch with the lowest validation loss.
+    pub fn best(&self) -> Option<&EpochRow> {
+        self.epochs.iter().min_by(|a, b| a.loss.total_cmp(&b.loss))
+    }
+
+    pub fn best_bleu(&self) -> Option<(f64, u64)> {
+        self.epochs.iter().filter_map(|e| e.bleu.map(|b| (b, e.epoch))).max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// The first epoch whose validation loss is at or below `loss`.
+    pub fn first_reaching(&self, loss: f64) -> Option<u64> {
+        self.epochs.iter().find(|e| e.loss <= loss).map(|e| e.epoch)
+    }
+
+    pub fn finished(&self) -> bool {
+        matches!(self.status, RunStatus::Complete | RunStatus::Diverged { .. })
+    }
+}
+
+pub fn read_run(run: &PlannedRun) -> Result<RunResult<'_>> {
+    let path = run.dir.join("metrics.jsonl");
+    let lines = if path.exists() { Metrics::read(&path)? } else { Vec::new() };
+    let epochs = lines
+        .iter()
+        .filter(|v| v["kind"] == "valid")
+        .map(|v: &Value| EpochRow {
+            epoch: v["epoch"].as_u64().unwrap_or(0),
+            loss: v["loss"].as_f64().unwrap_or(f64::NAN),
+            bleu: v["bleu"].as_f64(),
+            wall_s: v["wall_s"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    Ok(RunResult { run, status: status(&run.dir)?, epochs })
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(110, 110, 110),
+];
+
+fn find<'a>(results: &'a [RunResult<'a>], name: &str) -> Option<&'a RunResult<'a>> {
+    results.iter().find(|r| r.run.name == name)
+}
+
+/// Loss and BLEU panels of a figure over the named runs (missing ones are left out).
+fn curve_panels(results: &[RunResult], names: &[&str], title: &str, bleu_name: &str) -> Vec<Panel> {
+    let series = |bleu: bool| -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| find(results, n).map(|r| (i, r)))
+            .filter(|(_, r)| !r.epochs.is_empty())
+            .map(|(i, r)| Series {
+                label: r.run.name.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                points: r
+                    .epochs
+                    .iter()
+                    .filter_map(|e| if bleu { e.bleu } else { Some(e.loss) }.map(|y| (e.epoch as f64, y, 0.0)))
+                    .collect(),
+                dashed: r.run.config.schedule.warmup() <= 1,
+                markers: true,
+            })
+            .collect()
+    };
+    vec![
+        Panel {
+            title: format!("{title}: validation loss"),
+            x_label: "epoch".into(),
+            y_label: "label-smoothed loss (nats / token)".into(),
+            series: series(false),
+            log_log: false,
+            integer_x: true,
+        },
+        Panel {
+            title: format!("{title}: validation BLEU ({bleu_name})"),
+            x_label: "epoch".into(),
+            y_label: "BLEU".into(),
+            series: series(true),
+            log_log: false,
+            integer_x: true,
+        },
+    ]
+}
+
+fn f2(x: f64) -> String {
+    format!("{x:.2}")
+}
+
+fn f3(x: f64) -> String {
+    format!("{x:.3}")
+}
+
+fn opt_name(o: &OptimizerConfig) -> &'static str {
+    match o {
+        OptimizerConfig::Adam { .. } => "Adam",
+        OptimizerConfig::AdamW { .. } => "AdamW",
+        OptimizerConfig::Sgd { .. } => "SGD",
+        OptimizerConfig::RAdam { .. } => "RAdam",
+    }
+}
+
+fn schedule_text(s: &Schedule) -> String {
+    match s {
+        Schedule::InverseSqrt { warmup } if *warmup <= 1 => "no warmup, lr_max / sqrt(t)".into(),
+        Schedule::InverseSqrt { warmup } => format!("{warmup} warmup, then inverse sqrt"),
+        Schedule::Constant { warmup } => format!("constant, warmup {warmup}"),
+        Schedule::StepDecay { warmup, epochs, gamma } => {
+            let w = if *warmup <= 1 { "no warmup".to_string() } else { format!("warmup {warmup}") };
+            let at: Vec<String> = epochs.iter().map(|e| e.to_string()).collect();
+            format!("{w}, constant, x{gamma} from epoch {}", at.join(", "))
+        }
+        Schedule::LinearDecay { warmup, total_steps } => format!("warmup {warmup}, linear decay to {total_steps}"),
+    }
+}
+
+/// What the paper reports for a run of the grid (PAPER.md), for the table.
+fn paper_reports(name: &str) -> &'static str {
+    match name {
+        "post-adam-5e-4-warmup" => "BLEU about 34 (Fig. 2, 4)",
+        "post-adam-5e-4-nowarmup" => "BLEU 8.45 (Fig. 2)",
+        "post-adam-1e-3-warmup" => "trains (Fig. 2)",
+        "post-adam-1e-3-nowarmup" => "fails to train well (Fig. 2)",
+        "post-sgd-5e-3-nowarmup" => "BLEU just above 0 after 15 epochs (Fig. 2)",
+        "post-sgd-5e-3-warmup" => "better than without warmup (Fig. 2)",
+        "pre-adam-5e-4-nowarmup" => "BLEU about 34, epoch 9 as good as Post-LN's 15th (Fig. 4)",
+        "pre-adam-1e-3-nowarmup" => "trains without warmup (Fig. 4)",
+        "post-radam-5e-4-nowarmup" => "RAdam rescues Post-LN without warmup (Fig. 4)",
+        "pre-radam-5e-4-nowarmup" => "RAdam changes little for Pre-LN (Fig. 4)",
+        _ => "",
+    }
+}
+
+fn run_status_text(r: &RunResult) -> String {
+    match &r.status {
+        RunStatus::Complete => "complete".into(),
+        RunStatus::Diverged { step } => format!("diverged at update {step}"),
+        RunStatus::Partial { step, epoch } => format!("unfinished (update {step}, epoch {epoch})"),
+        RunStatus::NotStarted => "not run".into(),
+    }
+}
+
+fn bleu_text(b: Option<f64>) -> String {
+    b.map(f2).unwrap_or_else(|| "-".into())
+}
+
+/// A claim of the paper, what was measured here, and whether it held.
+struct Claim {
+    claim: String,
+    paper: String,
+    measured: String,
+    verdict: String,
+}
+
+fn verdict(held: bool) -> String {
+    if held {
+        "reproduced".into()
+    } else {
+        "not reproduced at this scale".into()
+    }
+}
+
+/// "final valid loss L, BLEU B (epoch E)" of a run, or why there is none.
+fn final_text(r: &RunResult) -> String {
+    match (r.last(), &r.status) {
+        (Some(e), RunStatus::Diverged { step }) => {
+            format!("diverged at update {step}; last validation: loss {}, BLEU {}", f3(e.loss), bleu_text(e.bleu))
+        }
+        (None, RunStatus::Diverged { step }) => format!("diverged at update {step}, before the first validation"),
+        (Some(e), _) => format!("valid loss {}, BLEU {} after epoch {}", f3(e.loss), bleu_text(e.bleu), e.epoch),
+        (None, _) => "no validation yet".into(),
+    }
+}
+
+/// Loss for comparisons: a diverged run counts as infinitely bad.
+fn final_loss(r: &RunResult) -> f64 {
+    match (&r.status, r.last()) {
+        (RunStatus::Diverged { .. }, _) | (_, None) => f64::INFINITY,
+        (_, Some(e)) => e.loss,
+    }
+}
+
+fn final_bleu(r: &RunResult) -> f64 {
+    match (&r.status, r.last()) {
+        (RunStatus::Diverged { .. }, _) | (_, None) => 0.0,
+        (_, Some(e)) => e.bleu.unwrap_or(0.0),
+    }
+}
+
+fn pair<'a>(results: &'a [RunResult<'a>], a: &str, b: &str) -> Option<(&'a RunResult<'a>, &'a RunResult<'a>)> {
+    let (a, b) = (find(results, a)?, find(results, b)?);
+    (a.finished() && b.finished()).then_some((a, b))
+}
+
+fn warmup_claims(results: &[RunResult]) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    for (lr, paper) in [
+        ("1e-3", "Post-LN with Adam at lr 1e-3 without warmup trains far worse than with warmup (Fig. 2)"),
+        ("5e-4", "Post-LN with Adam at lr 5e-4: BLEU 8.45 without warmup against about 34 with warmup (Fig. 2)"),
+    ] {
+        let (nw, w) = (format!("post-adam-{lr}-nowarmup"), format!("post-adam-{lr}-warmup"));
+        if let Some((a, b)) = pair(results, &nw, &w) {
+            claims.push(Claim {
+                claim: format!("Post-LN needs warmup (Adam, lr_max {lr})"),
+                paper: paper.into(),
+                measured: format!("without warmup: {}; with warmup: {}", final_text(a), final_text(b)),
+                verdict: verdict(final_loss(a) > final_loss(b) && final_bleu(a) < final_bleu(b)),
+            });
+        }
+    }
+    if let Some((a, b)) = pair(results, "post-sgd-5e-3-nowarmup", "post-sgd-5e-3-warmup") {
+        claims.push(Claim {
+            claim: "Warmup matters for Post-LN with SGD too (lr_max 5e-3)".into(),
+            paper: "SGD without warmup: BLEU just above 0 after 15 epochs (Fig. 2)".into(),
+            measured: format!("without warmup: {}; with warmup: {}", final_text(a), final_text(b)),
+            verdict: verdict(final_loss(a) > final_loss(b)),
+        });
+    }
+    if let Some((pre, post)) = pair(results, "pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup") {
+        claims.push(Claim {
+            claim: "Pre-LN without warmup is as good as Post-LN with warmup".into(),
+            paper: "about the same validation loss and BLEU (IWSLT14 about 34) (Fig. 4)".into(),
+            measured: format!("Pre-LN: {}; Post-LN with warmup: {}", final_text(pre), final_text(post)),
+            verdict: verdict(final_loss(pre) <= final_loss(post) * 1.01),
+        });
+        let target = final_loss(post);
+        let pre_epochs = pre.last().map(|e| e.epoch).unwrap_or(0);
+        let post_epochs = post.last().map(|e| e.epoch).unwrap_or(0);
+        let reach = pre.first_reaching(target);
+        let back = post.first_reaching(final_loss(pre));
+        let reach_text = reach
+            .map(|e| {
+                format!(
+                    "Pre-LN first reaches Post-LN's final validation loss {} at epoch {e} of {pre_epochs}",
+                    f3(target)
+                )
+            })
+            .unwrap_or_else(|| format!("Pre-LN never reaches Post-LN's final validation loss {}", f3(target)));
+        let back_text = back
+            .map(|e| {
+                format!("Post-LN reaches Pre-LN's final loss {} at epoch {e} of {post_epochs}", f3(final_loss(pre)))
+            })
+            .unwrap_or_else(|| format!("Post-LN never reaches Pre-LN's final loss {}", f3(final_loss(pre))));
+        claims.push(Claim {
+            claim: "Pre-LN without warmup gets there sooner".into(),
+            paper: "Pre-LN's 9th epoch is about as good as Post-LN's 15th (0.6 of the epochs) (Fig. 4)".into(),
+            measured: format!("{reach_text}; {back_text}"),
+            verdict: verdict(reach.is_some_and(|e| e < post_epochs)),
+        });
+    }
+    if let Some((radam, adam)) = pair(results, "post-radam-5e-4-nowarmup", "post-adam-5e-4-nowarmup") {
+        claims.push(Claim {
+            claim: "RAdam rescues Post-LN without warmup".into(),
+            paper: "Post-LN with RAdam and no warmup trains well (Fig. 4)".into(),
+            measured: format!("RAdam: {}; Adam: {}", final_text(radam), final_text(adam)),
+            verdict: verdict(final_loss(radam) < final_loss(adam) && final_bleu(radam) > final_bleu(adam)),
+        });
+    }
+    if let Some((radam, adam)) = pair(results, "pre-radam-5e-4-nowarmup", "pre-adam-5e-4-nowarmup") {
+        let rel = (final_loss(radam) - final_loss(adam)).abs() / final_loss(adam);
+        claims.push(Claim {
+            claim: "RAdam changes little for Pre-LN".into(),
+            paper: "Pre-LN with RAdam close to Pre-LN with Adam (Fig. 4)".into(),
+            measured: format!(
+                "RAdam: {}; Adam: {}; final losses differ by {:.1}%",
+                final_text(radam),
+                final_text(adam),
+                100.0 * rel
+            ),
+            verdict: verdict(rel < 0.02),
+        });
+    }
+    claims
+}
+
+fn init_claims(init: Option<&InitReport>, depth: Option<&DepthReport>) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    if let Some(init) = init {
+        let get = |p: NormPlacement| init.results.iter().find(|r| r.placement == p);
+        if let (Some(post), Some(pre)) = (get(NormPlacement::Post), get(NormPlacement::Pre)) {
+            claims.push(Claim {
+                claim: "At initialization Post-LN's FFN gradients grow towards the output; Pre-LN's do not".into(),
+                paper: "W1/W2 gradient norm rises with the layer for Post-LN, stays level for Pre-LN (Fig. 3)".into(),
+                measured: format!(
+                    "W2 gradient norm, last layer / first layer: Post-LN decoder {:.2}x, encoder {:.2}x; Pre-LN decoder {:.2}x, encoder {:.2}x",
+                    post.decoder_w2_last_over_first,
+                    post.encoder_w2_last_over_first,
+                    pre.decoder_w2_last_over_first,
+                    pre.encoder_w2_last_over_first
+                ),
+                verdict: verdict(
+                    post.decoder_w2_last_over_first > 1.5
+                        && pre.decoder_w2_last_over_first < 1.2
+                        && pre.encoder_w2_last_over_first < 1.2,
+                ),
+            });
+            let last = post.decoder_ffn.last().map(|l| l.w2);
+            if let Some(w2) = last {
+                claims.push(Claim {
+                    claim: "Post-LN's last-layer W2 gradient norm at 6+6 layers".into(),
+                    paper: "about 1.6".into(),
+                    measured: format!("decoder {:.2} +- {:.2} ({} seeds)", w2.mean, w2.std, w2.n),
+                    verdict: verdict((1.0..2.5).contains(&w2.mean)),
+                });
+            }
+        }
+    }
+    if let Some(depth) = depth {
+        let fit = |p: NormPlacement, stack: &str| {
+            depth.fits.iter().find(|f| f.placement == p && f.stack == stack).map(|f| f.fit.slope)
+        };
+        if let (Some(pe), Some(pd), Some(qe), Some(qd)) = (
+            fit(NormPlacement::Post, "encoder"),
+            fit(NormPlacement::Post, "decoder"),
+            fit(NormPlacement::Pre, "encoder"),
+            fit(NormPlacement::Pre, "decoder"),
+        ) {
+            claims.push(Claim {
+                claim: "Theorem 1: last-layer W2 gradient norm against depth L".into(),
+                paper: "Post-LN flat (slope 0 in log-log); Pre-LN falls like L^(-1/2)".into(),
+                measured: format!(
+                    "log-log slopes: Post-LN encoder {pe:.3}, decoder {pd:.3}; Pre-LN encoder {qe:.3}, decoder {qd:.3}"
+                ),
+                verdict: verdict(pe.abs() < 0.15 && pd.abs() < 0.15 && qe < -0.25 && qd < -0.25),
+            });
+        }
+    }
+    claims
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+}
+
+fn software() -> Vec<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| l[12..].trim_matches('"').to_string()))
+        .unwrap_or_else(|| std::env::consts::OS.into());
+    vec![
+        format!("preln {} (tch 0.24.0 on libtorch 2.11.0)", env!("CARGO_PKG_VERSION")),
+        format!(
+            "CPU: {cpu}, {} hardware threads; OS: {os}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        ),
+        format!(
+            "CUDA available to libtorch: {}",
+            if tch::Cuda::is_available() {
+                format!("yes, {} device(s)", tch::Cuda::device_count())
+            } else {
+                "no".into()
+            }
+        ),
+    ]
+}
+
+fn claims_table(claims: &[Claim]) -> Block {
+    Block::Table {
+        head: vec!["claim".into(), "the paper".into(), "measured here".into(), "verdict".into()],
+        rows: claims
+            .iter()
+            .map(|c| vec![c.claim.clone(), c.paper.clone(), c.measured.clone(), c.verdict.clone()])
+            .collect(),
+    }
+}
+
+fn hms(s: f64) -> String {
+    let s = s.round() as u64;
+    format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Writes report.md, report.html and the figures; returns the files written.
+pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
+    let out = ctx.out;
+    let results: Vec<RunResult> = ctx.runs.iter().map(read_run).collect::<Result<_>>()?;
+    let init: Option<InitReport> = read_json(&out.join("init/init.json"))?;
+    let depth: Option<DepthReport> = read_json(&out.join("depth/depth.json"))?;
+    let mut files = Vec::new();
+    let bleu_name = if ctx.spec.bleu_beam <= 1 { "greedy".to_string() } else { format!("beam {}", ctx.spec.bleu_beam) };
+
+    let mut doc = vec![Block::Heading(
+        1,
+        "Reproducing Xiong et al. (2020), On Layer Normalization in the Transformer Architecture".into(),
+    )];
+    let data_text = if ctx.builtin {
+        format!("the built-in synthetic translation task (generated by preln, prepared in `{}`)", ctx.data.display())
+    } else {
+        format!("`{}`", ctx.data.display())
+    };
+    doc.push(Block::List(vec![
+        format!("Command: `{}`", ctx.command),
+        format!("Scale: `{}`; data: {data_text}", ctx.spec.name),
+        format!(
+            "Wall time of this invocation: {}; training time summed over runs: {}",
+            hms(ctx.wall_s),
+            hms(results.iter().filter_map(|r| r.last().map(|e| e.wall_s)).sum())
+        ),
+    ]));
+
+    let claims: Vec<Claim> =
+        init_claims(init.as_ref(), depth.as_ref()).into_iter().chain(warmup_claims(&results)).collect();
+    doc.push(Block::Heading(2, "Claims".into()));
+    if claims.is_empty() {
+        doc.push(Block::Para("Nothing has finished yet: no claim can be checked.".into()));
+    } else {
+        doc.push(Block::Para("Each claim as the paper states it, what this reproduction measured, and whether the measurement agrees. Verdicts are mechanical (criteria in the source, `report.rs`); read the numbers.".into()));
+        doc.push(claims_table(&claims));
+    }
+
+    // The warmup study.
+    if results.iter().any(|r| !r.epochs.is_empty() || r.finished()) {
+        doc.push(Block::Heading(2, "Warmup study (Figures 2 and 4)".into()));
+        let total = ctx.updates_per_epoch * ctx.spec.epochs;
+        let sample = ctx.runs.first().map(|r| &r.config.model);
+        doc.push(Block::List(vec![
+            format!(
+                "Model: {} layers each side, d_model {}, FFN {}, {} heads, dropout {}, shared embeddings; label smoothing 0.1; batches of {} tokens ({} updates an epoch); {} epochs.",
+                sample.map(|m| m.encoder_layers).unwrap_or(0),
+                sample.map(|m| m.d_model).unwrap_or(0),
+                sample.map(|m| m.ffn_dim).unwrap_or(0),
+                sample.map(|m| m.heads).unwrap_or(0),
+                sample.map(|m| m.dropout).unwrap_or(0.0),
+                ctx.spec.max_tokens,
+                ctx.updates_per_epoch,
+                ctx.spec.epochs
+            ),
+            format!(
+                "Warmup scaled by run length: the paper's {PAPER_WARMUP} warmup updates in runs of about {PAPER_EPOCHS} epochs of {PAPER_UPDATES_PER_EPOCH} updates ({} updates) become {PAPER_WARMUP} x {total} / {} = {} updates here ({:.1}% of the run in both).",
+                PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
+                PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
+                super::grid::scaled_warmup(PAPER_WARMUP, ctx.updates_per_epoch, ctx.spec.epochs),
+                100.0 * PAPER_WARMUP as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64
+            ),
+            format!(
+                "The Pre-LN decay (x0.1 at the paper's epoch 8 of {PAPER_EPOCHS}) moves to epoch {} of {}, the same fraction of the run.",
+                super::grid::scaled_epoch(8, ctx.spec.epochs),
+                ctx.spec.epochs
+            ),
+            "\"No warmup\" is the paper's T_warmup = 1: Post-LN runs start at lr_max and decay as lr_max / sqrt(t); Pre-LN runs keep lr_max until the decay.".into(),
+            format!("Validation every epoch: label-smoothed loss (nats per target token) and corpus BLEU ({bleu_name}, length penalty 1.2, sacreBLEU 13a)."),
+            "Dashed lines: runs without warmup.".into(),
+        ]));
+        let figs: [(&str, &str, Vec<(&[&str], &str)>); 2] = [
+            (
+                "fig2_post_ln_warmup.png",
+                "Figure 2 (this scale): Post-LN with and without warmup",
+                vec![
+                    (
+                        &[
+                            "post-adam-5e-4-warmup",
+                            "post-adam-5e-4-nowarmup",
+                            "post-adam-1e-3-warmup",
+                            "post-adam-1e-3-nowarmup",
+                        ],
+                        "Post-LN, Adam",
+                    ),
+                    (&["post-sgd-5e-3-warmup", "post-sgd-5e-3-nowarmup"], "Post-LN, SGD"),
+                ],
+            ),
+            (
+                "fig4_pre_vs_post.png",
+                "Figure 4 (this scale): Pre-LN without warmup against Post-LN; RAdam",
+                vec![
+                    (
+                        &[
+                            "pre-adam-5e-4-nowarmup",
+                            "pre-adam-1e-3-nowarmup",
+                            "post-adam-5e-4-warmup",
+                            "post-adam-1e-3-warmup",
+                        ],
+                        "Pre-LN vs Post-LN",
+                    ),
+                    (
+                        &[
+                            "post-radam-5e-4-nowarmup",
+                            "pre-radam-5e-4-nowarmup",
+                            "post-adam-5e-4-nowarmup",
+                            "pre-adam-5e-4-nowarmup",
+                        ],
+                        "RAdam",
+                    ),
+                ],
+            ),
+        ];
+        for (file, title, groups) in figs {
+            let panels: Vec<Panel> =
+                groups.iter().flat_map(|(names, t)| curve_panels(&results, names, t, &bleu_name)).collect();
+            if panels.iter().all(|p| p.series.is_empty()) {
+                continue;
+            }
+            let path = out.join(file);
+            draw(&path, title, &panels, 2, (620, 420))?;
+            files.push(path);
+            doc.push(Block::Image { path: file.into(), alt: title.into() });
+        }
+        let mut rows = Vec::new();
+        for r in &results {
+            let c = &r.run.config;
+            let best = r.best();
+            let bb = r.best_bleu();
+            rows.push(vec![
+                format!("`{}`", r.run.name),
+                c.model.placement.to_string(),
+                opt_name(&c.optimizer).into(),
+                format!("{}", c.train.lr),
+                schedule_text(&c.schedule),
+                run_status_text(r),
+                r.last().map(|e| f3(e.loss)).unwrap_or_else(|| "-".into()),
+                best.map(|e| format!("{} ({})", f3(e.loss), e.epoch)).unwrap_or_else(|| "-".into()),
+                bleu_text(r.last().and_then(|e| e.bleu)),
+                bb.map(|(b, e)| format!("{} ({e})", f2(b))).unwrap_or_else(|| "-".into()),
+                r.last().map(|e| format!("{:.0}", e.wall_s)).unwrap_or_else(|| "-".into()),
+                paper_reports(&r.run.name).into(),
+            ]);
+        }
+        doc.push(Block::Table {
+            head: [
+                "run",
+                "placement",
+                "optimizer",
+                "lr_max",
+                "schedule",
+                "status",
+                "final valid loss",
+                "best valid loss (epoch)",
+                "final BLEU",
+                "best BLEU (epoch)",
+                "train s",
+                "the paper reports",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        });
+        let mut curves = Vec::new();
+        for r in results.iter().filter(|r| !r.epochs.is_empty()) {
+            let cells: Vec<String> =
+                r.epochs.iter().map(|e| format!("{}: {} / {}", e.epoch, f3(e.loss), bleu_text(e.bleu))).collect();
+            curves.push(format!("`{}`: {}", r.run.name, cells.join("; ")));
+        }
+        doc.push(Block::Details {
+            summary: "Per-epoch validation loss / BLEU of every run".into(),
+            body: vec![Block::List(curves)],
+        });
+    }
+
+    // Figure 3 and the depth scan.
+    if init.is_some() || depth.is_some() {
+        doc.push(Block::Heading(2, "Gradients at initialization (Figure 3, Lemma 2, Theorem 1)".into()));
+        if let Some(init) = &init {
+            doc.push(Block::Para(format!(
+                "The paper's model (6+6 layers, d 512, FFN 1024, 4 heads, dropout off), {} seeds, one batch of {} target tokens from {}. Details: `init/init.md`.",
+                init.study.seeds.len(),
+                init.target_tokens,
+                init.study.data
+            )));
+            for (file, alt) in [
+                ("init/fig3_ffn_grad_norms.png", "Figure 3"),
+                ("init/init_hidden_norms.png", "Hidden-state norms (Lemma 2)"),
+            ] {
+                if out.join(file).exists() {
+                    doc.push(Block::Image { path: file.into(), alt: alt.into() });
+                }
+            }
+        }
+        if let Some(depth) = &depth {
+            doc.push(Block::Para(format!(
+                "Depth scan: {:?} layers each side, {} seeds, last-layer W2 gradient norm, least-squares slope of ln(norm) on ln(L). Details: `depth/depth.md`.",
+                depth.study.depths,
+                depth.study.seeds.len()
+            )));
+            if out.join("depth/depth_w2.png").exists() {
+                doc.push(Block::Image {
+                    path: "depth/depth_w2.png".into(),
+                    alt: "W2 gradient norm against depth".into(),
+                });
+            }
+        }
+    }
+
+    // Configs and software.
+    doc.push(Block::Heading(2, "Exact configs".into()));
+    doc.push(Block::Para("Each run's config as trained (the paper-scale file in `configs/reproduce/` with this scale's overrides; also `RUN/config.toml`).".into()));
+    for r in ctx.runs {
+        doc.push(Block::Details {
+            summary: format!("{}: {}", r.name, r.description),
+            body: vec![Block::Code(r.config.to_toml())],
+        });
+    }
+    doc.push(Block::Heading(2, "Software and machine".into()));
+    doc.push(Block::List(software()));
+
+    let md_path = out.join("report.md");
+    std::fs::write(&md_path, markdown(&doc)).with_context(|| format!("writing {}", md_path.display()))?;
+    let html_path = out.join("report.html");
+    std::fs::write(&html_path, html(&doc, "preln reproduce: report", out)?)
+        .with_context(|| format!("writing {}", html_path.display()))?;
+    files.push(md_path);
+    files.push(html_path);
+    Ok(files)
+}
