@@ -66,6 +66,9 @@ pub struct ReproduceArgs {
     /// Only these runs of the grid (comma-separated names of configs/reproduce/*.toml).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Override a value in every run's config, after the scale (e.g. `train.device=cuda`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Write the report from what is already in --out, without running anything.
     #[arg(long)]
     pub report_only: bool,

@@ -13,12 +13,12 @@ use preln_data::synthetic::SyntheticTask;
 use preln_data::{prepare, Dataset, PrepareSpec};
 
 /// Distinct words per language (the task's vocabulary, special tokens aside).
-const WORDS: i64 = 1000;
+const WORDS: i64 = 200;
 const MIN_WORDS: usize = 3;
 const MAX_WORDS: usize = 12;
 const SPLITS: [(&str, usize, u64); 3] = [("train", 6000, 1), ("valid", 300, 2), ("test", 300, 3)];
 const TASK_SEED: u64 = 2020;
-const BPE_VOCAB: usize = 2000;
+const BPE_VOCAB: usize = 600;
 
 /// A word of a pseudo-language: two or three syllables spelled from the word's number.
 fn spell(id: i64, consonants: &[u8], vowels: &[u8]) -> String {

@@ -9,13 +9,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use preln_data::Pairs;
 use preln_train::config::{resolve, TrainConfig};
 use preln_train::metrics::Metrics;
 use preln_train::state::read_state;
-use preln_train::trainer::last_checkpoint;
+use preln_train::trainer::{last_checkpoint, updates_per_epoch};
 use serde_json::Value;
 
-use super::scale::ScaleSpec;
+use super::scale::{schedule_overrides, ScaleSpec};
 
 /// The paper-scale configs of the grid, compiled in (the files in `configs/reproduce/`), in the
 /// order they are trained: the runs behind the paper's main claims first.
@@ -62,6 +63,7 @@ pub struct PlannedRun {
     pub description: String,
     /// The config after scaling: what is trained.
     pub config: TrainConfig,
+    pub updates_per_epoch: u64,
     pub dir: PathBuf,
 }
 
@@ -74,8 +76,9 @@ pub enum RunStatus {
     Diverged { step: u64 },
 }
 
-/// The grid at this scale, with `updates_per_epoch` of the training data at the scale's batch size.
-pub fn plan(spec: &ScaleSpec, updates_per_epoch: u64, out: &Path, only: &[String]) -> Result<Vec<PlannedRun>> {
+/// The grid at this scale on the training pairs `train`, with the user's `--set` overrides
+/// applied last (to every run).
+pub fn plan(spec: &ScaleSpec, train: &Pairs, out: &Path, only: &[String], user: &[String]) -> Result<Vec<PlannedRun>> {
     for o in only {
         if !GRID.iter().any(|(n, _)| n == o) {
             bail!(
@@ -88,10 +91,22 @@ pub fn plan(spec: &ScaleSpec, updates_per_epoch: u64, out: &Path, only: &[String
     for (name, text) in GRID.iter().filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n)) {
         let source = format!("configs/reproduce/{name}.toml");
         let paper = resolve(&source, text, &[])?;
-        let overrides = spec.overrides(&paper, updates_per_epoch);
+        let mut overrides = spec.size_overrides();
+        overrides.extend(user.iter().cloned());
+        let sized = resolve(&source, text, &overrides).with_context(|| format!("sizing {source}"))?;
+        let upe = updates_per_epoch(train, &sized);
+        let mut overrides = spec.size_overrides();
+        overrides.extend(schedule_overrides(&paper, upe, sized.train.max_epochs));
+        overrides.extend(user.iter().cloned());
         let config = resolve(&source, text, &overrides).with_context(|| format!("scaling {source}"))?;
         let description = text.lines().next().unwrap_or("").trim_start_matches('#').trim().to_string();
-        runs.push(PlannedRun { name: name.to_string(), description, config, dir: out.join(name) });
+        runs.push(PlannedRun {
+            name: name.to_string(),
+            description,
+            config,
+            updates_per_epoch: upe,
+            dir: out.join(name),
+        });
     }
     Ok(runs)
 }
@@ -134,6 +149,17 @@ fn check_config(run: &PlannedRun) -> Result<()> {
     Ok(())
 }
 
+/// Holds the process id of the `preln train` child while it trains the run.
+const PID_FILE: &str = "training.pid";
+
+/// The live `preln train` process training the run in `dir`, if any (a stale file is ignored).
+fn training_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    (cmdline.contains("train") && cmdline.contains(dir.file_name()?.to_str()?)).then_some(pid)
+}
+
 /// How one run ended in this invocation.
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -148,6 +174,13 @@ pub enum Outcome {
 pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) -> Result<Vec<(String, String)>> {
     for run in runs {
         check_config(run)?;
+        if let Some(pid) = training_pid(&run.dir) {
+            bail!(
+                "{}: process {pid} is still training this run (an earlier `preln reproduce` that was stopped?); \
+                 wait for it or stop it, then rerun",
+                run.dir.display()
+            );
+        }
     }
     let todo: Vec<&PlannedRun> = runs
         .iter()
@@ -217,12 +250,16 @@ fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usi
         .with_context(|| format!("opening {}", log_path.display()))?;
     eprintln!("[{k}/{total}] {}: {how}", run.name);
     let t = Instant::now();
-    let status_code = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .status()
+        .spawn()
         .with_context(|| format!("starting preln train for {}", run.name))?;
+    let pid_file = run.dir.join(PID_FILE);
+    std::fs::write(&pid_file, child.id().to_string()).with_context(|| format!("writing {}", pid_file.display()))?;
+    let status_code = child.wait().with_context(|| format!("waiting for preln train of {}", run.name))?;
+    let _ = std::fs::remove_file(&pid_file);
     let secs = t.elapsed().as_secs_f64();
     let summary = last_valid(&run.dir).unwrap_or_default();
     match status(&run.dir)? {

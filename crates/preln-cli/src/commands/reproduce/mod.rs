@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use preln_data::Dataset;
-use preln_train::trainer::updates_per_epoch;
 
 use crate::cli::{DepthArgs, DeviceArg, InitArgs, ModelArgs, PlacementArg, ProbeArgs, ReproduceArgs, ReproduceWhat};
 use scale::ScaleSpec;
@@ -51,18 +50,17 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
                 .map(|t| t.max(1) as usize)
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let jobs = args.jobs.unwrap_or(cores).max(1);
-            let (runs, _) = plan_runs(&spec, &data, &out, &args.only)?;
+            let runs = plan_runs(&spec, &data, &out, &args)?;
             failures = grid::run_all(&runs, &data, jobs, (cores / jobs).max(1))?;
         }
     }
-    let (runs, updates_per_epoch) = plan_runs(&spec, &data, &out, &args.only)?;
+    let runs = plan_runs(&spec, &data, &out, &args)?;
     let written = report::write(&report::Context {
         out: &out,
         spec: &spec,
         data: &data,
         builtin: args.data.is_none(),
         runs: &runs,
-        updates_per_epoch,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         wall_s: started.elapsed().as_secs_f64(),
     })?;
@@ -76,14 +74,9 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
     Ok(())
 }
 
-/// The grid at this scale and the updates per epoch it was scaled with.
-fn plan_runs(spec: &ScaleSpec, data: &Path, out: &Path, only: &[String]) -> Result<(Vec<grid::PlannedRun>, u64)> {
+fn plan_runs(spec: &ScaleSpec, data: &Path, out: &Path, args: &ReproduceArgs) -> Result<Vec<grid::PlannedRun>> {
     let ds = Dataset::open(data)?;
-    let train = ds.split("train")?;
-    let mut cfg = preln_train::config::TrainConfig::default();
-    cfg.train.max_tokens = spec.max_tokens;
-    let upe = updates_per_epoch(&train, &cfg);
-    Ok((grid::plan(spec, upe, out, only)?, upe))
+    grid::plan(spec, &ds.split("train")?, out, &args.only, &args.overrides)
 }
 
 /// Figure 3 and the depth scan, skipped when their JSON is already there.

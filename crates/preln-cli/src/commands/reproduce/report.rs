@@ -24,7 +24,6 @@ pub struct Context<'a> {
     pub data: &'a Path,
     pub builtin: bool,
     pub runs: &'a [PlannedRun],
-    pub updates_per_epoch: u64,
     pub command: String,
     pub wall_s: f64,
 }
@@ -444,7 +443,8 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     let init: Option<InitReport> = read_json(&out.join("init/init.json"))?;
     let depth: Option<DepthReport> = read_json(&out.join("depth/depth.json"))?;
     let mut files = Vec::new();
-    let bleu_name = if ctx.spec.bleu_beam <= 1 { "greedy".to_string() } else { format!("beam {}", ctx.spec.bleu_beam) };
+    let beam = ctx.runs.first().map(|r| r.config.train.valid_bleu_beam).unwrap_or(ctx.spec.bleu_beam);
+    let bleu_name = if beam <= 1 { "greedy".to_string() } else { format!("beam {beam}") };
 
     let mut doc = vec![Block::Heading(
         1,
@@ -469,7 +469,10 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
         init_claims(init.as_ref(), depth.as_ref()).into_iter().chain(warmup_claims(&results)).collect();
     doc.push(Block::Heading(2, "Claims".into()));
     if claims.is_empty() {
-        doc.push(Block::Para("Nothing has finished yet: no claim can be checked.".into()));
+        doc.push(Block::Para(
+            "No claim can be checked yet: neither the initialization study nor a pair of runs that a claim compares has finished."
+                .into(),
+        ));
     } else {
         doc.push(Block::Para("Each claim as the paper states it, what this reproduction measured, and whether the measurement agrees. Verdicts are mechanical (criteria in the source, `report.rs`); read the numbers.".into()));
         doc.push(claims_table(&claims));
@@ -478,8 +481,12 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     // The warmup study.
     if results.iter().any(|r| !r.epochs.is_empty() || r.finished()) {
         doc.push(Block::Heading(2, "Warmup study (Figures 2 and 4)".into()));
-        let total = ctx.updates_per_epoch * ctx.spec.epochs;
-        let sample = ctx.runs.first().map(|r| &r.config.model);
+        let sample = ctx.runs.first();
+        let upe = sample.map(|r| r.updates_per_epoch).unwrap_or(0);
+        let epochs = sample.map(|r| r.config.train.max_epochs).unwrap_or(0);
+        let tokens = sample.map(|r| r.config.train.max_tokens).unwrap_or(0);
+        let total = upe * epochs;
+        let sample = sample.map(|r| &r.config.model);
         doc.push(Block::List(vec![
             format!(
                 "Model: {} layers each side, d_model {}, FFN {}, {} heads, dropout {}, shared embeddings; label smoothing 0.1; batches of {} tokens ({} updates an epoch); {} epochs.",
@@ -488,21 +495,19 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
                 sample.map(|m| m.ffn_dim).unwrap_or(0),
                 sample.map(|m| m.heads).unwrap_or(0),
                 sample.map(|m| m.dropout).unwrap_or(0.0),
-                ctx.spec.max_tokens,
-                ctx.updates_per_epoch,
-                ctx.spec.epochs
+                tokens, upe, epochs
             ),
             format!(
                 "Warmup scaled by run length: the paper's {PAPER_WARMUP} warmup updates in runs of about {PAPER_EPOCHS} epochs of {PAPER_UPDATES_PER_EPOCH} updates ({} updates) become {PAPER_WARMUP} x {total} / {} = {} updates here ({:.1}% of the run in both).",
                 PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
                 PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
-                super::grid::scaled_warmup(PAPER_WARMUP, ctx.updates_per_epoch, ctx.spec.epochs),
+                super::grid::scaled_warmup(PAPER_WARMUP, upe, epochs),
                 100.0 * PAPER_WARMUP as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64
             ),
             format!(
                 "The Pre-LN decay (x0.1 at the paper's epoch 8 of {PAPER_EPOCHS}) moves to epoch {} of {}, the same fraction of the run.",
-                super::grid::scaled_epoch(8, ctx.spec.epochs),
-                ctx.spec.epochs
+                super::grid::scaled_epoch(8, epochs),
+                epochs
             ),
             "\"No warmup\" is the paper's T_warmup = 1: Post-LN runs start at lr_max and decay as lr_max / sqrt(t); Pre-LN runs keep lr_max until the decay.".into(),
             format!("Validation every epoch: label-smoothed loss (nats per target token) and corpus BLEU ({bleu_name}, length penalty 1.2, sacreBLEU 13a)."),
@@ -666,4 +671,78 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     files.push(md_path);
     files.push(html_path);
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use preln_train::config::resolve;
+
+    fn planned(name: &str) -> PlannedRun {
+        let text = super::super::grid::GRID.iter().find(|g| g.0 == name).unwrap().1;
+        PlannedRun {
+            name: name.into(),
+            description: String::new(),
+            config: resolve(name, text, &[]).unwrap(),
+            updates_per_epoch: 10,
+            dir: PathBuf::from(name),
+        }
+    }
+
+    fn result<'a>(run: &'a PlannedRun, losses: &[f64], status: RunStatus) -> RunResult<'a> {
+        let epochs = losses
+            .iter()
+            .enumerate()
+            .map(|(i, &loss)| EpochRow { epoch: i as u64 + 1, loss, bleu: Some(40.0 - 5.0 * loss), wall_s: 1.0 })
+            .collect();
+        RunResult { run, status, epochs }
+    }
+
+    #[test]
+    fn warmup_claims_compare_the_right_runs() {
+        let names =
+            ["post-adam-1e-3-nowarmup", "post-adam-1e-3-warmup", "pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup"];
+        let runs: Vec<PlannedRun> = names.iter().map(|n| planned(n)).collect();
+        let results = vec![
+            result(&runs[0], &[6.0, 5.5], RunStatus::Diverged { step: 15 }),
+            result(&runs[1], &[5.0, 4.0, 3.5, 3.2], RunStatus::Complete),
+            result(&runs[2], &[4.0, 3.1, 2.9, 2.8], RunStatus::Complete),
+            result(&runs[3], &[5.0, 4.0, 3.5, 3.1], RunStatus::Complete),
+        ];
+        let claims = warmup_claims(&results);
+        let get = |c: &str| claims.iter().find(|x| x.claim.starts_with(c)).unwrap_or_else(|| panic!("no claim {c}"));
+        let warm = get("Post-LN needs warmup (Adam, lr_max 1e-3)");
+        assert_eq!(warm.verdict, "reproduced");
+        assert!(warm.measured.contains("diverged at update 15"), "{}", warm.measured);
+        let same = get("Pre-LN without warmup is as good");
+        assert_eq!(same.verdict, "reproduced");
+        let sooner = get("Pre-LN without warmup gets there sooner");
+        assert!(sooner.measured.contains("at epoch 2 of 4"), "{}", sooner.measured);
+        assert!(sooner.measured.contains("Post-LN never reaches Pre-LN's final loss 2.800"), "{}", sooner.measured);
+        assert_eq!(sooner.verdict, "reproduced");
+        // No claim about runs that are missing or unfinished.
+        assert!(claims.iter().all(|c| !c.claim.contains("RAdam") && !c.claim.contains("SGD")));
+        let unfinished = vec![
+            result(&runs[0], &[6.0], RunStatus::Partial { step: 10, epoch: 2 }),
+            result(&runs[1], &[5.0], RunStatus::Complete),
+        ];
+        assert!(warmup_claims(&unfinished).is_empty());
+    }
+
+    #[test]
+    fn a_claim_that_fails_is_reported_as_such() {
+        let runs: Vec<PlannedRun> =
+            ["pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup"].iter().map(|n| planned(n)).collect();
+        let results = vec![
+            result(&runs[0], &[5.0, 4.5, 4.2], RunStatus::Complete),
+            result(&runs[1], &[4.0, 3.5, 3.0], RunStatus::Complete),
+        ];
+        let claims = warmup_claims(&results);
+        assert!(
+            claims.iter().all(|c| c.verdict == "not reproduced at this scale"),
+            "{:?}",
+            claims.iter().map(|c| &c.verdict).collect::<Vec<_>>()
+        );
+        assert!(claims[1].measured.contains("Pre-LN never reaches"));
+    }
 }

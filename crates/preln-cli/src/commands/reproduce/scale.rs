@@ -34,7 +34,7 @@ impl ScaleSpec {
                 name: "quick",
                 width: Some((64, 256, 4)),
                 epochs: 8,
-                max_tokens: 1024,
+                max_tokens: 512,
                 bleu_beam: 1,
                 save_every: 100,
                 init_seeds: 3,
@@ -69,9 +69,9 @@ impl ScaleSpec {
         }
     }
 
-    /// `--set` overrides that turn a paper-scale config of the grid into this scale's run, given
-    /// the updates per epoch of the training data at this scale's batch size.
-    pub fn overrides(&self, paper: &TrainConfig, updates_per_epoch: u64) -> Vec<String> {
+    /// `--set` overrides that size a paper-scale config of the grid for this scale: model width,
+    /// epochs, batch, validation BLEU beam, checkpoint interval.
+    pub fn size_overrides(&self) -> Vec<String> {
         let mut o = Vec::new();
         if let Some((d, ffn, heads)) = self.width {
             o.push(format!("model.d_model={d}"));
@@ -82,14 +82,23 @@ impl ScaleSpec {
         o.push(format!("train.max_tokens={}", self.max_tokens));
         o.push(format!("train.valid_bleu_beam={}", self.bleu_beam));
         o.push(format!("train.save_every={}", self.save_every));
-        o.push(format!("train.diag_every={}", (updates_per_epoch / 2).max(1)));
-        o.push(format!("schedule.warmup={}", scaled_warmup(paper.schedule.warmup(), updates_per_epoch, self.epochs)));
-        if let Schedule::StepDecay { epochs, .. } = &paper.schedule {
-            let scaled: Vec<String> = epochs.iter().map(|&e| scaled_epoch(e, self.epochs).to_string()).collect();
-            o.push(format!("schedule.epochs=[{}]", scaled.join(", ")));
-        }
         o
     }
+}
+
+/// `--set` overrides that scale the schedule of a paper-scale config to a run of `epochs` epochs
+/// of `updates_per_epoch` updates: warmup by the ratio of run lengths, decay epochs by their
+/// place in the run; diagnostics twice an epoch.
+pub fn schedule_overrides(paper: &TrainConfig, updates_per_epoch: u64, epochs: u64) -> Vec<String> {
+    let mut o = vec![
+        format!("train.diag_every={}", (updates_per_epoch / 2).max(1)),
+        format!("schedule.warmup={}", scaled_warmup(paper.schedule.warmup(), updates_per_epoch, epochs)),
+    ];
+    if let Schedule::StepDecay { epochs: at, .. } = &paper.schedule {
+        let scaled: Vec<String> = at.iter().map(|&e| scaled_epoch(e, epochs).to_string()).collect();
+        o.push(format!("schedule.epochs=[{}]", scaled.join(", ")));
+    }
+    o
 }
 
 #[cfg(test)]
@@ -102,7 +111,12 @@ mod tests {
         let text = include_str!("../../../../../configs/reproduce/post-adam-1e-3-warmup.toml");
         let paper = resolve("t", text, &[]).unwrap();
         let spec = ScaleSpec::of(ScaleArg::Cpu);
-        let cfg = resolve("t", text, &spec.overrides(&paper, 111)).unwrap();
+        let both = |paper: &TrainConfig, spec: &ScaleSpec, upe| {
+            let mut o = spec.size_overrides();
+            o.extend(schedule_overrides(paper, upe, spec.epochs));
+            o
+        };
+        let cfg = resolve("t", text, &both(&paper, &spec, 111)).unwrap();
         assert_eq!((cfg.model.d_model, cfg.model.ffn_dim, cfg.model.encoder_layers), (128, 512, 6));
         assert_eq!(cfg.schedule, Schedule::InverseSqrt { warmup: 135 });
         assert_eq!(cfg.train.lr, 1e-3);
@@ -110,11 +124,11 @@ mod tests {
 
         let text = include_str!("../../../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml");
         let paper = resolve("t", text, &[]).unwrap();
-        let cfg = resolve("t", text, &spec.overrides(&paper, 111)).unwrap();
+        let cfg = resolve("t", text, &both(&paper, &spec, 111)).unwrap();
         assert_eq!(cfg.schedule, Schedule::StepDecay { warmup: 0, epochs: vec![3], gamma: 0.1 });
 
         let paper_scale = ScaleSpec::of(ScaleArg::Paper);
-        let cfg = resolve("t", text, &paper_scale.overrides(&paper, 1100)).unwrap();
+        let cfg = resolve("t", text, &both(&paper, &paper_scale, 1100)).unwrap();
         assert_eq!((cfg.model.d_model, cfg.schedule.clone()), (512, paper.schedule));
     }
 }
