@@ -227,8 +227,7 @@ pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) ->
 
 fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
     let st = status(&run.dir)?;
-    let exe = std::env::current_exe().context("locating the preln executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(own_executable()?);
     cmd.arg("--threads").arg(threads.to_string()).arg("train").arg("--out").arg(&run.dir);
     let how = match st {
         RunStatus::Partial { step, epoch } => {
@@ -279,6 +278,17 @@ fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usi
             Ok(Outcome::Failed(msg))
         }
     }
+}
+
+/// This very executable for the `preln train` children. On Linux `/proc/self/exe`, which keeps
+/// naming this binary even after a rebuild replaced the file, so one reproduction never mixes
+/// two builds; elsewhere the path it was started from.
+fn own_executable() -> Result<PathBuf> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("locating the preln executable")
 }
 
 /// ", epoch E: valid loss L, BLEU B" from a run's last validation line.
