@@ -84,14 +84,21 @@ pub fn read_run(run: &PlannedRun) -> Result<RunResult<'_>> {
     Ok(RunResult { run, status: status(&run.dir)?, epochs })
 }
 
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(214, 39, 40),
-    RGBColor(31, 119, 180),
-    RGBColor(44, 160, 44),
-    RGBColor(255, 127, 14),
-    RGBColor(148, 103, 189),
-    RGBColor(110, 110, 110),
-];
+/// One colour per (placement, optimizer, lr) across all figures; with and without warmup share
+/// it (solid and dashed), as in the paper's figures.
+fn run_color(name: &str) -> RGBColor {
+    let family = name.trim_end_matches("-nowarmup").trim_end_matches("-warmup");
+    match family {
+        "post-adam-5e-4" => RGBColor(214, 39, 40),
+        "post-adam-1e-3" => RGBColor(255, 127, 14),
+        "post-sgd-5e-3" => RGBColor(140, 86, 75),
+        "pre-adam-5e-4" => RGBColor(31, 119, 180),
+        "pre-adam-1e-3" => RGBColor(23, 190, 207),
+        "post-radam-5e-4" => RGBColor(148, 103, 189),
+        "pre-radam-5e-4" => RGBColor(44, 160, 44),
+        _ => RGBColor(110, 110, 110),
+    }
+}
 
 fn find<'a>(results: &'a [RunResult<'a>], name: &str) -> Option<&'a RunResult<'a>> {
     results.iter().find(|r| r.run.name == name)
@@ -102,12 +109,11 @@ fn curve_panels(results: &[RunResult], names: &[&str], title: &str, bleu_name: &
     let series = |bleu: bool| -> Vec<Series> {
         names
             .iter()
-            .enumerate()
-            .filter_map(|(i, n)| find(results, n).map(|r| (i, r)))
-            .filter(|(_, r)| !r.epochs.is_empty())
-            .map(|(i, r)| Series {
+            .filter_map(|n| find(results, n))
+            .filter(|r| !r.epochs.is_empty())
+            .map(|r| Series {
                 label: r.run.name.clone(),
-                color: PALETTE[i % PALETTE.len()],
+                color: run_color(&r.run.name),
                 points: r
                     .epochs
                     .iter()
@@ -556,9 +562,14 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
             ),
         ];
         for (file, title, groups) in figs {
-            let panels: Vec<Panel> =
-                groups.iter().flat_map(|(names, t)| curve_panels(&results, names, t, &bleu_name)).collect();
-            if panels.iter().all(|p| p.series.is_empty()) {
+            // Groups without any curve yet are left out rather than drawn empty.
+            let panels: Vec<Panel> = groups
+                .iter()
+                .map(|(names, t)| curve_panels(&results, names, t, &bleu_name))
+                .filter(|pair| pair.iter().any(|p| !p.series.is_empty()))
+                .flatten()
+                .collect();
+            if panels.is_empty() {
                 continue;
             }
             let path = out.join(file);
