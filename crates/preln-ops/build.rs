@@ -1,0 +1,28 @@
+//! Compiles `csrc/preln_ops.cpp` against the libtorch that torch-sys found, and gives binaries
+//! the same rpath / `libtorch_cuda` treatment as `build-support/link_libtorch.rs`.
+
+use std::path::PathBuf;
+
+#[path = "../../build-support/link_libtorch.rs"]
+mod link_libtorch;
+
+fn main() {
+    println!("cargo:rerun-if-changed=csrc/preln_ops.cpp");
+    link_libtorch::main();
+    let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
+    let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/preln_ops.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        // libtorch 2.11 (PyPI wheels and the C++ downloads alike) uses the C++11 ABI.
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("preln_ops");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=torch_cpu");
+    println!("cargo:rustc-link-lib=c10");
+}
