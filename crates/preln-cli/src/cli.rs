@@ -151,6 +151,28 @@ pub struct BenchTrainArgs {
     pub python: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
+    /// Precisions to time: `fp32`, and `bf16` (forward and loss under bfloat16 autocast, on both sides).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    pub precisions: Vec<PrecisionArg>,
+    /// Internal: time one precision in this process and print JSON (each measurement runs in a
+    /// fresh process, so that peak memory is its own).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionArg::Fp32 => "fp32",
+            PrecisionArg::Bf16 => "bf16",
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -1,5 +1,5 @@
 //! Timing of full training steps (forward, label-smoothed loss, backward, Adam update) on a
-//! fixed batch, for `preln bench train`.
+//! fixed batch, for `preln bench train`: the trainer's step, in fp32 or under bf16 autocast.
 
 use std::time::Instant;
 
@@ -8,8 +8,9 @@ use preln_model::checkpoint::parameters;
 use preln_model::init::seeded;
 use preln_model::{label_smoothed_nll, Seq2Seq, Seq2SeqConfig};
 use tch::nn::VarStore;
-use tch::Device;
+use tch::{Device, Kind};
 
+use crate::config::Precision;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::TrainError;
 
@@ -21,6 +22,7 @@ pub fn time_steps(
     label_smoothing: f64,
     warmup: usize,
     steps: usize,
+    precision: Precision,
     device: Device,
 ) -> Result<Vec<f64>, TrainError> {
     let vs = VarStore::new(device);
@@ -32,8 +34,11 @@ pub fn time_steps(
     for step in 0..warmup + steps {
         sync(device);
         let t0 = Instant::now();
-        let (_, dec) = model.forward(&src, &prev, true);
-        label_smoothed_nll(&dec.logits, &target, label_smoothing, model_cfg.pad_id).mean_loss().backward();
+        let loss = preln_ops::autocast_bf16(device, precision.is_bf16(), || {
+            let (_, dec) = model.forward(&src, &prev, true);
+            label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &target, label_smoothing, model_cfg.pad_id).mean_loss()
+        });
+        loss.backward();
         opt.step(5e-4);
         opt.zero_grad();
         sync(device);

@@ -46,10 +46,28 @@ pub struct TrainSection {
     pub valid_split: String,
     /// `auto`, `cpu` or `cuda`.
     pub device: String,
+    /// `fp32`, or `bf16`: forward and loss under bfloat16 autocast (matrix products and attention
+    /// in bf16; fp32 master weights, optimizer state, loss and LayerNorm statistics).
+    pub precision: Precision,
     /// Validation BLEU every epoch with this beam size (0: off; 1: greedy).
     pub valid_bleu_beam: usize,
     /// Length penalty of that search.
     pub valid_bleu_lenpen: f64,
+}
+
+/// The arithmetic of the training step's forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_bf16(self) -> bool {
+        self == Precision::Bf16
+    }
 }
 
 impl Default for TrainSection {
@@ -70,6 +88,7 @@ impl Default for TrainSection {
             valid_bleu_beam: 0,
             valid_bleu_lenpen: 1.2,
             device: "auto".into(),
+            precision: Precision::Fp32,
         }
     }
 }

@@ -121,12 +121,14 @@ pub struct Optimizer {
     state: Vec<Vec<Tensor>>,
     /// Updates taken so far.
     step: u64,
+    /// Adam / AdamW through the fused kernel.
+    fused: bool,
 }
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, params: Vec<(String, Tensor)>) -> Self {
         let state = params.iter().map(|(_, p)| cfg.slots().iter().map(|_| Tensor::zeros_like(p)).collect()).collect();
-        Optimizer { cfg, params, state, step: 0 }
+        Optimizer { cfg, params, state, step: 0, fused: true }
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -137,16 +139,54 @@ impl Optimizer {
         &self.cfg
     }
 
-    /// Sets every gradient to zero.
+    /// Drops every gradient (sets it to None, as `zero_grad(set_to_none=True)`): the next
+    /// backward writes fresh gradients instead of adding into zero-filled ones.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
+        for (_, p) in &self.params {
+            preln_ops::clear_grad(p);
         }
+    }
+
+    /// Whether Adam / AdamW updates go through libtorch's fused multi-tensor kernel (the
+    /// default) or the per-parameter reference loop below (the same update; for tests).
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
+    /// Adam / AdamW through libtorch's fused kernel over every parameter with a gradient.
+    /// Returns false (nothing done) for other optimizers or when fusing is off.
+    fn fused_step(&mut self, lr: f64) -> bool {
+        let (betas, eps, wd, decoupled) = match self.cfg {
+            OptimizerConfig::Adam { betas, eps, weight_decay } => (betas, eps, weight_decay, false),
+            OptimizerConfig::AdamW { betas, eps, weight_decay } => (betas, eps, weight_decay, true),
+            _ => return false,
+        };
+        if !self.fused || self.params.is_empty() {
+            return false;
+        }
+        let (mut ps, mut gs, mut ms, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((_, p), st) in self.params.iter().zip(&self.state) {
+            let g = p.grad();
+            if g.defined() {
+                ps.push(p.shallow_clone());
+                gs.push(g);
+                ms.push(st[0].shallow_clone());
+                vs.push(st[1].shallow_clone());
+            }
+        }
+        let device = self.params[0].1.device();
+        let step = Tensor::from(self.step as f32).to_device(device);
+        tch::no_grad(|| preln_ops::fused_adam(&ps, &gs, &ms, &vs, &step, lr, betas, wd, eps, decoupled))
+            .expect("fused Adam update");
+        true
     }
 
     /// One update with learning rate `lr`, from the gradients in `.grad()`.
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
+        if self.fused_step(lr) {
+            return;
+        }
         let t = self.step as i32;
         let cfg = self.cfg.clone();
         tch::no_grad(|| {

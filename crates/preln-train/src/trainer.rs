@@ -349,8 +349,12 @@ impl Trainer {
                 let mut hidden = None;
                 for (k, b) in batches.iter().enumerate() {
                     tch::manual_seed(dropout_seed(t.seed, self.state.step + 1, k) as i64);
-                    let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
-                    let s = label_smoothed_nll(&dec.logits, &b.target, t.label_smoothing, pad);
+                    let (enc, dec, s) = preln_ops::autocast_bf16(self.device, t.precision.is_bf16(), || {
+                        let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
+                        // The loss in fp32 whatever the forward's precision.
+                        let s = label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &b.target, t.label_smoothing, pad);
+                        (enc, dec, s)
+                    });
                     (&s.loss / tokens as f64).backward();
                     loss_sum += s.loss.detach();
                     nll_sum += s.nll.detach();

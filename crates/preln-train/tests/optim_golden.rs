@@ -12,11 +12,14 @@ fn golden() -> std::collections::HashMap<String, Tensor> {
     checkpoint::read(&path).unwrap()
 }
 
-fn replay(name: &str, cfg: OptimizerConfig) {
+/// Ten updates of two fp64 parameters; Adam and AdamW run through libtorch's fused kernel
+/// unless `fused` is false.
+fn replay_with(name: &str, cfg: OptimizerConfig, fused: bool) {
     let g = golden();
     let params: Vec<(String, Tensor)> =
         ["a", "b"].iter().map(|k| (k.to_string(), g[&format!("init.{k}")].copy().set_requires_grad(true))).collect();
     let mut opt = Optimizer::new(cfg, params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
+    opt.set_fused(fused);
     for k in 1..=10i64 {
         opt.zero_grad();
         for (_, p) in &params {
@@ -29,9 +32,14 @@ fn replay(name: &str, cfg: OptimizerConfig) {
         for (pname, p) in &params {
             let want = &g[&format!("{name}.{k}.{pname}")];
             let err = (p - want).abs().max().double_value(&[]);
-            assert!(err < 1e-12, "{name} step {k} param {pname}: max error {err:e}");
+            assert!(err < 1e-12, "{name} (fused {fused}) step {k} param {pname}: max error {err:e}");
         }
     }
+}
+
+fn replay(name: &str, cfg: OptimizerConfig) {
+    replay_with(name, cfg.clone(), true);
+    replay_with(name, cfg, false);
 }
 
 #[test]

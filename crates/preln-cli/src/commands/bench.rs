@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use preln_data::synthetic::SplitMix64;
 use preln_data::{Batch, Specials};
 use preln_train::bench::{median, peak_rss_mib, time_steps};
-use preln_train::config::{config_text, resolve};
+use preln_train::config::{config_text, resolve, Precision};
 use serde_json::json;
 
-use crate::cli::{BenchTrainArgs, BenchTranslateArgs};
+use crate::cli::{BenchTrainArgs, BenchTranslateArgs, PrecisionArg};
 use crate::commands::translate::load_run;
 use preln_data::text::read_lines;
 use preln_eval::{beam_search, SearchConfig};
@@ -57,8 +57,24 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         "device": if device.is_cuda() { "cuda" } else { "cpu" }, "threads": threads.unwrap_or(0),
         "src": rows(&batch.src), "prev": rows(&batch.prev), "target": rows(&batch.target),
     });
+    if args.worker {
+        let [precision] = args.precisions.as_slice() else { bail!("--worker times exactly one precision") };
+        let precision = if *precision == PrecisionArg::Bf16 { Precision::Bf16 } else { Precision::Fp32 };
+        let t = time_steps(
+            &model,
+            &cfg.optimizer,
+            &batch,
+            cfg.train.label_smoothing,
+            args.warmup,
+            args.steps,
+            precision,
+            device,
+        )?;
+        println!("{}", json!({"step_s": t, "peak_mib": peak_rss_mib()}));
+        return Ok(());
+    }
     eprintln!(
-        "{source}: {} {}+{} layers, d {}, FFN {}, {} heads; batch {}x{} tokens a side; Adam; {} threads; {device:?}",
+        "{source}: {} {}+{} layers, d {}, FFN {}, {} heads; batch {}x{} tokens a side; {}; {} threads; {device:?}",
         model.placement,
         model.encoder_layers,
         model.decoder_layers,
@@ -67,43 +83,93 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         model.heads,
         args.sentences,
         args.len,
+        cfg.optimizer.name(),
         tch::get_num_threads()
     );
-    let (mut ours, mut theirs, mut their_peak, mut torch_version) = (Vec::new(), Vec::new(), 0.0f64, String::new());
+    // One fresh process per measurement, alternating sides and precisions round by round.
+    let mut ours: Vec<(PrecisionArg, Vec<f64>, f64)> = args.precisions.iter().map(|&p| (p, Vec::new(), 0.0)).collect();
+    let mut theirs = ours.clone();
+    let mut torch_version = String::new();
+    let exe = std::path::Path::new("/proc/self/exe");
     for round in 1..=args.rounds {
-        let t = time_steps(&model, &cfg.optimizer, &batch, cfg.train.label_smoothing, args.warmup, args.steps, device)?;
-        eprintln!("round {round}: preln   median {:.3} s/step", median(&t));
-        ours.extend(t);
-        if args.vs_pytorch {
-            let py = python(&args.python);
-            let out = Command::new(&py)
-                .arg(&script)
-                .arg(spec.to_string())
-                .output()
-                .with_context(|| format!("running {} {}", py.display(), script.display()))?;
-            if !out.status.success() {
-                bail!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        for (k, &precision) in args.precisions.iter().enumerate() {
+            let mut cmd = Command::new(if exe.exists() { exe.to_path_buf() } else { std::env::current_exe()? });
+            if let Some(t) = threads {
+                cmd.arg("--threads").arg(t.to_string());
             }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading the reference's JSON")?;
-            let t: Vec<f64> = v["step_s"].as_array().context("step_s")?.iter().filter_map(|x| x.as_f64()).collect();
-            eprintln!("round {round}: PyTorch median {:.3} s/step", median(&t));
-            theirs.extend(t);
-            their_peak = their_peak.max(v["peak_mib"].as_f64().unwrap_or(0.0));
-            torch_version = v["torch"].as_str().unwrap_or("").to_string();
+            cmd.args(["bench", "train", "--worker", "--config", &args.config]);
+            for o in &args.overrides {
+                cmd.arg("--set").arg(o);
+            }
+            cmd.args(["--sentences", &args.sentences.to_string(), "--len", &args.len.to_string()]);
+            cmd.args(["--vocab", &args.vocab.to_string(), "--steps", &args.steps.to_string()]);
+            cmd.args(["--warmup", &args.warmup.to_string(), "--precisions", precision.name()]);
+            cmd.args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
+            let v = run_json(&mut cmd, "preln bench worker")?;
+            let t = steps_of(&v)?;
+            eprintln!("round {round}: preln   {:4} median {:.3} s/step", precision.name(), median(&t));
+            ours[k].1.extend(t);
+            ours[k].2 = ours[k].2.max(v["peak_mib"].as_f64().unwrap_or(f64::NAN));
+            if args.vs_pytorch {
+                let py = python(&args.python);
+                let mut spec = spec.clone();
+                spec["precision"] = json!(precision.name());
+                let mut cmd = Command::new(&py);
+                cmd.arg(&script).arg(spec.to_string());
+                let v = run_json(&mut cmd, &format!("{} {}", py.display(), script.display()))?;
+                let t = steps_of(&v)?;
+                eprintln!("round {round}: PyTorch {:4} median {:.3} s/step", precision.name(), median(&t));
+                theirs[k].1.extend(t);
+                theirs[k].2 = theirs[k].2.max(v["peak_mib"].as_f64().unwrap_or(0.0));
+                torch_version = v["torch"].as_str().unwrap_or("").to_string();
+            }
         }
     }
-    let (m_ours, peak) = (median(&ours), peak_rss_mib().unwrap_or(f64::NAN));
-    println!(
-        "preln:   {m_ours:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {peak:.0} MiB",
-        ours.len(),
-        tokens / m_ours
-    );
+    let line = |who: &str, p: PrecisionArg, t: &[f64], peak: f64| {
+        let m = median(t);
+        println!(
+            "{who:8} {:4}: {m:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {peak:.0} MiB",
+            p.name(),
+            t.len(),
+            tokens / m
+        );
+        m
+    };
+    let mut ours_m = Vec::new();
+    for (p, t, peak) in &ours {
+        ours_m.push((*p, line("preln", *p, t, *peak)));
+    }
     if args.vs_pytorch {
-        let m = median(&theirs);
-        println!("PyTorch: {m:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {their_peak:.0} MiB (torch {torch_version})", theirs.len(), tokens / m);
-        println!("speed-up of preln over PyTorch eager: {:.2}x", m / m_ours);
+        let mut theirs_m = Vec::new();
+        for (p, t, peak) in &theirs {
+            theirs_m.push((*p, line("PyTorch", *p, t, *peak)));
+        }
+        println!("(PyTorch {torch_version}, eager, torch.optim.Adam default implementation, bf16 = torch.autocast)");
+        let get = |v: &[(PrecisionArg, f64)], p| v.iter().find(|x| x.0 == p).map(|x| x.1);
+        for (p, m) in &ours_m {
+            for q in [PrecisionArg::Fp32, PrecisionArg::Bf16] {
+                if let Some(r) = get(&theirs_m, q) {
+                    if *p == q || q == PrecisionArg::Fp32 {
+                        println!("speed-up of preln {} over PyTorch {}: {:.2}x", p.name(), q.name(), r / m);
+                    }
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+    serde_json::from_str(&last).with_context(|| format!("reading the JSON of {what}"))
+}
+
+fn steps_of(v: &serde_json::Value) -> Result<Vec<f64>> {
+    Ok(v["step_s"].as_array().context("step_s")?.iter().filter_map(|x| x.as_f64()).collect())
 }
 
 pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {

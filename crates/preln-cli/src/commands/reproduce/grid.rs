@@ -135,7 +135,10 @@ fn check_config(run: &PlannedRun) -> Result<()> {
     let wanted = run.config.to_toml();
     if path.exists() {
         let had = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        if had != wanted {
+        // Compared as configs, not text: a field added to the config since (with its default)
+        // does not make an old run a different one.
+        let same = resolve(&path.display().to_string(), &had, &[]).is_ok_and(|c| c == run.config);
+        if !same {
             bail!(
                 "{}: this run was started with a different config (another --scale or --data, or edited configs); \
                  remove the folder or choose another --out",
