@@ -27,6 +27,9 @@ pub enum Command {
     Data(DataCommand),
     /// Parallel text files -> a data folder: joint BPE, tokenized splits, manifest with checksums.
     Prepare(PrepareArgs),
+    /// Plain text -> a masked-language-model data folder: BPE with <mask>, lines packed into
+    /// segments, manifest with checksums.
+    PrepareMlm(PrepareMlmArgs),
     /// Train a translation model on a prepared data folder.
     Train(TrainArgs),
     /// Translate stdin (one sentence a line) with a trained run; detokenized text on stdout.
@@ -299,6 +302,32 @@ pub struct PrepareArgs {
     pub vocab_size: usize,
     /// Drop (and count) training pairs with a side longer than this many BPE tokens.
     #[arg(long, default_value_t = 250)]
+    pub max_len: usize,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PrepareMlmArgs {
+    /// Training text: files, or folders whose *.txt files are read in name order (the BPE is
+    /// learned on them).
+    #[arg(long, required = true, num_args = 1..)]
+    pub train: Vec<PathBuf>,
+    /// Held-out text for the validation MLM loss (files or folders).
+    #[arg(long, num_args = 1..)]
+    pub valid: Vec<PathBuf>,
+    /// Test text (files or folders).
+    #[arg(long, num_args = 1..)]
+    pub test: Vec<PathBuf>,
+    /// BPE vocabulary size, special tokens included.
+    #[arg(long, default_value_t = 16_000)]
+    pub vocab_size: usize,
+    /// Longest segment in tokens, <s> and </s> included.
+    #[arg(long, default_value_t = 128)]
     pub max_len: usize,
     /// Output folder.
     #[arg(long)]

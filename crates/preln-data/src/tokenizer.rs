@@ -33,6 +33,15 @@ fn metaspace() -> Metaspace {
 impl Bpe {
     /// Learns a BPE of (at most) `vocab_size` entries, specials included, from `texts`.
     pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Bpe> {
+        Self::train_with_specials(texts, vocab_size, &[])
+    }
+
+    /// As [`Self::train`], with `extra` special tokens after the four standard ones (ids 4, 5, ...).
+    pub fn train_with_specials<'a>(
+        texts: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+        extra: &[&str],
+    ) -> Result<Bpe> {
         let model = BPE::builder().unk_token(SPECIAL_TOKENS[1].to_string()).build().map_err(tk_error)?;
         let mut tokenizer =
             TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new(
@@ -48,7 +57,7 @@ impl Bpe {
             .vocab_size(vocab_size)
             .min_frequency(2)
             .show_progress(false)
-            .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(t.to_string(), true)).collect())
+            .special_tokens(SPECIAL_TOKENS.iter().chain(extra).map(|t| AddedToken::from(t.to_string(), true)).collect())
             .build();
         tokenizer.train(&mut trainer, texts).map_err(tk_error)?;
         let bpe = Bpe { inner: tokenizer.into() };
@@ -90,6 +99,11 @@ impl Bpe {
     /// The text of `ids`; special tokens are dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tk_error)
+    }
+
+    /// The id of a token, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 
     /// The pieces of `ids`, for display.

@@ -26,6 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(),
         Command::Data(cmd) => data::run(cmd),
         Command::Prepare(args) => prepare::run(args),
+        Command::PrepareMlm(args) => prepare::run_mlm(args),
         Command::Train(args) => train::run(args),
         Command::Bleu(args) => bleu::run(args),
         Command::Translate(args) => translate::run(args),

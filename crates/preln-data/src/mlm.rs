@@ -1,0 +1,390 @@
+//! Masked-language-model data: plain English text -> a BPE with a `<mask>` token -> lines
+//! packed into segments of at most `max_len` tokens (`<s>` ... `</s>` included) -> a prepared
+//! folder; and BERT's masking (15% of the tokens; of those 80% `<mask>`, 10% a random token,
+//! 10% kept), drawn from a seed so that every epoch masks afresh and a resumed run masks the
+//! same way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use crate::batch::Specials;
+use crate::error::{io_error, DataError, Result};
+use crate::store;
+use crate::synthetic::SplitMix64;
+use crate::text::read_lines;
+use crate::tokenizer::Bpe;
+
+pub const MASK_TOKEN: &str = "<mask>";
+/// `<mask>` follows the four standard specials.
+pub const MASK_ID: i64 = 4;
+/// The first id of an ordinary token in an MLM vocabulary.
+pub const FIRST_REGULAR: i64 = 5;
+pub const MANIFEST: &str = "mlm-manifest.json";
+pub const TOKENIZER: &str = "tokenizer.json";
+
+/// What `preln prepare-mlm` makes.
+#[derive(Clone, Debug)]
+pub struct PrepareMlmSpec {
+    /// Split name -> text files (one or more lines each); `train` first, its text learns the BPE.
+    pub splits: Vec<(String, Vec<PathBuf>)>,
+    pub vocab_size: usize,
+    /// Longest segment, `<s>` and `</s>` included.
+    pub max_len: usize,
+    pub out: PathBuf,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlmManifest {
+    pub format: u32,
+    pub vocab_size: usize,
+    pub max_len: usize,
+    pub special_tokens: Vec<String>,
+    pub splits: Vec<MlmSplitInfo>,
+    pub sha256: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlmSplitInfo {
+    pub name: String,
+    pub files: Vec<String>,
+    pub lines: usize,
+    pub segments: usize,
+    pub tokens: usize,
+}
+
+/// Packs consecutive lines into segments of at most `budget` tokens; a line longer than the
+/// budget is cut into pieces. `None` marks a document boundary, which no segment crosses.
+pub fn pack(lines: impl IntoIterator<Item = Option<Vec<u32>>>, budget: usize) -> Vec<Vec<u32>> {
+    assert!(budget > 0, "segment budget must be positive");
+    let mut out = Vec::new();
+    let mut cur: Vec<u32> = Vec::new();
+    for line in lines {
+        let Some(mut ids) = line else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            continue;
+        };
+        if !cur.is_empty() && cur.len() + ids.len() > budget {
+            out.push(std::mem::take(&mut cur));
+        }
+        while ids.len() > budget {
+            let rest = ids.split_off(budget);
+            if cur.is_empty() {
+                out.push(ids);
+            } else {
+                cur.extend(ids);
+                out.push(std::mem::take(&mut cur));
+            }
+            ids = rest;
+        }
+        cur.extend(ids);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn split_file(name: &str) -> String {
+    format!("{name}.bin")
+}
+
+/// Tokenizes and packs the text of `spec`, writing the folder only when everything succeeded.
+pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Result<MlmManifest> {
+    let invalid = |reason: String| DataError::Invalid { path: spec.out.clone(), reason };
+    if spec.splits.first().is_none_or(|(n, _)| n != "train") {
+        return Err(invalid("the first split must be `train`".into()));
+    }
+    if spec.max_len < 8 {
+        return Err(invalid(format!("max_len must be at least 8, got {}", spec.max_len)));
+    }
+    if spec.out.exists() && !spec.force {
+        return Err(invalid("already exists (pass --force to replace it)".into()));
+    }
+    // Read everything first: a bad file fails before anything is written.
+    let mut texts: Vec<(String, Vec<(PathBuf, Vec<String>)>)> = Vec::new();
+    for (name, files) in &spec.splits {
+        if files.is_empty() {
+            return Err(invalid(format!("split `{name}` has no files")));
+        }
+        let mut read = Vec::new();
+        for f in files {
+            read.push((f.clone(), read_lines(f)?));
+        }
+        progress(&format!(
+            "{name}: {} lines from {} file(s)",
+            read.iter().map(|r| r.1.len()).sum::<usize>(),
+            files.len()
+        ));
+        texts.push((name.clone(), read));
+    }
+    let train_lines = texts[0].1.iter().flat_map(|(_, lines)| lines.iter().map(String::as_str));
+    let bpe = Bpe::train_with_specials(train_lines.filter(|l| !l.trim().is_empty()), spec.vocab_size, &[MASK_TOKEN])?;
+    if bpe.token_id(MASK_TOKEN) != Some(MASK_ID as u32) {
+        return Err(DataError::Tokenizer(format!("{MASK_TOKEN} must have id {MASK_ID}")));
+    }
+    progress(&format!("BPE: {} entries", bpe.vocab_size()));
+    let tmp = spec.out.with_extension("tmp-prepare");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+    bpe.save(&tmp.join(TOKENIZER))?;
+    let mut splits = Vec::new();
+    for (name, files) in &texts {
+        let mut lines_n = 0;
+        let mut encoded: Vec<Option<Vec<u32>>> = Vec::new();
+        for (_, lines) in files {
+            for l in lines {
+                let l = l.trim();
+                if l.is_empty() {
+                    continue;
+                }
+                lines_n += 1;
+                encoded.push(Some(bpe.encode(l)?));
+            }
+            encoded.push(None);
+        }
+        let segments = pack(encoded, spec.max_len - 2);
+        let tokens = segments.iter().map(Vec::len).sum();
+        progress(&format!("{name}: {lines_n} lines -> {} segments, {tokens} tokens", segments.len()));
+        let path = tmp.join(split_file(name));
+        std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
+        splits.push(MlmSplitInfo {
+            name: name.clone(),
+            files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
+            lines: lines_n,
+            segments: segments.len(),
+            tokens,
+        });
+    }
+    let mut sha256 = BTreeMap::new();
+    for f in std::iter::once(TOKENIZER.to_string()).chain(splits.iter().map(|s| split_file(&s.name))) {
+        let bytes = std::fs::read(tmp.join(&f)).map_err(io_error(tmp.join(&f)))?;
+        sha256.insert(f, format!("{:x}", Sha256::digest(&bytes)));
+    }
+    let manifest = MlmManifest {
+        format: 1,
+        vocab_size: bpe.vocab_size(),
+        max_len: spec.max_len,
+        special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MASK_TOKEN].map(String::from).to_vec(),
+        splits,
+        sha256,
+    };
+    let m = tmp.join(MANIFEST);
+    std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(io_error(&m))?;
+    if spec.out.exists() {
+        std::fs::remove_dir_all(&spec.out).map_err(io_error(&spec.out))?;
+    }
+    std::fs::rename(&tmp, &spec.out).map_err(io_error(&spec.out))?;
+    Ok(manifest)
+}
+
+/// A prepared MLM folder.
+pub struct MlmDataset {
+    pub dir: PathBuf,
+    pub manifest: MlmManifest,
+    pub tokenizer: Bpe,
+}
+
+impl MlmDataset {
+    pub fn open(dir: &Path) -> Result<MlmDataset> {
+        let m = dir.join(MANIFEST);
+        if !m.exists() {
+            return Err(DataError::Invalid {
+                path: dir.into(),
+                reason: format!("no {MANIFEST}: not an MLM data folder (make one with `preln prepare-mlm`)"),
+            });
+        }
+        let text = std::fs::read_to_string(&m).map_err(io_error(&m))?;
+        let manifest: MlmManifest =
+            serde_json::from_str(&text).map_err(|e| DataError::Invalid { path: m.clone(), reason: e.to_string() })?;
+        let tokenizer = Bpe::load(&dir.join(TOKENIZER))?;
+        Ok(MlmDataset { dir: dir.into(), manifest, tokenizer })
+    }
+
+    /// The segments of a split, checked against the manifest's checksum.
+    pub fn split(&self, name: &str) -> Result<Vec<Vec<u32>>> {
+        let file = split_file(name);
+        let Some(want) = self.manifest.sha256.get(&file) else {
+            let known: Vec<&str> = self.manifest.splits.iter().map(|s| s.name.as_str()).collect();
+            return Err(DataError::Invalid {
+                path: self.dir.clone(),
+                reason: format!("no split `{name}` (splits: {})", known.join(", ")),
+            });
+        };
+        let path = self.dir.join(&file);
+        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+        if format!("{:x}", Sha256::digest(&bytes)) != *want {
+            return Err(DataError::Invalid { path, reason: "checksum differs from the manifest".into() });
+        }
+        store::decode(&bytes, &self.dir.join(&file))
+    }
+}
+
+/// BERT's masking of one segment. Returns (input, target): the target holds the original id at
+/// the chosen positions and the pad id (ignored by the loss) elsewhere. At least one token is
+/// chosen in every non-empty segment.
+pub fn mask_segment(ids: &[u32], vocab_size: i64, seed: u64) -> (Vec<i64>, Vec<i64>) {
+    let pad = Specials::DEFAULT.pad;
+    let mut rng = SplitMix64::new(seed);
+    let mut input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let mut target = vec![pad; ids.len()];
+    let mut chosen: Vec<usize> = (0..ids.len()).filter(|_| rng.next_f64() < 0.15).collect();
+    if chosen.is_empty() && !ids.is_empty() {
+        chosen.push(rng.range(0, ids.len() - 1));
+    }
+    for i in chosen {
+        target[i] = input[i];
+        let u = rng.next_f64();
+        if u < 0.8 {
+            input[i] = MASK_ID;
+        } else if u < 0.9 {
+            input[i] = rng.range(FIRST_REGULAR as usize, vocab_size as usize - 1) as i64;
+        }
+    }
+    (input, target)
+}
+
+/// A padded MLM batch: `<s>` + masked segment + `</s>`.
+#[derive(Debug)]
+pub struct MlmBatch {
+    /// `[B, T]`
+    pub tokens: Tensor,
+    /// `[B, T]`, all 0 (one segment).
+    pub segments: Tensor,
+    /// `[B, T]`: original ids at masked positions, pad elsewhere.
+    pub target: Tensor,
+    /// Masked (predicted) tokens.
+    pub masked: i64,
+}
+
+/// Masks `segments` with one seed each and pads them into a batch.
+pub fn mlm_batch(segments: &[&[u32]], seeds: &[u64], vocab_size: i64, device: Device) -> MlmBatch {
+    let sp = Specials::DEFAULT;
+    let t = segments.iter().map(|s| s.len() + 2).max().unwrap_or(2);
+    let (mut tokens, mut target) = (Vec::new(), Vec::new());
+    let mut masked = 0;
+    for (s, &seed) in segments.iter().zip(seeds) {
+        let (inp, tgt) = mask_segment(s, vocab_size, seed);
+        masked += tgt.iter().filter(|&&x| x != sp.pad).count() as i64;
+        let fill = t - s.len() - 2;
+        tokens.push(sp.bos);
+        tokens.extend(inp);
+        tokens.push(sp.eos);
+        tokens.extend(std::iter::repeat_n(sp.pad, fill));
+        target.push(sp.pad);
+        target.extend(tgt);
+        target.push(sp.pad);
+        target.extend(std::iter::repeat_n(sp.pad, fill));
+    }
+    let b = segments.len() as i64;
+    let shape = [b, t as i64];
+    MlmBatch {
+        tokens: Tensor::from_slice(&tokens).reshape(shape).to_device(device),
+        segments: Tensor::zeros(shape, (tch::Kind::Int64, device)),
+        target: Tensor::from_slice(&target).reshape(shape).to_device(device),
+        masked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_fills_segments_and_respects_documents() {
+        let l = |n: u32, len: usize| Some(vec![n; len]);
+        let segs = pack([l(1, 3), l(2, 3), l(3, 3), None, l(4, 2)], 7);
+        assert_eq!(segs, vec![vec![1, 1, 1, 2, 2, 2], vec![3, 3, 3], vec![4, 4]]);
+        // A long line is cut; what is left continues the next segment.
+        let segs = pack([l(1, 2), l(2, 9), l(3, 1)], 4);
+        assert_eq!(segs, vec![vec![1, 1], vec![2, 2, 2, 2], vec![2, 2, 2, 2], vec![2, 3]]);
+        assert!(pack([None, None], 4).is_empty());
+        let all: usize = pack((0..50).map(|i| l(i, (i % 7 + 1) as usize)), 10)
+            .iter()
+            .map(|s| {
+                assert!(s.len() <= 10);
+                s.len()
+            })
+            .sum();
+        assert_eq!(all, (0..50).map(|i| i % 7 + 1).sum::<usize>());
+    }
+
+    #[test]
+    fn masking_follows_bert_proportions_and_is_deterministic() {
+        let ids: Vec<u32> = (0..100_000).map(|i| 5 + (i % 1000)).collect();
+        let (input, target) = mask_segment(&ids, 2000, 7);
+        assert_eq!(mask_segment(&ids, 2000, 7), (input.clone(), target.clone()));
+        assert_ne!(mask_segment(&ids, 2000, 8).0, input);
+        let chosen: Vec<usize> = (0..ids.len()).filter(|&i| target[i] != 0).collect();
+        let frac = chosen.len() as f64 / ids.len() as f64;
+        assert!((frac - 0.15).abs() < 0.005, "chosen {frac}");
+        let masked = chosen.iter().filter(|&&i| input[i] == MASK_ID).count() as f64 / chosen.len() as f64;
+        let kept = chosen.iter().filter(|&&i| input[i] == i64::from(ids[i])).count() as f64 / chosen.len() as f64;
+        assert!((masked - 0.8).abs() < 0.01, "masked {masked}");
+        // Kept: 10%, plus random replacements that happen to draw the same token (1/1995).
+        assert!((kept - 0.1).abs() < 0.01, "kept {kept}");
+        for i in 0..ids.len() {
+            if target[i] == 0 {
+                assert_eq!(input[i], i64::from(ids[i]), "unchosen tokens are untouched");
+            } else {
+                assert_eq!(target[i], i64::from(ids[i]));
+                assert!(input[i] >= FIRST_REGULAR || input[i] == MASK_ID);
+            }
+        }
+        let (_, t) = mask_segment(&[9], 2000, 1);
+        assert_eq!(t, vec![9], "one token is always chosen");
+    }
+
+    #[test]
+    fn batches_add_cls_sep_and_padding() {
+        let (a, b): (Vec<u32>, Vec<u32>) = (vec![10, 11, 12], vec![20]);
+        let batch = mlm_batch(&[&a, &b], &[1, 2], 100, Device::Cpu);
+        assert_eq!(batch.tokens.size(), vec![2, 5]);
+        let row1 = Vec::<i64>::try_from(batch.tokens.get(1)).unwrap();
+        assert_eq!((row1[0], row1[2], row1[3], row1[4]), (2, 3, 0, 0));
+        let tgt = Vec::<i64>::try_from(batch.target.get(1)).unwrap();
+        assert_eq!(tgt, vec![0, 20, 0, 0, 0]);
+        let masked = batch.target.ne(0).sum(tch::Kind::Int64).int64_value(&[]);
+        assert_eq!(batch.masked, masked);
+    }
+
+    #[test]
+    fn prepare_writes_a_checked_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let text = d.path().join("a.txt");
+        let mut body = String::new();
+        for i in 0..300 {
+            body.push_str(&format!("the cat number {i} sat on the mat and looked at the dog\n\n"));
+        }
+        std::fs::write(&text, &body).unwrap();
+        let held = d.path().join("h.txt");
+        std::fs::write(&held, "the dog sat on the cat\n").unwrap();
+        let out = d.path().join("mlm");
+        let spec = PrepareMlmSpec {
+            splits: vec![("train".into(), vec![text.clone()]), ("valid".into(), vec![held])],
+            vocab_size: 200,
+            max_len: 16,
+            out: out.clone(),
+            force: false,
+        };
+        let m = prepare_mlm(&spec, |_| {}).unwrap();
+        assert_eq!(m.splits[0].lines, 300);
+        let ds = MlmDataset::open(&out).unwrap();
+        let train = ds.split("train").unwrap();
+        assert_eq!(train.len(), m.splits[0].segments);
+        assert!(train.iter().all(|s| s.len() <= 14 && !s.is_empty()));
+        assert_eq!(ds.tokenizer.decode(&ds.split("valid").unwrap()[0]).unwrap(), "the dog sat on the cat");
+        assert!(prepare_mlm(&spec, |_| {}).unwrap_err().to_string().contains("already exists"));
+        std::fs::write(out.join("train.bin"), b"PRELNIDSxxxx").unwrap();
+        assert!(ds.split("train").unwrap_err().to_string().contains("checksum"));
+        assert!(ds.split("nope").unwrap_err().to_string().contains("splits: train, valid"));
+    }
+}
