@@ -40,6 +40,8 @@ pub struct TrainSection {
     pub log_every: u64,
     /// Write per-layer gradient and hidden-state norms every this many updates (0: never).
     pub diag_every: u64,
+    /// Validate (and save) every this many updates too, besides every epoch end (0: epoch ends only).
+    pub valid_every: u64,
     /// Save the `last` checkpoint every this many updates, besides every epoch end (0: epoch ends only).
     pub save_every: u64,
     /// The data split used for validation.
@@ -84,6 +86,7 @@ impl Default for TrainSection {
             log_every: 10,
             diag_every: 100,
             save_every: 500,
+            valid_every: 0,
             valid_split: "valid".into(),
             valid_bleu_beam: 0,
             valid_bleu_lenpen: 1.2,

@@ -8,6 +8,7 @@ pub mod optim;
 pub mod schedule;
 pub mod state;
 pub mod trainer;
+pub mod translation;
 
 pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerConfig};

@@ -1,33 +1,33 @@
-//! The translation training loop: token batches in a seeded order, gradient accumulation,
-//! clipping, scheduled updates, metrics, per-epoch validation, checkpoints, exact resume and
-//! divergence diagnosis.
+//! The training loop, shared by every task (translation, masked-language modelling): batches in
+//! a seeded order, gradient accumulation, clipping, scheduled updates, bf16 autocast, metrics,
+//! validation every epoch (and every `train.valid_every` updates), checkpoints, exact resume and
+//! divergence diagnosis. A [`Task`] supplies the model, the batches, the loss and validation.
 //!
 //! Exact resume rests on three facts: the data order of an epoch is a function of the seed and
-//! the epoch; dropout masks are drawn after reseeding libtorch from (seed, step, batch); model
-//! and optimizer state are saved bit for bit. A resumed run therefore logs the same losses as an
-//! uninterrupted one.
+//! the epoch; dropout masks (and MLM masks) are drawn from seeds derived from (seed, step, batch);
+//! model and optimizer state are saved bit for bit. A resumed run therefore logs the same losses
+//! as an uninterrupted one.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use preln_analysis::{grad_norms, sq_norms_over_d};
+use preln_analysis::grad_norms;
 use preln_data::synthetic::SplitMix64;
-use preln_data::{token_batches, Batch, Bpe, Pairs, Specials};
-use preln_eval::{beam_search, corpus_bleu, BleuOptions, SearchConfig};
 use preln_model::checkpoint::parameters;
-use preln_model::init::seeded;
-use preln_model::stack::StackOut;
-use preln_model::{label_smoothed_nll, Seq2Seq, Seq2SeqConfig};
-use serde_json::json;
+use preln_model::LossSums;
+use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TrainConfig;
+use crate::config::TrainSection;
 use crate::metrics::Metrics;
-use crate::optim::{clip_grads, total_grad_norm, Optimizer};
+use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
+use crate::schedule::Schedule;
 use crate::state::{self, TrainState};
 use crate::TrainError;
+
+pub use crate::translation::{model_config, updates_per_epoch, Translation};
 
 /// How to run, beyond the config.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +44,33 @@ pub struct Summary {
     pub state: TrainState,
     pub last_valid_loss: Option<f64>,
     pub run_dir: PathBuf,
+}
+
+/// Validation results: loss and NLL per predicted token, and task-specific metrics (BLEU).
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    pub loss: f64,
+    pub nll: f64,
+    pub extra: Vec<(String, Value)>,
+}
+
+/// What the loop trains.
+pub trait Task {
+    type Batch;
+    /// The training batches (example indices), fixed for the run; an epoch visits them in a
+    /// seeded order.
+    fn batches(&self) -> &[Vec<usize>];
+    /// The batch of examples `idx`; `seed` draws what the batch itself randomizes (MLM masks).
+    fn batch(&self, idx: &[usize], seed: u64) -> Self::Batch;
+    /// The tokens whose loss the batch counts.
+    fn tokens(&self, batch: &Self::Batch) -> i64;
+    /// Training-mode forward: summed losses (fp32) and, with `hidden`, `E ||x||^2 / d` after
+    /// every layer, by stack, as JSON.
+    fn loss(&self, batch: &Self::Batch, hidden: bool) -> Result<(LossSums, Option<Value>), TrainError>;
+    /// Validation, without dropout or autograd.
+    fn validate(&self) -> Result<Validation, TrainError>;
+    fn var_store(&self) -> &VarStore;
+    fn var_store_mut(&mut self) -> &mut VarStore;
 }
 
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
@@ -67,15 +94,15 @@ pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
     }
 }
 
-/// The model config a data set implies: its vocabulary, pad id 0.
-pub fn model_config(cfg: &TrainConfig, vocab_size: usize) -> Seq2SeqConfig {
-    Seq2SeqConfig { vocab_size: vocab_size as i64, pad_id: Specials::DEFAULT.pad, ..cfg.model.clone() }
-}
-
 /// A seed for libtorch's generator from (run seed, update, batch within the update).
 fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     let mut rng = SplitMix64::new(seed ^ step.wrapping_mul(0x9E37_79B9) ^ ((micro as u64) << 48));
     rng.next_u64() >> 1
+}
+
+/// The seed of what batch `micro` of update `step` draws for itself (MLM masks).
+fn data_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    dropout_seed(seed ^ 0xDA7A_5EED_0000_0000, step, micro)
 }
 
 /// The order in which epoch `epoch` visits the fixed token batches.
@@ -86,20 +113,6 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
         order.swap(i, rng.range(0, i));
     }
     order
-}
-
-fn lengths(pairs: &Pairs) -> Vec<(usize, usize)> {
-    pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect()
-}
-
-/// Updates in one epoch of `pairs` with the batching of `cfg` (token batches, `update_freq`).
-pub fn updates_per_epoch(pairs: &Pairs, cfg: &TrainConfig) -> u64 {
-    token_batches(&lengths(pairs), cfg.train.max_tokens).len().div_ceil(cfg.train.update_freq) as u64
-}
-
-fn make_batch(pairs: &Pairs, idx: &[usize], device: Device) -> Batch {
-    let chunk: Vec<_> = idx.iter().map(|&i| pairs[i].clone()).collect();
-    Batch::from_pairs(&chunk, Specials::DEFAULT, device)
 }
 
 /// `encoder.layers.3.ffn.fc2.weight` -> `encoder.layers.3`; `embed_tokens.weight` -> `embed_tokens`.
@@ -124,71 +137,62 @@ pub fn group_norms(norms: &[(String, f64)]) -> Vec<(String, f64)> {
     groups.into_iter().map(|(g, sq)| (g, sq.sqrt())).collect()
 }
 
-/// `E ||x||^2 / d` over real tokens after each layer of a stack.
-fn layer_sq_norms(stack: &StackOut, keep: &Tensor) -> Vec<f64> {
-    sq_norms_over_d(&stack.layer_sums.iter().collect::<Vec<_>>(), keep)
+/// The parts of a config the loop itself reads.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub train: TrainSection,
+    /// The resolved config, written to `RUN/config.toml`.
+    pub toml: String,
 }
 
-pub struct Trainer {
-    cfg: TrainConfig,
+/// Checks the run folder: a new run must not overwrite one, a resumed run needs a checkpoint.
+pub fn prepare_run_dir(run_dir: &Path, resume: bool) -> Result<(), TrainError> {
+    let last = last_checkpoint(run_dir);
+    if resume && !last.exists() {
+        return Err(TrainError::Config(format!("--resume: no checkpoint at {}", last.display())));
+    }
+    if !resume && last.exists() {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run (pass --resume to continue it, or choose another --out)",
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(checkpoint_dir(run_dir)).map_err(|e| TrainError::Io(run_dir.into(), e))
+}
+
+pub struct Trainer<T: Task> {
+    cfg: LoopConfig,
     run_dir: PathBuf,
     device: Device,
-    vs: VarStore,
-    model: Seq2Seq,
+    task: T,
     opt: Optimizer,
     params: Vec<(String, Tensor)>,
-    train: Pairs,
-    valid: Pairs,
-    batches: Vec<Vec<usize>>,
     state: TrainState,
-    /// Turns ids back into text for validation BLEU.
-    tokenizer: Option<Bpe>,
 }
 
-impl Trainer {
-    /// Builds the model and optimizer; with `resume`, restores them from the last checkpoint.
-    pub fn new(
-        cfg: &TrainConfig,
-        train: Pairs,
-        valid: Pairs,
-        vocab_size: usize,
-        run_dir: &Path,
-        resume: bool,
-    ) -> Result<Trainer, TrainError> {
-        cfg.validate()?;
-        if train.is_empty() {
-            return Err(TrainError::Config("the training split is empty".into()));
-        }
-        let device = resolve_device(&cfg.train.device)?;
-        let last = last_checkpoint(run_dir);
-        if resume && !last.exists() {
-            return Err(TrainError::Config(format!("--resume: no checkpoint at {}", last.display())));
-        }
-        if !resume && last.exists() {
-            return Err(TrainError::Config(format!(
-                "{} already holds a run (pass --resume to continue it, or choose another --out)",
-                run_dir.display()
-            )));
-        }
-        std::fs::create_dir_all(checkpoint_dir(run_dir)).map_err(|e| TrainError::Io(run_dir.into(), e))?;
-        let mcfg = model_config(cfg, vocab_size);
-        let mut vs = VarStore::new(device);
-        let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
-        let params = parameters(&vs);
+impl<T: Task> Trainer<T> {
+    /// Wraps `task` (whose model is freshly initialized); with `resume`, restores model and
+    /// optimizer from the last checkpoint. Call [`prepare_run_dir`] before building the task.
+    pub fn with_task(mut task: T, cfg: LoopConfig, run_dir: &Path, resume: bool) -> Result<Trainer<T>, TrainError> {
+        let device = task.var_store().device();
+        let params = parameters(task.var_store());
         let mut opt =
             Optimizer::new(cfg.optimizer.clone(), params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
-        let state =
-            if resume { state::load(&last, &mut vs, &mut opt)? } else { TrainState { epoch: 1, ..Default::default() } };
-        let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
-        let cfg_path = run_dir.join("config.toml");
-        preln_model::checkpoint::write_file_atomic(&cfg_path, resolved.to_toml().as_bytes())?;
-        let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
-        let mut state = state;
+        let last = last_checkpoint(run_dir);
+        let mut state = if resume {
+            state::load(&last, task.var_store_mut(), &mut opt)?
+        } else {
+            TrainState { epoch: 1, ..Default::default() }
+        };
+        preln_model::checkpoint::write_file_atomic(&run_dir.join("config.toml"), cfg.toml.as_bytes())?;
         let t = &cfg.train;
+        let n_batches = task.batches().len();
         if state.done && state.epoch <= t.max_epochs && (t.max_updates == 0 || state.step < t.max_updates) {
             // A finished run resumed with larger limits: continue where it stopped.
             state.done = false;
-            if state.batch_in_epoch >= batches.len() {
+            if state.batch_in_epoch >= n_batches {
                 if state.epoch == t.max_epochs {
                     state.done = true;
                 } else {
@@ -197,87 +201,80 @@ impl Trainer {
                 }
             }
         }
-        Ok(Trainer {
-            tokenizer: None,
-            cfg: resolved,
-            run_dir: run_dir.into(),
-            device,
-            vs,
-            model,
-            opt,
-            params,
-            train,
-            valid,
-            batches,
-            state,
-        })
-    }
-
-    /// Enables validation BLEU (`train.valid_bleu_beam > 0`): hypotheses and references are
-    /// detokenized with `tokenizer` and scored as sacreBLEU would.
-    pub fn with_tokenizer(mut self, tokenizer: Bpe) -> Self {
-        self.tokenizer = Some(tokenizer);
-        self
-    }
-
-    /// Corpus BLEU of the model's translations of `pairs` (None when not configured).
-    pub fn bleu(&self, pairs: &Pairs) -> Result<Option<f64>, TrainError> {
-        let (Some(bpe), beam) = (&self.tokenizer, self.cfg.train.valid_bleu_beam) else { return Ok(None) };
-        if beam == 0 || pairs.is_empty() {
-            return Ok(None);
-        }
-        let search = SearchConfig { beam, lenpen: self.cfg.train.valid_bleu_lenpen, ..Default::default() };
-        let text = |ids: &[i64]| -> Result<String, TrainError> {
-            let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
-            bpe.decode(&ids).map_err(|e| TrainError::Checkpoint(format!("detokenizing: {e}")))
-        };
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        order.sort_by_key(|&i| (pairs[i].0.len(), i));
-        let mut hyps = vec![String::new(); pairs.len()];
-        for chunk in order.chunks(64) {
-            let batch = make_batch(pairs, chunk, self.device);
-            for (&i, h) in chunk.iter().zip(beam_search(&self.model, &batch.src, &search)) {
-                hyps[i] = text(&h.tokens)?;
-            }
-        }
-        let refs = pairs.iter().map(|(_, t)| text(t)).collect::<Result<Vec<_>, _>>()?;
-        let b =
-            corpus_bleu(&hyps, &[refs], BleuOptions::default()).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        Ok(Some(b.score))
+        Ok(Trainer { cfg, run_dir: run_dir.into(), device, task, opt, params, state })
     }
 
     pub fn state(&self) -> &TrainState {
         &self.state
     }
 
+    pub fn task(&self) -> &T {
+        &self.task
+    }
+
+    pub fn task_mut(&mut self) -> &mut T {
+        &mut self.task
+    }
+
     pub fn var_store(&self) -> &VarStore {
-        &self.vs
+        self.task.var_store()
     }
 
     fn save_last(&self) -> Result<(), TrainError> {
-        state::save(&last_checkpoint(&self.run_dir), &self.vs, &self.opt, &self.state)
+        state::save(&last_checkpoint(&self.run_dir), self.task.var_store(), &self.opt, &self.state)
     }
 
-    /// Validation loss and NLL (nats per target token) over a split, without dropout or autograd.
-    pub fn evaluate(&self, pairs: &Pairs) -> (f64, f64) {
-        tch::no_grad(|| {
-            let (mut loss, mut nll, mut tokens) = (0.0, 0.0, 0i64);
-            for idx in token_batches(&lengths(pairs), self.cfg.train.max_tokens) {
-                let b = make_batch(pairs, &idx, self.device);
-                let (_, dec) = self.model.forward(&b.src, &b.prev, false);
-                let s =
-                    label_smoothed_nll(&dec.logits, &b.target, self.cfg.train.label_smoothing, self.cfg.model.pad_id);
-                loss += s.loss.double_value(&[]);
-                nll += s.nll.double_value(&[]);
-                tokens += b.target_tokens;
+    /// Validates, writes the `valid` line, saves `last` (and `best` when it improved).
+    fn validate(&mut self, metrics: &mut Metrics, train_loss: f64, at_epoch_end: bool) -> Result<f64, TrainError> {
+        let v = self.task.validate()?;
+        let improved = self.state.best_valid_loss.is_none_or(|b| v.loss < b);
+        if improved {
+            self.state.best_valid_loss = Some(v.loss);
+            self.state.best_epoch = Some(self.state.epoch);
+        }
+        let mut line = json!({
+            "kind": "valid", "step": self.state.step, "epoch": self.state.epoch, "loss": v.loss, "nll": v.nll,
+            "ppl": v.nll.exp(), "train_loss": train_loss, "wall_s": self.state.wall_s, "epoch_end": at_epoch_end,
+        });
+        for (k, x) in &v.extra {
+            line[k] = x.clone();
+        }
+        metrics.write(&line)?;
+        let extra: String = v
+            .extra
+            .iter()
+            .filter_map(|(k, x)| x.as_f64().map(|f| format!(", valid {} {f:.2}", k.to_uppercase())))
+            .collect();
+        eprintln!(
+            "{} {}: train loss {train_loss:.4}, valid loss {:.4}, valid nll {:.4} (ppl {:.2}){extra}, {} updates, {:.0} s{}",
+            if at_epoch_end { "epoch" } else { "update" },
+            if at_epoch_end { self.state.epoch } else { self.state.step },
+            v.loss,
+            v.nll,
+            v.nll.exp(),
+            self.state.step,
+            self.state.wall_s,
+            if improved { ", best so far" } else { "" }
+        );
+        if at_epoch_end {
+            if self.state.epoch >= self.cfg.train.max_epochs {
+                self.state.done = true;
             }
-            let n = tokens.max(1) as f64;
-            (loss / n, nll / n)
-        })
+            if !self.state.done {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+            }
+        }
+        self.save_last()?;
+        if improved {
+            std::fs::copy(last_checkpoint(&self.run_dir), best_checkpoint(&self.run_dir))
+                .map_err(|e| TrainError::Io(best_checkpoint(&self.run_dir), e))?;
+        }
+        Ok(v.loss)
     }
 
     fn diverged(&mut self, metrics: &mut Metrics, loss: f64, norm: f64) -> TrainError {
-        let norms = grad_norms(&self.vs);
+        let norms = grad_norms(self.task.var_store());
         let worst = norms
             .iter()
             .max_by(|a, b| {
@@ -308,17 +305,19 @@ impl Trainer {
         TrainError::Diverged(msg)
     }
 
-    /// Trains until `max_epochs` / `max_updates` (or `stop_at_step`), validating every epoch.
+    /// Trains until `max_epochs` / `max_updates` (or `stop_at_step`), validating every epoch and
+    /// every `train.valid_every` updates.
     pub fn run(&mut self, opts: &RunOptions) -> Result<Summary, TrainError> {
         let t = self.cfg.train.clone();
+        let bf16 = t.precision.is_bf16();
         let mut metrics = Metrics::open(&self.run_dir.join("metrics.jsonl"), opts.resume.then_some(self.state.step))?;
-        let pad = self.cfg.model.pad_id;
         let mut last_valid = None;
         let started = Instant::now();
         let wall_before = self.state.wall_s;
         let (mut window_tokens, mut window_start) = (0i64, Instant::now());
+        let n_batches = self.task.batches().len();
         while self.state.epoch <= t.max_epochs && !self.state.done {
-            let order = epoch_order(self.batches.len(), t.seed, self.state.epoch);
+            let order = epoch_order(n_batches, t.seed, self.state.epoch);
             let bar = ProgressBar::new(order.len() as u64);
             bar.set_style(
                 ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -340,34 +339,32 @@ impl Trainer {
                 let group: Vec<usize> = order
                     [self.state.batch_in_epoch..(self.state.batch_in_epoch + t.update_freq).min(order.len())]
                     .to_vec();
-                let batches: Vec<Batch> =
-                    group.iter().map(|&g| make_batch(&self.train, &self.batches[g], self.device)).collect();
-                let tokens: i64 = batches.iter().map(|b| b.target_tokens).sum();
-                let diag_now = t.diag_every > 0 && (self.state.step + 1) % t.diag_every == 0;
+                let step = self.state.step + 1;
+                let batches: Vec<T::Batch> = group
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &g)| self.task.batch(&self.task.batches()[g], data_seed(t.seed, step, k)))
+                    .collect();
+                let tokens: i64 = batches.iter().map(|b| self.task.tokens(b)).sum();
+                let diag_now = t.diag_every > 0 && step % t.diag_every == 0;
                 let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
                 let mut nll_sum = Tensor::zeros([], (Kind::Float, self.device));
                 let mut hidden = None;
                 for (k, b) in batches.iter().enumerate() {
-                    tch::manual_seed(dropout_seed(t.seed, self.state.step + 1, k) as i64);
-                    let (enc, dec, s) = preln_ops::autocast_bf16(self.device, t.precision.is_bf16(), || {
-                        let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
-                        // The loss in fp32 whatever the forward's precision.
-                        let s = label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &b.target, t.label_smoothing, pad);
-                        (enc, dec, s)
-                    });
-                    (&s.loss / tokens as f64).backward();
+                    tch::manual_seed(dropout_seed(t.seed, step, k) as i64);
+                    let want_hidden = diag_now && k + 1 == batches.len();
+                    let (s, h) = preln_ops::autocast_bf16(self.device, bf16, || self.task.loss(b, want_hidden))?;
+                    (&s.loss / tokens.max(1) as f64).backward();
                     loss_sum += s.loss.detach();
                     nll_sum += s.nll.detach();
-                    if diag_now && k + 1 == batches.len() {
-                        hidden = Some((
-                            layer_sq_norms(&enc.stack, &b.src.ne(pad)),
-                            layer_sq_norms(&dec.stack, &b.prev.ne(pad)),
-                        ));
+                    if h.is_some() {
+                        hidden = h;
                     }
                 }
                 let norm_t = total_grad_norm(&self.params);
+                let denom = tokens.max(1) as f64;
                 let host = Vec::<f64>::try_from(
-                    Tensor::stack(&[loss_sum / tokens as f64, nll_sum / tokens as f64, norm_t.to_kind(Kind::Float)], 0)
+                    Tensor::stack(&[loss_sum / denom, nll_sum / denom, norm_t.to_kind(Kind::Float)], 0)
                         .to_kind(Kind::Double)
                         .to_device(Device::Cpu),
                 )
@@ -378,29 +375,28 @@ impl Trainer {
                     return Err(self.diverged(&mut metrics, loss, norm));
                 }
                 if diag_now {
-                    let groups = group_norms(&grad_norms(&self.vs));
-                    let (enc_h, dec_h) = hidden.unwrap_or_default();
+                    let groups = group_norms(&grad_norms(self.task.var_store()));
                     metrics.write(&json!({
-                        "kind": "diag", "step": self.state.step + 1, "epoch": self.state.epoch,
+                        "kind": "diag", "step": step, "epoch": self.state.epoch,
                         "grad_norm_groups": groups.into_iter().map(|(g, n)| (g, json!(n))).collect::<serde_json::Map<_, _>>(),
-                        "hidden_sq_norm_over_d": {"encoder": enc_h, "decoder": dec_h},
+                        "hidden_sq_norm_over_d": hidden.unwrap_or(Value::Null),
                     }))?;
                 }
                 if t.clip_norm > 0.0 {
                     clip_grads(&self.params, norm, t.clip_norm);
                 }
-                let lr = self.cfg.schedule.lr_at(t.lr, self.state.step + 1, self.state.epoch);
+                let lr = self.cfg.schedule.lr_at(t.lr, step, self.state.epoch);
                 self.opt.step(lr);
                 self.opt.zero_grad();
-                self.state.step += 1;
+                self.state.step = step;
                 self.state.batch_in_epoch += group.len();
                 epoch_loss += loss * tokens as f64;
                 epoch_tokens += tokens;
                 window_tokens += tokens;
-                if self.state.step % t.log_every == 0 {
+                if step % t.log_every == 0 {
                     let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                     metrics.write(&json!({
-                        "kind": "train", "step": self.state.step, "epoch": self.state.epoch, "lr": lr,
+                        "kind": "train", "step": step, "epoch": self.state.epoch, "lr": lr,
                         "loss": loss, "nll": nll, "grad_norm": norm, "tokens": tokens, "tokens_per_s": tps,
                     }))?;
                     bar.set_message(format!("loss {loss:.3} lr {lr:.2e} {:.0} tok/s", tps));
@@ -409,50 +405,23 @@ impl Trainer {
                 }
                 bar.set_position(self.state.batch_in_epoch as u64);
                 self.state.wall_s = wall_before + started.elapsed().as_secs_f64();
-                if t.max_updates > 0 && self.state.step >= t.max_updates {
+                if t.max_updates > 0 && step >= t.max_updates {
                     self.state.done = true;
                     break;
                 }
-                if t.save_every > 0 && self.state.step % t.save_every == 0 {
+                let end_of_epoch = self.state.batch_in_epoch >= order.len();
+                if t.valid_every > 0 && step % t.valid_every == 0 && !end_of_epoch {
+                    bar.suspend(|| -> Result<(), TrainError> {
+                        last_valid =
+                            Some(self.validate(&mut metrics, epoch_loss / epoch_tokens.max(1) as f64, false)?);
+                        Ok(())
+                    })?;
+                } else if t.save_every > 0 && step % t.save_every == 0 {
                     self.save_last()?;
                 }
             }
             bar.finish_and_clear();
-            let epoch_secs = self.state.wall_s;
-            let (vloss, vnll) = self.evaluate(&self.valid);
-            let vbleu = self.bleu(&self.valid)?;
-            last_valid = Some(vloss);
-            let improved = self.state.best_valid_loss.is_none_or(|b| vloss < b);
-            if improved {
-                self.state.best_valid_loss = Some(vloss);
-                self.state.best_epoch = Some(self.state.epoch);
-            }
-            metrics.write(&json!({
-                "kind": "valid", "step": self.state.step, "epoch": self.state.epoch, "loss": vloss, "nll": vnll,
-                "ppl": vnll.exp(), "bleu": vbleu, "train_loss": epoch_loss / epoch_tokens.max(1) as f64, "wall_s": epoch_secs,
-            }))?;
-            eprintln!(
-                "epoch {}: train loss {:.4}, valid loss {vloss:.4}, valid nll {vnll:.4} (ppl {:.2}){}, {} updates, {:.0} s{}",
-                self.state.epoch,
-                epoch_loss / epoch_tokens.max(1) as f64,
-                vnll.exp(),
-                vbleu.map(|b| format!(", valid BLEU {b:.2}")).unwrap_or_default(),
-                self.state.step,
-                self.state.wall_s,
-                if improved { ", best so far" } else { "" }
-            );
-            if self.state.epoch >= t.max_epochs {
-                self.state.done = true;
-            }
-            if !self.state.done {
-                self.state.epoch += 1;
-                self.state.batch_in_epoch = 0;
-            }
-            self.save_last()?;
-            if improved {
-                std::fs::copy(last_checkpoint(&self.run_dir), best_checkpoint(&self.run_dir))
-                    .map_err(|e| TrainError::Io(best_checkpoint(&self.run_dir), e))?;
-            }
+            last_valid = Some(self.validate(&mut metrics, epoch_loss / epoch_tokens.max(1) as f64, true)?);
         }
         Ok(Summary { state: self.state.clone(), last_valid_loss: last_valid, run_dir: self.run_dir.clone() })
     }

@@ -162,3 +162,24 @@ fn bf16_training_follows_fp32_closely() {
         assert!((a - b).abs() / a < 0.02, "step {s}: fp32 valid loss {a}, bf16 {b}");
     }
 }
+
+#[test]
+fn validation_every_k_updates_as_well_as_at_epoch_ends() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let (train, valid) = data();
+    let run = d.path().join("run");
+    let cfg = tiny(&["train.max_epochs=1", "train.valid_every=4"]);
+    Trainer::new(&cfg, train, valid, VOCAB, &run, false).unwrap().run(&RunOptions::default()).unwrap();
+    let lines: Vec<_> =
+        Metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|v| v["kind"] == "valid").collect();
+    let steps: Vec<u64> = lines.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    let last = *steps.last().unwrap();
+    assert!(lines.last().unwrap()["epoch_end"] == true && lines[0]["epoch_end"] == false);
+    let expected: Vec<u64> = (1..).map(|k| 4 * k).take_while(|&s| s < last).chain([last]).collect();
+    assert_eq!(steps, expected);
+    // The best checkpoint follows the best of all validations.
+    let best = lines.iter().map(|v| v["loss"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    let state = state::read_state(&run.join("checkpoints/best.safetensors")).unwrap();
+    assert_eq!(state.best_valid_loss, Some(best));
+}

@@ -1,0 +1,188 @@
+//! The translation task: an encoder-decoder on sentence pairs, label-smoothed loss, validation
+//! loss and (optionally) corpus BLEU of beam-search translations.
+
+use std::path::Path;
+
+use preln_analysis::sq_norms_over_d;
+use preln_data::{token_batches, Batch, Bpe, Pairs, Specials};
+use preln_eval::{beam_search, corpus_bleu, BleuOptions, SearchConfig};
+use preln_model::init::seeded;
+use preln_model::stack::StackOut;
+use preln_model::{label_smoothed_nll, LossSums, Seq2Seq, Seq2SeqConfig};
+use serde_json::{json, Value};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::TrainError;
+
+/// The model config a data set implies: its vocabulary, pad id 0.
+pub fn model_config(cfg: &TrainConfig, vocab_size: usize) -> Seq2SeqConfig {
+    Seq2SeqConfig { vocab_size: vocab_size as i64, pad_id: Specials::DEFAULT.pad, ..cfg.model.clone() }
+}
+
+fn lengths(pairs: &Pairs) -> Vec<(usize, usize)> {
+    pairs.iter().map(|(s, t)| (s.len() + 1, t.len() + 1)).collect()
+}
+
+/// Updates in one epoch of `pairs` with the batching of `cfg` (token batches, `update_freq`).
+pub fn updates_per_epoch(pairs: &Pairs, cfg: &TrainConfig) -> u64 {
+    token_batches(&lengths(pairs), cfg.train.max_tokens).len().div_ceil(cfg.train.update_freq) as u64
+}
+
+fn make_batch(pairs: &Pairs, idx: &[usize], device: Device) -> Batch {
+    let chunk: Vec<_> = idx.iter().map(|&i| pairs[i].clone()).collect();
+    Batch::from_pairs(&chunk, Specials::DEFAULT, device)
+}
+
+/// `E ||x||^2 / d` over real tokens after each layer of a stack.
+pub fn layer_sq_norms(stack: &StackOut, keep: &Tensor) -> Vec<f64> {
+    sq_norms_over_d(&stack.layer_sums.iter().collect::<Vec<_>>(), keep)
+}
+
+pub struct Translation {
+    cfg: TrainConfig,
+    device: Device,
+    vs: VarStore,
+    model: Seq2Seq,
+    train: Pairs,
+    valid: Pairs,
+    batches: Vec<Vec<usize>>,
+    /// Turns ids back into text for validation BLEU.
+    tokenizer: Option<Bpe>,
+}
+
+impl Translation {
+    pub fn model(&self) -> &Seq2Seq {
+        &self.model
+    }
+
+    /// Validation loss and NLL (nats per target token) over `pairs`, without dropout or autograd.
+    pub fn evaluate(&self, pairs: &Pairs) -> (f64, f64) {
+        tch::no_grad(|| {
+            let (mut loss, mut nll, mut tokens) = (0.0, 0.0, 0i64);
+            for idx in token_batches(&lengths(pairs), self.cfg.train.max_tokens) {
+                let b = make_batch(pairs, &idx, self.device);
+                let (_, dec) = self.model.forward(&b.src, &b.prev, false);
+                let s =
+                    label_smoothed_nll(&dec.logits, &b.target, self.cfg.train.label_smoothing, self.cfg.model.pad_id);
+                loss += s.loss.double_value(&[]);
+                nll += s.nll.double_value(&[]);
+                tokens += b.target_tokens;
+            }
+            let n = tokens.max(1) as f64;
+            (loss / n, nll / n)
+        })
+    }
+
+    /// Corpus BLEU of the model's translations of `pairs` (None when not configured).
+    pub fn bleu(&self, pairs: &Pairs) -> Result<Option<f64>, TrainError> {
+        let (Some(bpe), beam) = (&self.tokenizer, self.cfg.train.valid_bleu_beam) else { return Ok(None) };
+        if beam == 0 || pairs.is_empty() {
+            return Ok(None);
+        }
+        let search = SearchConfig { beam, lenpen: self.cfg.train.valid_bleu_lenpen, ..Default::default() };
+        let text = |ids: &[i64]| -> Result<String, TrainError> {
+            let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+            bpe.decode(&ids).map_err(|e| TrainError::Checkpoint(format!("detokenizing: {e}")))
+        };
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by_key(|&i| (pairs[i].0.len(), i));
+        let mut hyps = vec![String::new(); pairs.len()];
+        for chunk in order.chunks(64) {
+            let batch = make_batch(pairs, chunk, self.device);
+            for (&i, h) in chunk.iter().zip(beam_search(&self.model, &batch.src, &search)) {
+                hyps[i] = text(&h.tokens)?;
+            }
+        }
+        let refs = pairs.iter().map(|(_, t)| text(t)).collect::<Result<Vec<_>, _>>()?;
+        let b =
+            corpus_bleu(&hyps, &[refs], BleuOptions::default()).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        Ok(Some(b.score))
+    }
+}
+
+impl Task for Translation {
+    type Batch = Batch;
+
+    fn batches(&self) -> &[Vec<usize>] {
+        &self.batches
+    }
+
+    fn batch(&self, idx: &[usize], _seed: u64) -> Batch {
+        make_batch(&self.train, idx, self.device)
+    }
+
+    fn tokens(&self, batch: &Batch) -> i64 {
+        batch.target_tokens
+    }
+
+    fn loss(&self, b: &Batch, hidden: bool) -> Result<(LossSums, Option<Value>), TrainError> {
+        let pad = self.cfg.model.pad_id;
+        let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
+        // The loss in fp32 whatever the forward's precision.
+        let s = label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &b.target, self.cfg.train.label_smoothing, pad);
+        let h = hidden.then(|| {
+            json!({
+                "encoder": layer_sq_norms(&enc.stack, &b.src.ne(pad)),
+                "decoder": layer_sq_norms(&dec.stack, &b.prev.ne(pad)),
+            })
+        });
+        Ok((s, h))
+    }
+
+    fn validate(&self) -> Result<Validation, TrainError> {
+        let (loss, nll) = self.evaluate(&self.valid);
+        let bleu = self.bleu(&self.valid)?;
+        Ok(Validation { loss, nll, extra: vec![("bleu".into(), json!(bleu))] })
+    }
+
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+}
+
+impl Trainer<Translation> {
+    /// Builds the translation model and optimizer; with `resume`, restores them from the last
+    /// checkpoint.
+    pub fn new(
+        cfg: &TrainConfig,
+        train: Pairs,
+        valid: Pairs,
+        vocab_size: usize,
+        run_dir: &Path,
+        resume: bool,
+    ) -> Result<Trainer<Translation>, TrainError> {
+        cfg.validate()?;
+        if train.is_empty() {
+            return Err(TrainError::Config("the training split is empty".into()));
+        }
+        let device = resolve_device(&cfg.train.device)?;
+        prepare_run_dir(run_dir, resume)?;
+        let mcfg = model_config(cfg, vocab_size);
+        let vs = VarStore::new(device);
+        let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
+        let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
+        let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        let loop_cfg = LoopConfig {
+            optimizer: cfg.optimizer.clone(),
+            schedule: cfg.schedule.clone(),
+            train: cfg.train.clone(),
+            toml: resolved.to_toml(),
+        };
+        let task = Translation { cfg: resolved, device, vs, model, train, valid, batches, tokenizer: None };
+        Trainer::with_task(task, loop_cfg, run_dir, resume)
+    }
+
+    /// Enables validation BLEU (`train.valid_bleu_beam > 0`): hypotheses and references are
+    /// detokenized with `tokenizer` and scored as sacreBLEU would.
+    pub fn with_tokenizer(mut self, tokenizer: Bpe) -> Self {
+        self.task_mut().tokenizer = Some(tokenizer);
+        self
+    }
+}
