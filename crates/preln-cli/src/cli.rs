@@ -32,6 +32,8 @@ pub enum Command {
     PrepareMlm(PrepareMlmArgs),
     /// Train a translation model on a prepared data folder.
     Train(TrainArgs),
+    /// Pre-train BERT (masked language model) on a folder made by `prepare-mlm`.
+    Pretrain(TrainArgs),
     /// Translate stdin (one sentence a line) with a trained run; detokenized text on stdout.
     Translate(TranslateArgs),
     /// Corpus BLEU of hypotheses on stdin against reference files, exactly as sacreBLEU 2.x.

@@ -145,6 +145,17 @@ pub fn config_text(name_or_path: &str) -> Result<(String, String), ConfigError> 
 /// Parses TOML, applies `key=value` overrides (dotted keys, TOML values; bare words are
 /// strings), and validates.
 pub fn resolve(source_name: &str, text: &str, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
+    let cfg: TrainConfig = parse_with_overrides(source_name, text, overrides)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// TOML text plus `key=value` overrides, deserialized into any config type (not validated).
+pub fn parse_with_overrides<C: serde::de::DeserializeOwned>(
+    source_name: &str,
+    text: &str,
+    overrides: &[String],
+) -> Result<C, ConfigError> {
     let parse_err = |message: String| ConfigError::Parse { source_name: source_name.into(), message };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
     for o in overrides {
@@ -156,10 +167,7 @@ pub fn resolve(source_name: &str, text: &str, overrides: &[String]) -> Result<Tr
         };
         set_path(&mut table, key, value).map_err(|message| ConfigError::Override { key: key.into(), message })?;
     }
-    let cfg: TrainConfig =
-        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_err(e.message().to_string()))?;
-    cfg.validate()?;
-    Ok(cfg)
+    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_err(e.message().to_string()))
 }
 
 fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
@@ -176,11 +184,21 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.validate().map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
+        self.optimizer.validate().map_err(ConfigError::Invalid)?;
+        self.schedule.validate().map_err(ConfigError::Invalid)?;
+        self.train.validate()
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+impl TrainSection {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let inv = ConfigError::Invalid;
-        self.model.validate().map_err(|e| inv(format!("model: {e}")))?;
-        self.optimizer.validate().map_err(inv)?;
-        self.schedule.validate().map_err(inv)?;
-        let t = &self.train;
+        let t = self;
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(inv(format!("train.lr must be > 0, got {}", t.lr)));
         }
@@ -197,10 +215,6 @@ impl TrainConfig {
             return Err(inv(format!("train.device must be auto, cpu or cuda, got `{}`", t.device)));
         }
         Ok(())
-    }
-
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod metrics;
+pub mod mlm;
 pub mod optim;
 pub mod schedule;
 pub mod state;

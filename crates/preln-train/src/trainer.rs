@@ -243,7 +243,12 @@ impl<T: Task> Trainer<T> {
         let extra: String = v
             .extra
             .iter()
-            .filter_map(|(k, x)| x.as_f64().map(|f| format!(", valid {} {f:.2}", k.to_uppercase())))
+            .filter_map(|(k, x)| {
+                x.as_f64().map(|f| match k.as_str() {
+                    "bleu" => format!(", valid BLEU {f:.2}"),
+                    _ => format!(", valid {} {f:.4}", k.replace('_', " ")),
+                })
+            })
             .collect();
         eprintln!(
             "{} {}: train loss {train_loss:.4}, valid loss {:.4}, valid nll {:.4} (ppl {:.2}){extra}, {} updates, {:.0} s{}",

@@ -183,3 +183,71 @@ fn validation_every_k_updates_as_well_as_at_epoch_ends() {
     let state = state::read_state(&run.join("checkpoints/best.safetensors")).unwrap();
     assert_eq!(state.best_valid_loss, Some(best));
 }
+
+/// Segments of a tiny "language": runs of consecutive ids, so that masked tokens are predictable
+/// from their neighbours.
+fn mlm_segments(n: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = preln_data::synthetic::SplitMix64::new(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.range(4, 14);
+            let start = rng.range(5, 30) as u32;
+            (0..len as u32).map(|k| start + k).collect()
+        })
+        .collect()
+}
+
+fn tiny_bert(overrides: &[&str]) -> preln_train::mlm::PretrainConfig {
+    let text = preln_train::mlm::PRESETS[0].1;
+    let mut o: Vec<String> = [
+        "model.d_model=32",
+        "model.ffn_dim=64",
+        "model.heads=2",
+        "model.layers=2",
+        "model.max_positions=16",
+        "train.device=\"cpu\"",
+        "train.max_tokens=256",
+        "train.max_updates=0",
+        "train.max_epochs=2",
+        "train.valid_every=0",
+        "train.save_every=5",
+        "train.lr=1e-3",
+        "schedule.total_steps=100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    o.extend(overrides.iter().map(|s| s.to_string()));
+    preln_train::mlm::PretrainConfig::resolve("bert-cpu", text, &o).unwrap()
+}
+
+#[test]
+fn mlm_pretraining_learns_and_resumes_exactly() {
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny_bert(&[]);
+    let (train, valid) = (mlm_segments(300, 1), mlm_segments(30, 2));
+    let full = d.path().join("full");
+    let mut t = Trainer::pretrain(&cfg, train.clone(), valid.clone(), 50, &full, false).unwrap();
+    t.run(&RunOptions::default()).unwrap();
+    let v = losses(&full, "valid");
+    assert_eq!(v.len(), 2);
+    assert!(v[1].1 < v[0].1 && v[1].1 < 45f64.ln(), "held-out MLM loss must fall below chance: {v:?}");
+
+    let cut = d.path().join("cut");
+    let mut t = Trainer::pretrain(&cfg, train.clone(), valid.clone(), 50, &cut, false).unwrap();
+    t.run(&RunOptions { stop_at_step: Some(8), ..Default::default() }).unwrap();
+    drop(t);
+    let mut t = Trainer::pretrain(&cfg, train, valid, 50, &cut, true).unwrap();
+    t.run(&RunOptions { resume: true, ..Default::default() }).unwrap();
+    assert_eq!(losses(&full, "train"), losses(&cut, "train"), "masks and dropout must replay exactly");
+    assert_eq!(losses(&full, "valid"), losses(&cut, "valid"));
+}
+
+#[test]
+fn mlm_rejects_segments_longer_than_the_positions() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny_bert(&["model.max_positions=8"]);
+    let e = Trainer::pretrain(&cfg, mlm_segments(10, 1), mlm_segments(3, 2), 40, d.path(), false).err().unwrap();
+    assert!(e.to_string().contains("max_positions is 8"), "{e}");
+}

@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => prepare::run(args),
         Command::PrepareMlm(args) => prepare::run_mlm(args),
         Command::Train(args) => train::run(args),
+        Command::Pretrain(args) => train::pretrain(args),
         Command::Bleu(args) => bleu::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),

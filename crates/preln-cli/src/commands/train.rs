@@ -1,18 +1,21 @@
 //! `preln train`: config -> data -> trainer -> summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use preln_data::mlm::MlmDataset;
 use preln_data::Dataset;
-use preln_train::config::{config_text, resolve};
+use preln_train::config::{config_text, resolve, PRESETS};
+use preln_train::mlm::{PretrainConfig, PRESETS as MLM_PRESETS};
 use preln_train::trainer::{RunOptions, Trainer};
 use serde_json::json;
 
 use crate::cli::TrainArgs;
 
-pub fn run(args: TrainArgs) -> Result<()> {
-    let run_json = args.out.join("run.json");
-    let (source, text) = match (&args.config, args.resume) {
+/// The config text of a run: the run's own config.toml with --resume, else --config (a preset
+/// of `presets` or a file).
+fn config_source(args: &TrainArgs, presets: &[(&str, &str)]) -> Result<(String, String)> {
+    match (&args.config, args.resume) {
         (given, true) => {
             if given.is_some() {
                 eprintln!(
@@ -22,22 +25,63 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let path = args.out.join("config.toml");
             let text =
                 std::fs::read_to_string(&path).with_context(|| format!("--resume: reading {}", path.display()))?;
-            (path.display().to_string(), text)
+            Ok((path.display().to_string(), text))
         }
-        (Some(c), false) => config_text(c)?,
-        (None, false) => bail!("--config is required (a TOML file or a preset: iwslt14, cpu, tiny)"),
-    };
-    let cfg = resolve(&source, &text, &args.overrides)?;
-    let data_dir: PathBuf = match (&args.data, args.resume) {
-        (Some(d), _) => d.clone(),
+        (Some(c), false) => match presets.iter().find(|(n, _)| n == c) {
+            Some((_, text)) => Ok((format!("preset `{c}`"), text.to_string())),
+            None => Ok(config_text(c)?),
+        },
+        (None, false) => {
+            let names: Vec<&str> = presets.iter().map(|p| p.0).collect();
+            bail!("--config is required (a TOML file or a preset: {})", names.join(", "))
+        }
+    }
+}
+
+/// --data, or with --resume the data folder the run remembered.
+fn data_source(args: &TrainArgs, what: &str) -> Result<PathBuf> {
+    let run_json = args.out.join("run.json");
+    match (&args.data, args.resume) {
+        (Some(d), _) => Ok(d.clone()),
         (None, true) => {
             let v: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?,
             )?;
-            PathBuf::from(v["data"].as_str().context("run.json has no `data`")?)
+            Ok(PathBuf::from(v["data"].as_str().context("run.json has no `data`")?))
         }
-        (None, false) => bail!("--data is required: a folder made by `preln prepare`"),
-    };
+        (None, false) => bail!("--data is required: a folder made by `preln {what}`"),
+    }
+}
+
+/// Remembers the data folder (for --resume) and copies its tokenizer into the run.
+fn remember(args: &TrainArgs, data_dir: &Path) -> Result<()> {
+    if !args.resume {
+        let tok = args.out.join("tokenizer.json");
+        std::fs::copy(data_dir.join("tokenizer.json"), &tok)
+            .with_context(|| format!("copying the tokenizer to {}", tok.display()))?;
+    }
+    let abs = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
+    let run_json = args.out.join("run.json");
+    std::fs::write(&run_json, serde_json::to_string_pretty(&json!({"data": abs}))?)
+        .with_context(|| format!("writing {}", run_json.display()))
+}
+
+fn finish(args: &TrainArgs, summary: &preln_train::Summary) {
+    eprintln!(
+        "done: {} updates, {} epochs, best validation loss {:.4} (epoch {}), {:.0} s",
+        summary.state.step,
+        summary.state.epoch,
+        summary.state.best_valid_loss.unwrap_or(f64::NAN),
+        summary.state.best_epoch.unwrap_or(0),
+        summary.state.wall_s
+    );
+    println!("{}", args.out.display());
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let (source, text) = config_source(&args, PRESETS)?;
+    let cfg = resolve(&source, &text, &args.overrides)?;
+    let data_dir = data_source(&args, "prepare")?;
     let ds = Dataset::open(&data_dir)?;
     let train = ds.split("train")?;
     let valid = ds.split(&cfg.train.valid_split)?;
@@ -56,27 +100,43 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let vocab = ds.manifest.vocab_size;
     let mut trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, args.resume)?.with_tokenizer(ds.tokenizer);
-    if !args.resume {
-        let tok = args.out.join("tokenizer.json");
-        std::fs::copy(data_dir.join("tokenizer.json"), &tok)
-            .with_context(|| format!("copying the tokenizer to {}", tok.display()))?;
-    }
-    let abs = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
-    std::fs::write(&run_json, serde_json::to_string_pretty(&json!({"data": abs}))?)
-        .with_context(|| format!("writing {}", run_json.display()))?;
+    remember(&args, &data_dir)?;
     if args.resume {
         let s = trainer.state();
         eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
     }
     let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
+    finish(&args, &summary);
+    Ok(())
+}
+
+/// `preln pretrain`: masked-language-model pre-training of BERT on a `prepare-mlm` folder.
+pub fn pretrain(args: TrainArgs) -> Result<()> {
+    let (source, text) = config_source(&args, MLM_PRESETS)?;
+    let cfg = PretrainConfig::resolve(&source, &text, &args.overrides)?;
+    let data_dir = data_source(&args, "prepare-mlm")?;
+    let ds = MlmDataset::open(&data_dir)?;
+    let train = ds.split("train")?;
+    let valid = ds.split(&cfg.train.valid_split)?;
     eprintln!(
-        "done: {} updates, {} epochs, best validation loss {:.4} (epoch {}), {:.0} s",
-        summary.state.step,
-        summary.state.epoch,
-        summary.state.best_valid_loss.unwrap_or(f64::NAN),
-        summary.state.best_epoch.unwrap_or(0),
-        summary.state.wall_s
+        "{} training segments, {} validation segments, vocabulary {}; BERT {} {} layers, d {}, {} lr {} {:?}",
+        train.len(),
+        valid.len(),
+        ds.manifest.vocab_size,
+        cfg.model.placement,
+        cfg.model.layers,
+        cfg.model.d_model,
+        cfg.optimizer.name(),
+        cfg.train.lr,
+        cfg.schedule
     );
-    println!("{}", args.out.display());
+    let mut trainer = Trainer::pretrain(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?;
+    remember(&args, &data_dir)?;
+    if args.resume {
+        let s = trainer.state();
+        eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
+    }
+    let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
+    finish(&args, &summary);
     Ok(())
 }

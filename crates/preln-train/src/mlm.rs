@@ -1,0 +1,220 @@
+//! Masked-language-model pre-training (BERT) on a folder made by `preln prepare-mlm`, through the
+//! same loop as translation: segments in token batches, masks drawn afresh every update from a
+//! seed (so a resumed run masks identically), validation on held-out text with fixed masks.
+
+use std::path::Path;
+
+use preln_data::mlm::{mlm_batch, MlmBatch};
+use preln_data::token_batches;
+use preln_model::init::seeded;
+use preln_model::{label_smoothed_nll, Bert, BertConfig, LossSums};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{parse_with_overrides, ConfigError, TrainSection};
+use crate::optim::OptimizerConfig;
+use crate::schedule::Schedule;
+use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::translation::layer_sq_norms;
+use crate::TrainError;
+
+/// The pre-training configuration: a BERT model and the shared optimizer, schedule and loop
+/// sections (`train.max_tokens` counts padded tokens of a batch of segments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    pub model: BertConfig,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    pub train: TrainSection,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        let mut train = TrainSection { label_smoothing: 0.0, lr: 3e-4, max_tokens: 8192, ..Default::default() };
+        train.valid_every = 500;
+        PretrainConfig {
+            model: BertConfig::default(),
+            optimizer: OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-6, weight_decay: 0.0 },
+            schedule: Schedule::LinearDecay { warmup: 0, total_steps: 10_000 },
+            train,
+        }
+    }
+}
+
+/// Pre-training presets shipped in `configs/`.
+pub const PRESETS: &[(&str, &str)] = &[("bert-cpu", include_str!("../../../configs/bert-cpu.toml"))];
+
+impl PretrainConfig {
+    /// Parses TOML with `key=value` overrides and validates.
+    pub fn resolve(source_name: &str, text: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let cfg: PretrainConfig = parse_with_overrides(source_name, text, overrides)?;
+        cfg.model.validate().map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
+        cfg.optimizer.validate().map_err(ConfigError::Invalid)?;
+        cfg.schedule.validate().map_err(ConfigError::Invalid)?;
+        cfg.train.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// MLM logits and targets at the masked positions only: the head (a d x V product) on the
+/// other 85% of the tokens would be wasted work.
+///
+/// # Shapes
+/// hidden: `[B, T, d]`; target: `[B, T]` (pad where not masked) -> `[N, V]`, `[N]`
+fn masked_logits(model: &Bert, hidden: &Tensor, target: &Tensor, pad: i64) -> (Tensor, Tensor) {
+    let d = *hidden.size().last().expect("hidden states [B, T, d]");
+    let flat = target.reshape([-1]);
+    let idx = flat.ne(pad).nonzero().squeeze_dim(1);
+    (model.mlm_logits(&hidden.reshape([-1, d]).index_select(0, &idx)), flat.index_select(0, &idx))
+}
+
+/// A fixed seed per held-out segment: every validation masks the same tokens.
+fn valid_seed(i: usize) -> u64 {
+    0x5EED_0000_0000_0000 ^ i as u64
+}
+
+fn lengths(segments: &[Vec<u32>]) -> Vec<(usize, usize)> {
+    segments.iter().map(|s| (s.len() + 2, s.len() + 2)).collect()
+}
+
+pub struct MaskedLm {
+    cfg: PretrainConfig,
+    device: Device,
+    vs: VarStore,
+    model: Bert,
+    train: Vec<Vec<u32>>,
+    valid: Vec<Vec<u32>>,
+    batches: Vec<Vec<usize>>,
+}
+
+impl MaskedLm {
+    pub fn model(&self) -> &Bert {
+        &self.model
+    }
+
+    fn make(&self, segments: &[Vec<u32>], idx: &[usize], seeds: &[u64]) -> MlmBatch {
+        let segs: Vec<&[u32]> = idx.iter().map(|&i| segments[i].as_slice()).collect();
+        mlm_batch(&segs, seeds, self.cfg.model.vocab_size, self.device)
+    }
+
+    /// Held-out loss and NLL per masked token, and the accuracy of the predictions there.
+    pub fn evaluate(&self) -> (f64, f64, f64) {
+        tch::no_grad(|| {
+            let (mut loss, mut nll, mut correct, mut tokens) = (0.0, 0.0, 0.0, 0i64);
+            for idx in token_batches(&lengths(&self.valid), self.cfg.train.max_tokens) {
+                let seeds: Vec<u64> = idx.iter().map(|&i| valid_seed(i)).collect();
+                let b = self.make(&self.valid, &idx, &seeds);
+                let stack = self.model.encode(&b.tokens, &b.segments, false).expect("validated lengths");
+                let (logits, target) = masked_logits(&self.model, &stack.out, &b.target, self.cfg.model.pad_id);
+                let s = label_smoothed_nll(&logits, &target, self.cfg.train.label_smoothing, self.cfg.model.pad_id);
+                loss += s.loss.double_value(&[]);
+                nll += s.nll.double_value(&[]);
+                correct += logits.argmax(-1, false).eq_tensor(&target).sum(Kind::Float).double_value(&[]);
+                tokens += b.masked;
+            }
+            let n = tokens.max(1) as f64;
+            (loss / n, nll / n, correct / n)
+        })
+    }
+}
+
+impl Task for MaskedLm {
+    type Batch = MlmBatch;
+
+    fn batches(&self) -> &[Vec<usize>] {
+        &self.batches
+    }
+
+    fn batch(&self, idx: &[usize], seed: u64) -> MlmBatch {
+        let seeds: Vec<u64> =
+            (0..idx.len()).map(|k| seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+        self.make(&self.train, idx, &seeds)
+    }
+
+    fn tokens(&self, batch: &MlmBatch) -> i64 {
+        batch.masked
+    }
+
+    fn loss(&self, b: &MlmBatch, hidden: bool) -> Result<(LossSums, Option<Value>), TrainError> {
+        let pad = self.cfg.model.pad_id;
+        let stack = self.model.encode(&b.tokens, &b.segments, true)?;
+        let (logits, target) = masked_logits(&self.model, &stack.out, &b.target, pad);
+        let s = label_smoothed_nll(&logits.to_kind(Kind::Float), &target, self.cfg.train.label_smoothing, pad);
+        let h = hidden.then(|| json!({"encoder": layer_sq_norms(&stack, &b.tokens.ne(pad))}));
+        Ok((s, h))
+    }
+
+    fn validate(&self) -> Result<Validation, TrainError> {
+        let (loss, nll, acc) = self.evaluate();
+        Ok(Validation { loss, nll, extra: vec![("mlm_accuracy".into(), json!(acc))] })
+    }
+
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+}
+
+impl Trainer<MaskedLm> {
+    /// Builds BERT (vocabulary from the data) and the optimizer; with `resume`, restores them.
+    pub fn pretrain(
+        cfg: &PretrainConfig,
+        train: Vec<Vec<u32>>,
+        valid: Vec<Vec<u32>>,
+        vocab_size: usize,
+        run_dir: &Path,
+        resume: bool,
+    ) -> Result<Trainer<MaskedLm>, TrainError> {
+        if train.is_empty() || valid.is_empty() {
+            return Err(TrainError::Config("pre-training needs non-empty train and valid splits".into()));
+        }
+        let longest = train.iter().chain(&valid).map(|s| s.len() + 2).max().unwrap_or(0);
+        if longest as i64 > cfg.model.max_positions {
+            return Err(TrainError::Config(format!(
+                "model.max_positions is {} but the data has segments of {longest} tokens (with <s> and </s>)",
+                cfg.model.max_positions
+            )));
+        }
+        let device = resolve_device(&cfg.train.device)?;
+        prepare_run_dir(run_dir, resume)?;
+        let resolved = PretrainConfig {
+            model: BertConfig { vocab_size: vocab_size as i64, pad_id: 0, ..cfg.model.clone() },
+            ..cfg.clone()
+        };
+        let vs = VarStore::new(device);
+        let model = seeded(cfg.train.seed, || Bert::new(&vs.root(), &resolved.model))?;
+        let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        let loop_cfg = LoopConfig {
+            optimizer: cfg.optimizer.clone(),
+            schedule: cfg.schedule.clone(),
+            train: cfg.train.clone(),
+            toml: resolved.to_toml(),
+        };
+        let task = MaskedLm { cfg: resolved, device, vs, model, train, valid, batches };
+        Trainer::with_task(task, loop_cfg, run_dir, resume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse() {
+        for (name, text) in PRESETS {
+            PretrainConfig::resolve(name, text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let e = PretrainConfig::resolve("x", "[model]\nlayerz = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("layerz"), "{e}");
+    }
+}
