@@ -19,6 +19,30 @@ impl Stat {
     }
 }
 
+impl Stat {
+    /// Half-width of the two-sided 95% confidence interval of the mean (Student's t with n - 1
+    /// degrees of freedom); NaN with fewer than two measurements.
+    pub fn ci95(&self) -> f64 {
+        if self.n < 2 {
+            return f64::NAN;
+        }
+        t975(self.n - 1) * self.std / (self.n as f64).sqrt()
+    }
+}
+
+/// The 0.975 quantile of Student's t distribution with `df` degrees of freedom.
+pub fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => TABLE[df - 1],
+        _ => 1.960 + 2.4 / df as f64,
+    }
+}
+
 /// `y = intercept + slope * x`, fitted by ordinary least squares.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineFit {
@@ -60,6 +84,15 @@ impl LineFit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confidence_interval_of_the_mean() {
+        // Three measurements 1, 2, 3: mean 2, sd 1, t(2) = 4.303 -> 4.303 / sqrt(3).
+        let s = Stat::of(&[1.0, 2.0, 3.0]);
+        assert!((s.ci95() - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert!(Stat::of(&[1.0]).ci95().is_nan());
+        assert!((t975(1000) - 1.962).abs() < 0.01);
+    }
 
     #[test]
     fn stat_of_known_values() {

@@ -34,6 +34,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Pre-train BERT (masked language model) on a folder made by `prepare-mlm`.
     Pretrain(TrainArgs),
+    /// Fine-tune a pre-trained BERT run on GLUE MRPC or RTE over several seeds: dev accuracy
+    /// (and F1) per epoch, mean and 95% interval.
+    Finetune(FinetuneArgs),
     /// Translate stdin (one sentence a line) with a trained run; detokenized text on stdout.
     Translate(TranslateArgs),
     /// Corpus BLEU of hypotheses on stdin against reference files, exactly as sacreBLEU 2.x.
@@ -311,6 +314,46 @@ pub struct PrepareArgs {
     /// Replace an existing output folder.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// `mrpc` or `rte`.
+    #[arg(long, value_enum)]
+    pub task: GlueTaskArg,
+    /// The task's GLUE folder with train.tsv and dev.tsv (e.g. data/glue/MRPC).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A run folder made by `preln pretrain`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Which checkpoint of the run: `best` or `last`.
+    #[arg(long, default_value = "best")]
+    pub which: String,
+    /// Seeds 1..=N (the paper: 6).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u64,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Fraction of the updates spent in linear warmup.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
+    /// Output folder (default: CHECKPOINT/finetune-TASK).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override a fine-tuning config value (optimizer, schedule, train.*, batch_size, classifier_dropout).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlueTaskArg {
+    Mrpc,
+    Rte,
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod finetune;
 pub mod metrics;
 pub mod mlm;
 pub mod optim;

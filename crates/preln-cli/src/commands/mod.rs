@@ -4,6 +4,7 @@ mod analyze;
 mod bench;
 mod bleu;
 mod data;
+mod finetune;
 mod info;
 mod prepare;
 mod reproduce;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::PrepareMlm(args) => prepare::run_mlm(args),
         Command::Train(args) => train::run(args),
         Command::Pretrain(args) => train::pretrain(args),
+        Command::Finetune(args) => finetune::run(args),
         Command::Bleu(args) => bleu::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),

@@ -1,0 +1,134 @@
+//! BERT end to end with tiny models: prepare-mlm -> pretrain (with a resume) -> finetune.
+
+use std::process::{Command, Output};
+
+fn preln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_preln")).args(args).output().expect("preln runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = preln(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "preln {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
+}
+
+#[test]
+fn prepare_pretrain_resume_and_finetune() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let text_dir = d.path().join("text");
+    std::fs::create_dir(&text_dir).unwrap();
+    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "to", "house", "big", "small"];
+    let mut body = String::new();
+    for i in 0..400 {
+        let line: Vec<&str> = (0..8).map(|k| words[(i * 7 + k * 3 + i / 5) % words.len()]).collect();
+        body.push_str(&line.join(" "));
+        body.push('\n');
+    }
+    std::fs::write(text_dir.join("a.txt"), &body).unwrap();
+    std::fs::write(d.path().join("held.txt"), &body[..2000]).unwrap();
+    ok(&[
+        "prepare-mlm",
+        "--train",
+        &p("text"),
+        "--valid",
+        &p("held.txt"),
+        "--vocab-size",
+        "60",
+        "--max-len",
+        "24",
+        "--out",
+        &p("mlm"),
+    ]);
+    let e = String::from_utf8_lossy(&preln(&["prepare-mlm", "--train", &p("nothing"), "--out", &p("x")]).stderr)
+        .to_string();
+    assert!(e.contains("nothing") && e.contains("no such file"), "{e}");
+
+    let tiny = [
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.ffn_dim=64",
+        "--set",
+        "model.heads=2",
+        "--set",
+        "model.layers=2",
+        "--set",
+        "model.max_positions=32",
+        "--set",
+        "train.max_tokens=512",
+        "--set",
+        "train.max_updates=12",
+        "--set",
+        "schedule.total_steps=12",
+        "--set",
+        "train.valid_every=4",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.device=\"cpu\"",
+    ];
+    let (mlm, run) = (p("mlm"), p("run"));
+    let mut args = vec!["pretrain", "--config", "bert-cpu", "--data", &mlm];
+    args.extend(["--out", &run]);
+    args.extend(tiny);
+    let out = ok(&args);
+    assert!(out.contains("update 4:") && out.contains("valid mlm accuracy"), "{out}");
+    let metrics = std::fs::read_to_string(d.path().join("run/metrics.jsonl")).unwrap();
+    let valid: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "valid")
+        .collect();
+    assert_eq!(valid.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![4, 8, 12]);
+    // A finished run resumed with a larger update limit continues from its checkpoint.
+    let out = ok(&[
+        "pretrain",
+        "--resume",
+        "--out",
+        &run,
+        "--set",
+        "train.max_updates=16",
+        "--set",
+        "schedule.total_steps=16",
+    ]);
+    assert!(out.contains("resuming at update 12"), "{out}");
+
+    let glue = d.path().join("glue");
+    std::fs::create_dir(&glue).unwrap();
+    let mut tsv = String::from("\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n");
+    for i in 0..40 {
+        tsv.push_str(&format!(
+            "{}\t{i}\t{i}\tthe cat sat on a mat\t{}\n",
+            i % 2,
+            if i % 2 == 1 { "a cat sat on the mat" } else { "the dog ran to a house" }
+        ));
+    }
+    std::fs::write(glue.join("train.tsv"), &tsv).unwrap();
+    std::fs::write(glue.join("dev.tsv"), &tsv).unwrap();
+    let out = ok(&[
+        "finetune",
+        "--task",
+        "mrpc",
+        "--data",
+        glue.to_str().unwrap(),
+        "--checkpoint",
+        &run,
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--set",
+        "train.device=\"cpu\"",
+    ]);
+    assert!(out.contains("epoch 2: dev accuracy") && out.contains("95% interval over 2 seeds"), "{out}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("run/finetune-mrpc/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["per_seed"].as_array().unwrap().len(), 2);
+    let acc = summary["epochs"][1]["accuracy"]["mean"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+}
