@@ -54,7 +54,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
-    /// `init`: Figure 3 and the depth scan; `warmup`: the grid of training runs; `all`: both.
+    /// `init`: Figure 3 and the depth scan; `warmup`: the grid of training runs; `all`: both;
+    /// `bert`: Figure 5 (pre-training on a `prepare-mlm` folder given as --data, then GLUE
+    /// fine-tuning from --glue).
     #[arg(value_enum, default_value = "all")]
     pub what: ReproduceWhat,
     /// A data folder made by `preln prepare` (e.g. Multi30k De-En). Without it: a built-in
@@ -80,6 +82,9 @@ pub struct ReproduceArgs {
     /// Write the report from what is already in --out, without running anything.
     #[arg(long)]
     pub report_only: bool,
+    /// For `bert`: the GLUE folder holding MRPC/ and RTE/ (train.tsv, dev.tsv).
+    #[arg(long)]
+    pub glue: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +92,7 @@ pub enum ReproduceWhat {
     Init,
     Warmup,
     All,
+    Bert,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -131,4 +131,73 @@ fn prepare_pretrain_resume_and_finetune() {
     assert_eq!(summary["per_seed"].as_array().unwrap().len(), 2);
     let acc = summary["epochs"][1]["accuracy"]["mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+
+    // Figure 5 at a tiny size: three pre-training runs, fine-tuning on both tasks, the report.
+    let rte = glue.join("RTE");
+    let mrpc = glue.join("MRPC");
+    std::fs::create_dir_all(&rte).unwrap();
+    std::fs::create_dir_all(&mrpc).unwrap();
+    let mut rte_tsv = String::from("sentence1\tsentence2\tlabel\tidx\n");
+    for i in 0..30 {
+        rte_tsv.push_str(&format!(
+            "the cat sat on a mat\t{}\t{}\t{i}\n",
+            if i % 2 == 0 { "a cat sat" } else { "the dog ran" },
+            i % 2
+        ));
+    }
+    for dir in [&rte] {
+        std::fs::write(dir.join("train.tsv"), &rte_tsv).unwrap();
+        std::fs::write(dir.join("dev.tsv"), &rte_tsv).unwrap();
+    }
+    std::fs::write(mrpc.join("train.tsv"), &tsv).unwrap();
+    std::fs::write(mrpc.join("dev.tsv"), &tsv).unwrap();
+    let rep = p("rep");
+    let mut args = vec![
+        "reproduce",
+        "bert",
+        "--data",
+        &mlm,
+        "--glue",
+        glue.to_str().unwrap(),
+        "--out",
+        &rep,
+        "--scale",
+        "quick",
+        "--jobs",
+        "2",
+    ];
+    let tiny_bert = [
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "model.ffn_dim=64",
+        "--set",
+        "model.heads=2",
+        "--set",
+        "model.layers=2",
+        "--set",
+        "model.max_positions=32",
+        "--set",
+        "train.max_tokens=512",
+        "--set",
+        "train.max_updates=8",
+        "--set",
+        "train.valid_every=4",
+        "--set",
+        "train.device=\"cpu\"",
+    ];
+    args.extend(tiny_bert);
+    let out = ok(&args);
+    for run in ["pre-3e-4-nowarmup", "post-1e-4-warmup", "post-3e-4-warmup"] {
+        let dir = d.path().join("rep/bert").join(run);
+        assert!(dir.join("checkpoints/last.json").exists(), "{run} did not pre-train:\n{out}");
+        for task in ["mrpc", "rte"] {
+            assert!(dir.join(format!("finetune-{task}/summary.json")).exists(), "{run} {task} not fine-tuned:\n{out}");
+        }
+    }
+    let md = std::fs::read_to_string(d.path().join("rep/report.md")).unwrap();
+    assert!(md.contains("Figure 5") && md.contains("| `post-3e-4-warmup` | Post-LN | 0.0003 |"), "{md}");
+    assert!(d.path().join("rep/fig5_bert.png").exists());
+    let again = ok(&args);
+    assert!(again.contains("3 of 3 runs already finished"), "{again}");
 }

@@ -129,16 +129,38 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
 /// The file a run's requested config is kept in, to tell a changed grid from a resumable run.
 const REQUESTED: &str = "reproduce.toml";
 
+/// One training run as the runner sees it: a `preln` subcommand (`train`, `pretrain`) with a
+/// config in a folder.
+pub struct Job {
+    pub name: String,
+    pub dir: PathBuf,
+    pub command: &'static str,
+    /// The config as its type writes it.
+    pub toml: String,
+    /// Parses a config file of this kind and writes it back the same way (None if it does not
+    /// parse): configs are compared through it, so that a field added since, with its default,
+    /// does not make an old run a different one.
+    pub normalize: fn(&str) -> Option<String>,
+}
+
+impl PlannedRun {
+    pub fn job(&self) -> Job {
+        Job {
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+            command: "train",
+            toml: self.config.to_toml(),
+            normalize: |t| resolve("", t, &[]).ok().map(|c| c.to_toml()),
+        }
+    }
+}
+
 /// Refuses to mix a run folder with a different config (another scale, or edited configs).
-fn check_config(run: &PlannedRun) -> Result<()> {
+fn check_config(run: &Job) -> Result<()> {
     let path = run.dir.join(REQUESTED);
-    let wanted = run.config.to_toml();
     if path.exists() {
         let had = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        // Compared as configs, not text: a field added to the config since (with its default)
-        // does not make an old run a different one.
-        let same = resolve(&path.display().to_string(), &had, &[]).is_ok_and(|c| c == run.config);
-        if !same {
+        if (run.normalize)(&had).as_deref() != Some(run.toml.as_str()) {
             bail!(
                 "{}: this run was started with a different config (another --scale or --data, or edited configs); \
                  remove the folder or choose another --out",
@@ -147,7 +169,7 @@ fn check_config(run: &PlannedRun) -> Result<()> {
         }
     } else {
         std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
-        preln_model::checkpoint::write_file_atomic(&path, wanted.as_bytes())?;
+        preln_model::checkpoint::write_file_atomic(&path, run.toml.as_bytes())?;
     }
     Ok(())
 }
@@ -174,7 +196,7 @@ pub enum Outcome {
 /// Trains (or resumes) every run that is not complete, `jobs` at a time, each child process
 /// with `threads` libtorch threads. Returns the runs that failed (not the diverged ones: a
 /// divergence is a result).
-pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) -> Result<Vec<(String, String)>> {
+pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result<Vec<(String, String)>> {
     for run in runs {
         check_config(run)?;
         if let Some(pid) = training_pid(&run.dir) {
@@ -185,7 +207,7 @@ pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) ->
             );
         }
     }
-    let todo: Vec<&PlannedRun> = runs
+    let todo: Vec<&Job> = runs
         .iter()
         .filter(|r| matches!(status(&r.dir), Ok(RunStatus::NotStarted) | Ok(RunStatus::Partial { .. }) | Err(_)))
         .collect();
@@ -228,10 +250,10 @@ pub fn run_all(runs: &[PlannedRun], data: &Path, jobs: usize, threads: usize) ->
     Ok(failures.into_inner().expect("lock"))
 }
 
-fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
+fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
     let st = status(&run.dir)?;
     let mut cmd = Command::new(own_executable()?);
-    cmd.arg("--threads").arg(threads.to_string()).arg("train").arg("--out").arg(&run.dir);
+    cmd.arg("--threads").arg(threads.to_string()).arg(run.command).arg("--out").arg(&run.dir);
     let how = match st {
         RunStatus::Partial { step, epoch } => {
             cmd.arg("--resume");
@@ -257,10 +279,10 @@ fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usi
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting preln train for {}", run.name))?;
+        .with_context(|| format!("starting preln {} for {}", run.command, run.name))?;
     let pid_file = run.dir.join(PID_FILE);
     std::fs::write(&pid_file, child.id().to_string()).with_context(|| format!("writing {}", pid_file.display()))?;
-    let status_code = child.wait().with_context(|| format!("waiting for preln train of {}", run.name))?;
+    let status_code = child.wait().with_context(|| format!("waiting for preln {} of {}", run.command, run.name))?;
     let _ = std::fs::remove_file(&pid_file);
     let secs = t.elapsed().as_secs_f64();
     let summary = last_valid(&run.dir).unwrap_or_default();
@@ -276,7 +298,7 @@ fn train_one(run: &PlannedRun, data: &Path, threads: usize, k: usize, total: usi
         _ => {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
-            let msg = format!("preln train exited with {status_code}: {last} (see {})", log_path.display());
+            let msg = format!("preln {} exited with {status_code}: {last} (see {})", run.command, log_path.display());
             eprintln!("[{k}/{total}] {}: {msg}", run.name);
             Ok(Outcome::Failed(msg))
         }

@@ -8,6 +8,7 @@
 //! `report.html`. Finished pieces are kept and skipped, so rerunning continues an interrupted
 //! reproduction, and `--report-only` redraws the report from what is there.
 
+pub mod bert;
 pub mod builtin;
 mod doc;
 pub mod grid;
@@ -28,6 +29,27 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", spec.name)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
+    let bert_mode = args.what == ReproduceWhat::Bert;
+    let bert_scale = bert::BertScale::of(args.scale);
+    let bert_runs = bert::plan(&bert_scale, &out, if bert_mode { &args.overrides } else { &[] })?;
+    let cores = threads
+        .map(|t| t.max(1) as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let jobs = args.jobs.unwrap_or(cores).max(1);
+    if bert_mode {
+        let Some(data) = &args.data else {
+            bail!("reproduce bert: --data must name a folder made by `preln prepare-mlm`")
+        };
+        preln_data::mlm::MlmDataset::open(data)?;
+        let mut failures = Vec::new();
+        if !args.report_only {
+            let Some(glue) = &args.glue else {
+                bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)")
+            };
+            failures = bert::run(&bert_runs, &bert_scale, data, glue, jobs, (cores / jobs).max(1))?;
+        }
+        return finish(&out, &spec, data, false, &[], &bert_runs, started, failures);
+    }
     let data = match &args.data {
         Some(d) => {
             Dataset::open(d)?;
@@ -41,26 +63,40 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
             ReproduceWhat::Init => (true, false),
             ReproduceWhat::Warmup => (false, true),
             ReproduceWhat::All => (true, true),
+            ReproduceWhat::Bert => unreachable!("handled above"),
         };
         if init {
             run_init(&spec, args.data.as_deref(), &out)?;
         }
         if warmup {
-            let cores = threads
-                .map(|t| t.max(1) as usize)
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let jobs = args.jobs.unwrap_or(cores).max(1);
             let runs = plan_runs(&spec, &data, &out, &args)?;
-            failures = grid::run_all(&runs, &data, jobs, (cores / jobs).max(1))?;
+            let jobs_list: Vec<grid::Job> = runs.iter().map(grid::PlannedRun::job).collect();
+            failures = grid::run_all(&jobs_list, &data, jobs, (cores / jobs).max(1))?;
         }
     }
     let runs = plan_runs(&spec, &data, &out, &args)?;
+    finish(&out, &spec, &data, args.data.is_none(), &runs, &bert_runs, started, failures)
+}
+
+/// Writes the report (whatever is on disk) and reports failed runs.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    out: &Path,
+    spec: &ScaleSpec,
+    data: &Path,
+    builtin: bool,
+    runs: &[grid::PlannedRun],
+    bert_runs: &[bert::BertRun],
+    started: Instant,
+    failures: Vec<(String, String)>,
+) -> Result<()> {
     let written = report::write(&report::Context {
-        out: &out,
-        spec: &spec,
-        data: &data,
-        builtin: args.data.is_none(),
-        runs: &runs,
+        out,
+        spec,
+        data,
+        builtin,
+        runs,
+        bert: bert_runs,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         wall_s: started.elapsed().as_secs_f64(),
     })?;

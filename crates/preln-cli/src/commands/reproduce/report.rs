@@ -24,6 +24,7 @@ pub struct Context<'a> {
     pub data: &'a Path,
     pub builtin: bool,
     pub runs: &'a [PlannedRun],
+    pub bert: &'a [super::bert::BertRun],
     pub command: String,
     pub wall_s: f64,
 }
@@ -661,6 +662,8 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
             }
         }
     }
+
+    doc.extend(super::bert::section(out, ctx.bert, &mut files)?);
 
     // Configs and software.
     doc.push(Block::Heading(2, "Exact configs".into()));

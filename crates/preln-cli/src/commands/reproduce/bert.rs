@@ -1,0 +1,362 @@
+//! `preln reproduce bert`: Figure 5. Three pre-training runs (`configs/reproduce/bert/`: Post-LN
+//! with warmup at lr 1e-4, Post-LN with warmup at Pre-LN's lr 3e-4, Pre-LN without warmup at
+//! 3e-4), scaled to the chosen size, then GLUE MRPC and RTE fine-tuning from each over several
+//! seeds; a report section with the held-out MLM loss curves and dev accuracy per epoch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use preln_analysis::plot::{draw, Panel, RGBColor, Series};
+use preln_train::metrics::Metrics;
+use preln_train::mlm::PretrainConfig;
+use preln_train::schedule::Schedule;
+use serde_json::Value;
+
+use super::doc::Block;
+use super::grid::{self, Job, RunStatus};
+use crate::cli::ScaleArg;
+
+pub const BERT_GRID: &[(&str, &str)] = &[
+    ("pre-3e-4-nowarmup", include_str!("../../../../../configs/reproduce/bert/pre-3e-4-nowarmup.toml")),
+    ("post-1e-4-warmup", include_str!("../../../../../configs/reproduce/bert/post-1e-4-warmup.toml")),
+    ("post-3e-4-warmup", include_str!("../../../../../configs/reproduce/bert/post-3e-4-warmup.toml")),
+];
+
+/// The paper-scale run the warmup is scaled from (10k warmup updates of about 1M).
+const PAPER_UPDATES: u64 = 1_000_000;
+
+/// Sizes of the BERT study at a scale.
+#[derive(Clone, Debug)]
+pub struct BertScale {
+    /// layers, d_model, FFN, heads (None: the configs' BERT-base).
+    pub width: Option<(i64, i64, i64, i64)>,
+    pub updates: u64,
+    pub max_tokens: usize,
+    pub validations: u64,
+    pub seeds: u64,
+    pub ft_epochs: u64,
+    pub ft_lr: f64,
+    pub ft_batch: usize,
+}
+
+impl BertScale {
+    pub fn of(scale: ScaleArg) -> BertScale {
+        match scale {
+            ScaleArg::Quick => BertScale {
+                width: Some((4, 128, 512, 4)),
+                updates: 300,
+                max_tokens: 4096,
+                validations: 10,
+                seeds: 2,
+                ft_epochs: 3,
+                ft_lr: 1e-4,
+                ft_batch: 32,
+            },
+            ScaleArg::Cpu => BertScale {
+                width: Some((6, 256, 1024, 4)),
+                updates: 2000,
+                max_tokens: 8192,
+                validations: 20,
+                seeds: 3,
+                ft_epochs: 3,
+                ft_lr: 1e-4,
+                ft_batch: 32,
+            },
+            ScaleArg::Paper => BertScale {
+                width: None,
+                updates: PAPER_UPDATES,
+                max_tokens: 32768,
+                validations: 100,
+                seeds: 6,
+                ft_epochs: 3,
+                ft_lr: 5e-5,
+                ft_batch: 32,
+            },
+        }
+    }
+
+    fn overrides(&self, paper: &PretrainConfig) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some((layers, d, ffn, heads)) = self.width {
+            o.extend([
+                format!("model.layers={layers}"),
+                format!("model.d_model={d}"),
+                format!("model.ffn_dim={ffn}"),
+                format!("model.heads={heads}"),
+            ]);
+        }
+        let every = (self.updates / self.validations).max(1);
+        let warmup = match paper.schedule {
+            Schedule::LinearDecay { warmup, .. } if warmup > 1 => {
+                ((warmup as f64 * self.updates as f64 / PAPER_UPDATES as f64).round() as u64).max(2)
+            }
+            _ => 0,
+        };
+        o.extend([
+            format!("train.max_updates={}", self.updates),
+            format!("train.max_tokens={}", self.max_tokens),
+            format!("train.valid_every={every}"),
+            format!("train.save_every={every}"),
+            format!("train.diag_every={every}"),
+            format!("schedule={{kind=\"linear_decay\", warmup={warmup}, total_steps={}}}", self.updates),
+        ]);
+        o
+    }
+}
+
+pub struct BertRun {
+    pub name: String,
+    pub description: String,
+    pub config: PretrainConfig,
+    pub dir: PathBuf,
+}
+
+impl BertRun {
+    fn job(&self) -> Job {
+        Job {
+            name: format!("bert/{}", self.name),
+            dir: self.dir.clone(),
+            command: "pretrain",
+            toml: self.config.to_toml(),
+            normalize: |t| PretrainConfig::resolve("", t, &[]).ok().map(|c| c.to_toml()),
+        }
+    }
+}
+
+pub fn plan(scale: &BertScale, out: &Path, user: &[String]) -> Result<Vec<BertRun>> {
+    let mut runs = Vec::new();
+    for (name, text) in BERT_GRID {
+        let source = format!("configs/reproduce/bert/{name}.toml");
+        let paper = PretrainConfig::resolve(&source, text, &[])?;
+        let mut o = scale.overrides(&paper);
+        o.extend(user.iter().cloned());
+        let config = PretrainConfig::resolve(&source, text, &o).with_context(|| format!("scaling {source}"))?;
+        let description = text.lines().next().unwrap_or("").trim_start_matches('#').trim().to_string();
+        runs.push(BertRun { name: name.to_string(), description, config, dir: out.join("bert").join(name) });
+    }
+    Ok(runs)
+}
+
+const TASKS: [(&str, &str); 2] = [("mrpc", "MRPC"), ("rte", "RTE")];
+
+/// Pre-trains (resumably) and fine-tunes from every run that did not diverge. Returns failures.
+pub fn run(
+    runs: &[BertRun],
+    scale: &BertScale,
+    data: &Path,
+    glue: &Path,
+    jobs: usize,
+    threads: usize,
+) -> Result<Vec<(String, String)>> {
+    for (_, folder) in TASKS {
+        for f in ["train.tsv", "dev.tsv"] {
+            let p = glue.join(folder).join(f);
+            if !p.exists() {
+                bail!("--glue {}: {} is missing (expected GLUE folders MRPC/ and RTE/)", glue.display(), p.display());
+            }
+        }
+    }
+    let pre_jobs: Vec<Job> = runs.iter().map(BertRun::job).collect();
+    let mut failures = grid::run_all(&pre_jobs, data, jobs, threads)?;
+    let cores = (jobs * threads).max(1);
+    for r in runs {
+        if grid::status(&r.dir)? != RunStatus::Complete {
+            continue;
+        }
+        for (task, folder) in TASKS {
+            let out = r.dir.join(format!("finetune-{task}"));
+            if out.join("summary.json").exists() {
+                continue;
+            }
+            eprintln!("bert/{}: fine-tuning on {folder}, {} seeds", r.name, scale.seeds);
+            let log = out.with_extension("log");
+            std::fs::create_dir_all(&r.dir)?;
+            let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+            let status = Command::new("/proc/self/exe")
+                .args(["--threads", &cores.to_string(), "finetune", "--task", task])
+                .arg("--data")
+                .arg(glue.join(folder))
+                .arg("--checkpoint")
+                .arg(&r.dir)
+                .args(["--seeds", &scale.seeds.to_string(), "--epochs", &scale.ft_epochs.to_string()])
+                .args(["--lr", &scale.ft_lr.to_string(), "--batch-size", &scale.ft_batch.to_string()])
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .status()
+                .context("starting preln finetune")?;
+            if !status.success() {
+                failures
+                    .push((format!("bert/{} {task}", r.name), format!("preln finetune failed: see {}", log.display())));
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// (update, held-out MLM loss) of a run.
+fn curve(dir: &Path) -> Vec<(u64, f64)> {
+    let path = dir.join("metrics.jsonl");
+    let lines = if path.exists() { Metrics::read(&path).unwrap_or_default() } else { Vec::new() };
+    lines
+        .iter()
+        .filter(|v| v["kind"] == "valid")
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+fn summary(dir: &Path, task: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("finetune-{task}/summary.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn color(name: &str) -> RGBColor {
+    match name {
+        "pre-3e-4-nowarmup" => RGBColor(31, 119, 180),
+        "post-1e-4-warmup" => RGBColor(214, 39, 40),
+        _ => RGBColor(255, 127, 14),
+    }
+}
+
+/// The report's BERT section (empty when nothing ran); draws `fig5_bert.png`.
+pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result<Vec<Block>> {
+    let curves: Vec<Vec<(u64, f64)>> = runs.iter().map(|r| curve(&r.dir)).collect();
+    if curves.iter().all(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let mut doc = vec![Block::Heading(2, "BERT pre-training and fine-tuning (Figure 5)".into())];
+    let sample = &runs[0].config;
+    doc.push(Block::Para(format!(
+        "BERT {} layers, d_model {}, FFN {}, {} heads; {} updates of up to {} tokens; held-out MLM loss (nats per masked token) every {} updates. The paper's 10k warmup updates of about 1M are scaled by run length. Fine-tuning: AdamW, 10% warmup, linear decay, dev accuracy after every epoch, mean and 95% interval over seeds.",
+        sample.model.layers,
+        sample.model.d_model,
+        sample.model.ffn_dim,
+        sample.model.heads,
+        sample.train.max_updates,
+        sample.train.max_tokens,
+        sample.train.valid_every
+    )));
+    let mut panels = vec![Panel {
+        title: "Held-out MLM loss".into(),
+        x_label: "update".into(),
+        y_label: "loss".into(),
+        series: runs
+            .iter()
+            .zip(&curves)
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(r, c)| Series {
+                label: r.name.clone(),
+                color: color(&r.name),
+                points: c.iter().map(|&(s, l)| (s as f64, l, 0.0)).collect(),
+                dashed: false,
+                markers: true,
+            })
+            .collect(),
+        log_log: false,
+        integer_x: false,
+    }];
+    for (task, folder) in TASKS {
+        let series: Vec<Series> = runs
+            .iter()
+            .filter_map(|r| {
+                let s = summary(&r.dir, task)?;
+                let points = s["epochs"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|e| {
+                        let ci = e["accuracy_ci95"].as_f64().unwrap_or(0.0);
+                        Some((
+                            e["epoch"].as_f64()?,
+                            e["accuracy"]["mean"].as_f64()?,
+                            if ci.is_finite() { ci } else { 0.0 },
+                        ))
+                    })
+                    .collect();
+                Some(Series { label: r.name.clone(), color: color(&r.name), points, dashed: false, markers: true })
+            })
+            .collect();
+        if !series.is_empty() {
+            panels.push(Panel {
+                title: format!("{folder} dev accuracy (mean, 95% interval)"),
+                x_label: "fine-tuning epoch".into(),
+                y_label: "accuracy".into(),
+                series,
+                log_log: false,
+                integer_x: true,
+            });
+        }
+    }
+    let path = out.join("fig5_bert.png");
+    draw(&path, "Figure 5 (this scale): BERT, Post-LN vs Pre-LN", &panels, panels.len().min(3), (560, 420))?;
+    files.push(path);
+    doc.push(Block::Image { path: "fig5_bert.png".into(), alt: "Figure 5".into() });
+    let post = runs.iter().zip(&curves).find(|(r, _)| r.name == "post-1e-4-warmup").map(|(_, c)| c);
+    let mut rows = Vec::new();
+    for (r, c) in runs.iter().zip(&curves) {
+        let status = match grid::status(&r.dir)? {
+            RunStatus::Complete => "complete".to_string(),
+            RunStatus::Diverged { step } => format!("diverged at update {step}"),
+            RunStatus::Partial { step, .. } => format!("unfinished (update {step})"),
+            RunStatus::NotStarted => "not run".into(),
+        };
+        let reach = match (post.and_then(|p| p.last()), c.last()) {
+            (Some(&(post_steps, post_loss)), Some(_)) if r.name != "post-1e-4-warmup" => c
+                .iter()
+                .find(|(_, l)| *l <= post_loss)
+                .map(|&(s, _)| format!("{s} ({:.0}% of Post-LN's {post_steps})", 100.0 * s as f64 / post_steps as f64))
+                .unwrap_or_else(|| "never".into()),
+            _ => "-".into(),
+        };
+        let acc = |task: &str| {
+            summary(&r.dir, task)
+                .and_then(|s| {
+                    let last = s["epochs"].as_array()?.last()?.clone();
+                    Some(format!(
+                        "{:.3} +- {:.3}",
+                        last["accuracy"]["mean"].as_f64()?,
+                        last["accuracy_ci95"].as_f64().unwrap_or(f64::NAN)
+                    ))
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        rows.push(vec![
+            format!("`{}`", r.name),
+            r.config.model.placement.to_string(),
+            format!("{}", r.config.train.lr),
+            match r.config.schedule {
+                Schedule::LinearDecay { warmup, .. } if warmup > 1 => format!("{warmup} warmup, linear decay"),
+                _ => "no warmup, linear decay".into(),
+            },
+            status,
+            c.last().map(|&(_, l)| format!("{l:.3}")).unwrap_or_else(|| "-".into()),
+            reach,
+            acc("mrpc"),
+            acc("rte"),
+        ]);
+    }
+    doc.push(Block::Table {
+        head: [
+            "run",
+            "placement",
+            "lr",
+            "schedule",
+            "status",
+            "final held-out MLM loss",
+            "first update at Post-LN (1e-4)'s final loss",
+            "MRPC dev accuracy (last epoch)",
+            "RTE dev accuracy (last epoch)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    });
+    doc.push(Block::Para("The paper: Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates, i.e. about 70% of the updates), Post-LN at lr 3e-4 diverged, and Pre-LN fine-tunes to MRPC/RTE accuracy faster.".into()));
+    for r in runs {
+        doc.push(Block::Details {
+            summary: format!("bert/{}: {}", r.name, r.description),
+            body: vec![Block::Code(r.config.to_toml())],
+        });
+    }
+    Ok(doc)
+}
