@@ -213,13 +213,13 @@ pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result
         .collect();
     let done = runs.len() - todo.len();
     if done > 0 {
-        eprintln!("warmup study: {done} of {} runs already finished (kept)", runs.len());
+        eprintln!("reproduce: {done} of {} runs already finished (kept)", runs.len());
     }
     if todo.is_empty() {
         return Ok(Vec::new());
     }
     eprintln!(
-        "warmup study: training {} runs, {} at a time with {} thread{} each; logs in RUN/train.log",
+        "reproduce: training {} runs, {} at a time with {} thread{} each; logs in RUN/train.log",
         todo.len(),
         jobs,
         threads,
