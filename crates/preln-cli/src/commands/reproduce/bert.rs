@@ -54,9 +54,9 @@ impl BertScale {
                 ft_batch: 32,
             },
             ScaleArg::Cpu => BertScale {
-                width: Some((6, 256, 1024, 4)),
+                width: Some((6, 128, 512, 4)),
                 updates: 2000,
-                max_tokens: 8192,
+                max_tokens: 4096,
                 validations: 20,
                 seeds: 3,
                 ft_epochs: 3,
@@ -140,7 +140,8 @@ pub fn plan(scale: &BertScale, out: &Path, user: &[String]) -> Result<Vec<BertRu
 
 const TASKS: [(&str, &str); 2] = [("mrpc", "MRPC"), ("rte", "RTE")];
 
-/// Pre-trains (resumably) and fine-tunes from every run that did not diverge. Returns failures.
+/// Pre-trains (resumably, `jobs` runs of `threads` threads at a time) and fine-tunes from every
+/// run that did not diverge, one fine-tuning at a time on `cores` threads. Returns failures.
 pub fn run(
     runs: &[BertRun],
     scale: &BertScale,
@@ -148,6 +149,7 @@ pub fn run(
     glue: &Path,
     jobs: usize,
     threads: usize,
+    cores: usize,
 ) -> Result<Vec<(String, String)>> {
     for (_, folder) in TASKS {
         for f in ["train.tsv", "dev.tsv"] {
@@ -159,7 +161,6 @@ pub fn run(
     }
     let pre_jobs: Vec<Job> = runs.iter().map(BertRun::job).collect();
     let mut failures = grid::run_all(&pre_jobs, data, jobs, threads)?;
-    let cores = (jobs * threads).max(1);
     for r in runs {
         if grid::status(&r.dir)? != RunStatus::Complete {
             continue;

@@ -46,7 +46,7 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
             let Some(glue) = &args.glue else {
                 bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)")
             };
-            failures = bert::run(&bert_runs, &bert_scale, data, glue, jobs, (cores / jobs).max(1))?;
+            failures = bert::run(&bert_runs, &bert_scale, data, glue, jobs, (cores / jobs).max(1), cores)?;
         }
         return finish(&out, &spec, data, false, &[], &bert_runs, started, failures);
     }
