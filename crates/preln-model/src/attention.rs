@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::LayerConfig;
-use crate::init::linear;
+use crate::init::{apply, linear};
 
 #[derive(Debug)]
 pub struct MultiHeadAttention {
@@ -73,7 +73,7 @@ impl MultiHeadAttention {
         let dropout = if train { self.dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(q, k, v, mask, dropout, false, None, false);
         // [B, heads, T, d_head] -> [B, T, d]
-        self.out_proj.forward(&ctx.transpose(1, 2).reshape([b, t, d]))
+        apply(&self.out_proj, &ctx.transpose(1, 2).reshape([b, t, d]))
     }
 
     /// Attention of `query` over `memory`.
@@ -100,7 +100,7 @@ fn fused_linear(x: &Tensor, layers: &[&nn::Linear]) -> Tensor {
     let w = Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0);
     let b: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
     let b = (b.len() == layers.len()).then(|| Tensor::cat(&b, 0));
-    x.linear(&w, b.as_ref())
+    preln_ops::linear(x, &w, b.as_ref())
 }
 
 /// Keys and values of one attention layer during incremental decoding.

@@ -10,7 +10,7 @@ use tch::Tensor;
 use crate::config::BertConfig;
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
-use crate::init::{embedding_weight, layer_norm, linear};
+use crate::init::{apply, embedding_weight, layer_norm, linear};
 use crate::mask;
 use crate::stack::{Encoder, StackOut};
 
@@ -71,7 +71,7 @@ impl Bert {
         let x = lookup(&self.tokens, tokens, self.cfg.pad_id)
             + self.positions.narrow(0, 0, t).unsqueeze(0)
             + Tensor::embedding(&self.segments, segments, -1, false, false);
-        let x = self.embed_norm.forward(&x).dropout(self.cfg.dropout, train);
+        let x = preln_ops::dropout(&self.embed_norm.forward(&x), self.cfg.dropout, train);
         Ok(self.encoder.forward(&x, &mask::key_padding(tokens, self.cfg.pad_id), train))
     }
 
@@ -80,8 +80,8 @@ impl Bert {
     /// # Shapes
     /// hidden: `[..., d]` -> `[..., V]`
     pub fn mlm_logits(&self, hidden: &Tensor) -> Tensor {
-        let h = self.head_dense.forward(hidden).gelu("none");
-        self.head_norm.forward(&h).matmul(&self.tokens.tr()) + &self.head_bias
+        let h = apply(&self.head_dense, hidden).gelu("none");
+        preln_ops::linear(&self.head_norm.forward(&h), &self.tokens, Some(&self.head_bias))
     }
 
     /// # Shapes

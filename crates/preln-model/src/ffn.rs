@@ -1,10 +1,10 @@
 //! The position-wise feed-forward sublayer: `Act(x W1 + b1) W2 + b2`.
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use crate::config::{Activation, LayerConfig};
-use crate::init::linear;
+use crate::init::{apply, linear};
 
 #[derive(Debug)]
 pub struct FeedForward {
@@ -28,11 +28,11 @@ impl FeedForward {
     /// # Shapes
     /// `[B, T, d]` -> `[B, T, d]`
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.fc1.forward(x);
+        let h = apply(&self.fc1, x);
         let h = match self.activation {
             Activation::Relu => h.relu(),
             Activation::Gelu => h.gelu("none"),
         };
-        self.fc2.forward(&h.dropout(self.dropout, train))
+        apply(&self.fc2, &preln_ops::dropout(&h, self.dropout, train))
     }
 }

@@ -88,7 +88,7 @@ impl Seq2Seq {
         let t = tokens.size()[1];
         let x = lookup(weight, tokens, self.cfg.pad_id) * (d as f64).sqrt()
             + sinusoidal(start, t, d, (weight.kind(), tokens.device())).unsqueeze(0);
-        x.dropout(self.cfg.dropout, train)
+        preln_ops::dropout(&x, self.cfg.dropout, train)
     }
 
     /// # Shapes
@@ -107,7 +107,7 @@ impl Seq2Seq {
         let self_mask = mask::causal_with_padding(prev, self.cfg.pad_id);
         let x = self.embed(&self.embed.decoder, prev, 0, train);
         let stack = self.decoder.forward(&x, &self_mask, &enc.stack.out, &enc.mask, train);
-        let logits = stack.out.matmul(&self.embed.output.tr());
+        let logits = preln_ops::linear(&stack.out, &self.embed.output, None);
         Decoded { logits, stack }
     }
 
@@ -124,7 +124,7 @@ impl Seq2Seq {
     pub fn decode_step(&self, last: &Tensor, cache: &mut DecoderCache) -> Tensor {
         let x = self.embed(&self.embed.decoder, &last.unsqueeze(1), cache.len, false);
         let h = self.decoder.forward_step(&x, cache);
-        h.squeeze_dim(1).matmul(&self.embed.output.tr())
+        preln_ops::linear(&h.squeeze_dim(1), &self.embed.output, None)
     }
 
     /// # Shapes

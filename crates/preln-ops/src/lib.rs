@@ -1,11 +1,13 @@
 //! libtorch operations that `tch 0.24` does not bind, through a small C++ shim
 //! (`csrc/preln_ops.cpp`): bfloat16 autocast on the CPU (and CUDA), the fused Adam / AdamW
-//! kernels, and setting a gradient to None.
+//! kernels, setting a gradient to None, and an fp32 linear layer on oneDNN.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_double, c_int};
 
-use tch::{Device, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -28,6 +30,132 @@ extern "C" {
         decoupled: c_int,
     ) -> c_int;
     fn preln_clear_grad(t: *mut C_tensor) -> c_int;
+    fn preln_profile_start(path: *const c_char) -> *mut std::ffi::c_void;
+    fn preln_profile_stop(handle: *mut std::ffi::c_void) -> c_int;
+    fn preln_grad_enabled() -> c_int;
+    fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
+    fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
+}
+
+/// libtorch's operator profiler, recording every ATen operator (forward and backward) of this
+/// process until dropped, then writing a Chrome trace (`chrome://tracing`, Perfetto) to the path.
+pub struct Profile(*mut std::ffi::c_void);
+
+impl Profile {
+    pub fn start(path: &std::path::Path) -> Result<Profile, OpError> {
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| OpError(format!("{}: a path with a NUL byte", path.display())))?;
+        // SAFETY: `c` outlives the call; the shim copies it.
+        let h = unsafe { preln_profile_start(c.as_ptr()) };
+        if h.is_null() {
+            check(-1)?;
+        }
+        Ok(Profile(h))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from preln_profile_start and is dropped once.
+        let _ = check(unsafe { preln_profile_stop(self.0) });
+    }
+}
+
+/// `x.dropout(p, train)`. On the CPU (fp32, fp64, bf16) in training the mask is a hash of a
+/// seed and each element's index: the seed is drawn from libtorch's generator (so
+/// `tch::manual_seed` fixes it), the backward pass recomputes the mask instead of storing it,
+/// and there is no Bernoulli sampling (libtorch's CPU `bernoulli_` costs about 5% of a
+/// training step). Elsewhere, libtorch's dropout.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p == 0.0 {
+        return x.shallow_clone();
+    }
+    if x.device() != Device::Cpu || !matches!(x.kind(), Kind::Float | Kind::Double | Kind::BFloat16) || p >= 1.0 {
+        return x.dropout(p, train);
+    }
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the shim writes a new heap tensor to `out` on success; tch takes ownership.
+    check(unsafe { preln_hash_dropout(&mut out, ptr(x), p) }).expect("dropout");
+    // SAFETY: `out` was just allocated by the shim as an at::Tensor.
+    unsafe { Tensor::from_ptr(out) }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    fn mallopt(param: c_int, value: c_int) -> c_int;
+}
+
+/// Keeps freed memory in the process (glibc `malloc`: no `mmap` for large blocks, no trimming)
+/// so that the large activation and gradient buffers of every training step reuse pages
+/// already mapped instead of faulting in fresh zeroed ones, which costs about 5% of a CPU step
+/// of the IWSLT14 model. Peak resident memory grows a little (about 5% there). Call it once at
+/// start; `PRELN_MALLOC=default` in the environment leaves glibc's defaults. Returns whether it
+/// changed anything.
+pub fn keep_freed_memory() -> bool {
+    if std::env::var("PRELN_MALLOC").is_ok_and(|v| v == "default") {
+        return false;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const M_TRIM_THRESHOLD: c_int = -1;
+        const M_MMAP_MAX: c_int = -4;
+        // SAFETY: mallopt only changes allocator parameters.
+        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+static DNNL_LINEAR: AtomicBool = AtomicBool::new(true);
+static DNNL_FROM_ENV: std::sync::Once = std::sync::Once::new();
+
+/// Chooses the backend of [`linear`] for fp32 on the CPU: oneDNN (`true`, the default) or
+/// libtorch's own `linear` (MKL), for every thread of the process.
+pub fn set_dnnl_linear(on: bool) {
+    DNNL_FROM_ENV.call_once(|| ());
+    DNNL_LINEAR.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`linear`] uses oneDNN for fp32 on the CPU.
+/// `PRELN_LINEAR=libtorch` in the environment turns it off at start.
+pub fn dnnl_linear_enabled() -> bool {
+    DNNL_FROM_ENV.call_once(|| {
+        if std::env::var("PRELN_LINEAR").is_ok_and(|v| v == "libtorch") {
+            DNNL_LINEAR.store(false, Ordering::Relaxed);
+        }
+    });
+    DNNL_LINEAR.load(Ordering::Relaxed)
+}
+
+/// Whether autograd records operations in this thread (false inside `tch::no_grad`).
+pub fn grad_enabled() -> bool {
+    // SAFETY: a plain query.
+    check(unsafe { preln_grad_enabled() }).unwrap_or(1) == 1
+}
+
+/// `x @ w^T + b`, as `torch.nn.functional.linear`. In training (autograd recording), for fp32
+/// tensors on the CPU outside autocast, the three matrix products of a step (forward, input
+/// gradient, weight gradient) run in oneDNN, which is faster than the MKL `sgemm` PyTorch uses
+/// on this project's AMD EPYC (1.2-1.6x a product, `cargo run --release -p preln-ops --example
+/// linear_speed`). Inference, other devices, dtypes and autocast go to libtorch, so decoding
+/// gives the same tokens whatever the batch (oneDNN's blocking depends on the row count).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let dnnl = dnnl_linear_enabled()
+        && x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && w.kind() == Kind::Float
+        && b.is_none_or(|b| b.kind() == Kind::Float)
+        && !autocast_enabled(Device::Cpu)
+        && grad_enabled();
+    if !dnnl {
+        return x.linear(w, b);
+    }
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let bias = b.map_or(std::ptr::null_mut(), ptr);
+    // SAFETY: the shim writes a new heap tensor to `out` on success; tch takes ownership.
+    check(unsafe { preln_dnnl_linear(&mut out, ptr(x), ptr(w), bias) }).expect("oneDNN linear");
+    // SAFETY: `out` was just allocated by the shim as an at::Tensor.
+    unsafe { Tensor::from_ptr(out) }
 }
 
 /// An exception thrown inside libtorch, with its message.
@@ -138,7 +266,6 @@ pub fn clear_grad(t: &Tensor) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
 
     #[test]
     fn autocast_runs_matmul_in_bf16_and_restores_the_state() {
@@ -174,5 +301,91 @@ mod tests {
         let step = Tensor::from(1.0f32);
         let e = fused_adam(&[p.shallow_clone()], &[], &[], &[], &step, 1e-3, (0.9, 0.98), 0.0, 1e-8, false);
         assert!(e.unwrap_err().0.contains("1 parameters but 0 gradients"));
+    }
+
+    /// Forward value and all three gradients of the oneDNN linear against libtorch's, for a
+    /// 3-d input, with and without bias, and through transposed (non-contiguous) inputs.
+    #[test]
+    fn dnnl_linear_matches_libtorch_forward_and_backward() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        for bias in [true, false] {
+            let x = Tensor::randn([5, 4, 7], opts).transpose(0, 1).set_requires_grad(true);
+            let w = Tensor::randn([6, 7], opts).set_requires_grad(true);
+            let b = Tensor::randn([6], opts).set_requires_grad(true);
+            let up = Tensor::randn([4, 5, 6], opts);
+            let run = |dnnl: bool| {
+                for t in [&x, &w, &b] {
+                    clear_grad(t);
+                }
+                let y = if dnnl {
+                    let bb = bias.then(|| &b);
+                    let mut out: *mut C_tensor = std::ptr::null_mut();
+                    let bp = bb.map_or(std::ptr::null_mut(), ptr);
+                    check(unsafe { preln_dnnl_linear(&mut out, ptr(&x), ptr(&w), bp) }).unwrap();
+                    unsafe { Tensor::from_ptr(out) }
+                } else {
+                    x.linear(&w, bias.then(|| &b))
+                };
+                (&y * &up).sum(Kind::Float).backward();
+                let gb = if bias { b.grad().copy() } else { Tensor::zeros([6], opts) };
+                (y.detach(), x.grad().copy(), w.grad().copy(), gb)
+            };
+            let (y0, gx0, gw0, gb0) = run(false);
+            let (y1, gx1, gw1, gb1) = run(true);
+            assert_eq!(y1.size(), vec![4, 5, 6]);
+            for (a, e, what) in [(y1, y0, "y"), (gx1, gx0, "dx"), (gw1, gw0, "dw"), (gb1, gb0, "db")] {
+                let err = (&a - &e).abs().max().double_value(&[]);
+                assert!(err < 1e-4, "bias {bias}: {what} differs by {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn linear_falls_back_to_libtorch_outside_fp32_cpu() {
+        let x = Tensor::randn([3, 4], (Kind::Double, Device::Cpu));
+        let w = Tensor::randn([2, 4], (Kind::Double, Device::Cpu));
+        assert_eq!(linear(&x, &w, None).kind(), Kind::Double);
+        assert!(grad_enabled());
+        assert!(!tch::no_grad(grad_enabled));
+        let y = autocast_bf16(Device::Cpu, true, || linear(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float), None));
+        assert_eq!(y.kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn hash_dropout_keeps_1_minus_p_scales_and_backpropagates_through_the_same_mask() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            tch::manual_seed(11);
+            let x = (Tensor::rand([400, 500], (kind, Device::Cpu)) + 1.0).set_requires_grad(true);
+            tch::manual_seed(12);
+            let y = dropout(&x, 0.1, true);
+            let kept = y.ne(0.0);
+            let rate = kept.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+            assert!((rate - 0.9).abs() < 0.003, "{kind:?}: kept {rate}");
+            // Neighbouring elements are dropped independently: both dropped with probability p^2.
+            let dropped = kept.logical_not().flatten(0, -1).to_kind(Kind::Double);
+            let n = dropped.size()[0];
+            let both = (dropped.narrow(0, 0, n - 1) * dropped.narrow(0, 1, n - 1)).mean(Kind::Double).double_value(&[]);
+            assert!((both - 0.01).abs() < 0.002, "{kind:?}: neighbours both dropped {both}");
+            let ratio =
+                (y.masked_select(&kept).to_kind(Kind::Double) / x.masked_select(&kept).to_kind(Kind::Double)).detach();
+            let tol = if kind == Kind::Float { 1e-6 } else { 1e-2 };
+            assert!((ratio - 1.0 / 0.9).abs().max().double_value(&[]) < tol);
+            let w = Tensor::rand([400, 500], (kind, Device::Cpu));
+            (&y * &w).sum(Kind::Float).backward();
+            let expected = w * kept.to_kind(kind) / 0.9;
+            let err = (x.grad().to_kind(Kind::Double) - expected.to_kind(Kind::Double)).abs().max().double_value(&[]);
+            assert!(err < tol, "{kind:?}: gradient off by {err}");
+            // Masks depend on the generator: the same seed gives the same mask, the next draw another.
+            tch::manual_seed(12);
+            let again = dropout(&x.detach(), 0.1, true).ne(0.0);
+            assert!(again.equal(&kept));
+            let next = dropout(&x.detach(), 0.1, true).ne(0.0);
+            assert!(!next.equal(&kept));
+        }
+        let x = Tensor::ones([10], (Kind::Float, Device::Cpu));
+        assert!(dropout(&x, 0.5, false).equal(&x));
+        assert!(dropout(&x, 0.0, true).equal(&x));
+        assert_eq!(dropout(&x, 1.0, true).sum(Kind::Float).double_value(&[]), 0.0);
     }
 }

@@ -31,7 +31,17 @@ pub fn time_steps(
     let (src, prev, target) =
         (batch.src.to_device(device), batch.prev.to_device(device), batch.target.to_device(device));
     let mut times = Vec::with_capacity(steps);
+    let mut profile = None;
     for step in 0..warmup + steps {
+        if step == warmup {
+            // `PRELN_PROFILE=trace.json`: libtorch's operator trace of the timed steps.
+            if let Ok(path) = std::env::var("PRELN_PROFILE") {
+                profile = Some(
+                    preln_ops::Profile::start(std::path::Path::new(&path))
+                        .map_err(|e| TrainError::Config(e.to_string()))?,
+                );
+            }
+        }
         sync(device);
         let t0 = Instant::now();
         let loss = preln_ops::autocast_bf16(device, precision.is_bf16(), || {
@@ -46,6 +56,7 @@ pub fn time_steps(
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    drop(profile);
     Ok(times)
 }
 

@@ -12,7 +12,7 @@ use preln_model::init::{linear, seeded};
 use preln_model::{Bert, BertConfig, LossSums, WeightInit};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tch::nn::{self, Module, VarStore};
+use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
@@ -189,8 +189,9 @@ pub struct Classification {
 impl Classification {
     fn logits(&self, b: &PairBatch, train: bool) -> Result<Tensor, TrainError> {
         let h = self.bert.encode(&b.tokens, &b.segments, train)?.out.select(1, 0);
-        let pooled = self.pooler.forward(&h).tanh().dropout(self.cfg.classifier_dropout, train);
-        Ok(self.classifier.forward(&pooled).to_kind(Kind::Float))
+        let pooled =
+            preln_ops::dropout(&preln_model::init::apply(&self.pooler, &h).tanh(), self.cfg.classifier_dropout, train);
+        Ok(preln_model::init::apply(&self.classifier, &pooled).to_kind(Kind::Float))
     }
 
     /// Dev loss, accuracy and F1 of class 1, without dropout or autograd.
