@@ -20,6 +20,7 @@ fn main() {
         // libtorch 2.11 (PyPI wheels and the C++ downloads alike) uses the C++11 ABI.
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-Wno-psabi")
         .warnings(false)
         .compile("preln_ops");
     println!("cargo:rustc-link-search=native={}", lib.display());

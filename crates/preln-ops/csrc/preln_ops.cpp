@@ -12,6 +12,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
+#include <cmath>
+#include <type_traits>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -155,6 +158,241 @@ struct HashDropout : public torch::autograd::Function<HashDropout> {
   }
 };
 
+// exp(x) for x <= 0 (arguments below -87 give about 0) in plain arithmetic: x = (n + f) ln 2
+// with integer n and |f| <= 1/2, 2^f by its Taylor series to the 7th power (relative error
+// below 1e-7, that of float itself), 2^n through the exponent bits. Written once for GCC's
+// generic vectors (8 floats), used by the AVX2 kernels below and, one lane at a time, by the
+// portable ones.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+template <typename F, typename I> static inline F exp_nonpositive(F x) {
+  x = x < -87.0f ? F{} - 87.0f : x;
+  F t = x * 1.4426950408889634f;
+  F n = (t + 12582912.0f) - 12582912.0f; // round to nearest
+  F f = t - n;
+  F p = F{} + 1.525273380405984e-05f;
+  p = p * f + 1.5403530393381606e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.0f;
+  I bits;
+  if constexpr (std::is_same_v<F, float>) {
+    bits = (static_cast<I>(n) + 127) << 23;
+  } else {
+    bits = (__builtin_convertvector(n, I) + 127) << 23;
+  }
+  F scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Row statistics of the cross-entropy: the maximum, sum of exp(x - max), and sum of x.
+struct RowStats {
+  float max, sumexp, sum;
+};
+
+static float hmax(v8f v) {
+  float m = v[0];
+  for (int i = 1; i < 8; i++) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+static float hsum(v8f v) {
+  float s = 0.0f;
+  for (int i = 0; i < 8; i++) s += v[i];
+  return s;
+}
+
+#define ROW_KERNELS(SUFFIX)                                                                                         \
+  static RowStats row_stats_##SUFFIX(const float *x, int64_t v) {                                                   \
+    int64_t j = 0;                                                                                                  \
+    v8f m8 = v8f{} - INFINITY;                                                                                      \
+    for (; j + 8 <= v; j += 8) {                                                                                    \
+      v8f e;                                                                                                        \
+      std::memcpy(&e, x + j, sizeof e);                                                                             \
+      m8 = e > m8 ? e : m8;                                                                                         \
+    }                                                                                                               \
+    float m = hmax(m8);                                                                                             \
+    for (; j < v; j++) m = x[j] > m ? x[j] : m;                                                                     \
+    v8f s8 = v8f{}, x8 = v8f{};                                                                                     \
+    for (j = 0; j + 8 <= v; j += 8) {                                                                               \
+      v8f e;                                                                                                        \
+      std::memcpy(&e, x + j, sizeof e);                                                                             \
+      s8 += exp_nonpositive<v8f, v8i>(e - m);                                                                       \
+      x8 += e;                                                                                                      \
+    }                                                                                                               \
+    float s = hsum(s8), sx = hsum(x8);                                                                              \
+    for (; j < v; j++) {                                                                                            \
+      s += exp_nonpositive<float, int32_t>(x[j] - m);                                                               \
+      sx += x[j];                                                                                                   \
+    }                                                                                                               \
+    return {m, s, sx};                                                                                              \
+  }                                                                                                                 \
+  /* g_j = av * exp(x_j - lse) - b */                                                                               \
+  static void row_grad_##SUFFIX(const float *x, int64_t v, float lse, float av, float b, float *g) {                \
+    int64_t j = 0;                                                                                                  \
+    for (; j + 8 <= v; j += 8) {                                                                                    \
+      v8f e;                                                                                                        \
+      std::memcpy(&e, x + j, sizeof e);                                                                             \
+      v8f r = av * exp_nonpositive<v8f, v8i>(e - lse) - b;                                                          \
+      std::memcpy(g + j, &r, sizeof r);                                                                             \
+    }                                                                                                               \
+    for (; j < v; j++) g[j] = av * exp_nonpositive<float, int32_t>(x[j] - lse) - b;                                 \
+  }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+ROW_KERNELS(avx2)
+#pragma GCC pop_options
+static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+static const bool have_avx2 = false;
+#endif
+ROW_KERNELS(portable)
+
+static RowStats row_stats(const float *x, int64_t v) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (have_avx2) return row_stats_avx2(x, v);
+#endif
+  return row_stats_portable(x, v);
+}
+
+static void row_grad(const float *x, int64_t v, float lse, float av, float b, float *g) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (have_avx2) return row_grad_avx2(x, v, lse, av, b, g);
+#endif
+  row_grad_portable(x, v, lse, av, b, g);
+}
+
+// A row as fp32: the data itself, or converted into `buf` (bf16 is the top half of fp32).
+template <typename T> static const float *row_as_float(const T *row, int64_t v, std::vector<float> &buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return row;
+  } else {
+    buf.resize(v);
+    for (int64_t j = 0; j < v; j++) buf[j] = static_cast<float>(row[j]);
+    return buf.data();
+  }
+}
+
+// Label-smoothed cross-entropy (fairseq's definition, see preln-model's loss.rs) straight from
+// logits [N, V] (fp32 or bf16; statistics in fp32 and fp64): one pass for the row
+// maximum, one for the sums, and one backward pass that writes the gradient, instead of
+// log_softmax, gather, sum and their backward passes over [N, V] tensors.
+template <typename T>
+static void ce_rows(const T *x, const int64_t *target, int64_t n, int64_t v, int64_t ignore, float *lse,
+                    double *nll_out, double *smooth_out) {
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
+    for (int64_t r = begin; r < end; r++) {
+      const float *row = row_as_float(x + r * v, v, buf);
+      RowStats st = row_stats(row, v);
+      float l = st.max + std::log(st.sumexp);
+      lse[r] = l;
+      int64_t t = target[r];
+      if (t == ignore) {
+        nll_out[r] = 0.0;
+        smooth_out[r] = 0.0;
+      } else {
+        TORCH_CHECK(t >= 0 && t < v, "label_smoothed_nll: target ", t, " outside [0, ", v, ")");
+        nll_out[r] = static_cast<double>(l) - static_cast<double>(row[t]);
+        smooth_out[r] = static_cast<double>(v) * l - static_cast<double>(st.sum);
+      }
+    }
+  });
+}
+
+template <typename T>
+static void ce_grad_rows(const T *x, const int64_t *target, const float *lse, int64_t n, int64_t v, int64_t ignore,
+                         float a, float b, T *grad) {
+  // d/dx_j of (a * nll + b * smooth) = a (p_j - [j = t]) + b (V p_j - 1)
+  float av = a + b * static_cast<float>(v);
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf, gbuf;
+    for (int64_t r = begin; r < end; r++) {
+      T *g = grad + r * v;
+      int64_t t = target[r];
+      if (t == ignore) {
+        for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(0.0f);
+        continue;
+      }
+      const float *row = row_as_float(x + r * v, v, buf);
+      float *out;
+      if constexpr (std::is_same_v<T, float>) {
+        out = g;
+      } else {
+        gbuf.resize(v);
+        out = gbuf.data();
+      }
+      row_grad(row, v, lse[r], av, b, out);
+      out[t] -= a;
+      if constexpr (!std::is_same_v<T, float>) {
+        for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(out[j]);
+      }
+    }
+  });
+}
+
+struct SmoothedCe : public torch::autograd::Function<SmoothedCe> {
+  // Returns [loss_sum, nll_sum] (fp32) over rows whose target is not `ignore`.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext *ctx, const at::Tensor &logits,
+                                                const at::Tensor &target, double epsilon, int64_t ignore) {
+    TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16,
+                "label_smoothed_nll: fused kernel takes fp32 or bf16 logits, not ", logits.scalar_type());
+    TORCH_CHECK(logits.device().is_cpu(), "label_smoothed_nll: fused kernel runs on the CPU");
+    int64_t v = logits.size(-1);
+    auto x = logits.reshape({-1, v}).contiguous();
+    auto t = target.reshape({-1}).to(at::kLong).contiguous();
+    TORCH_CHECK(x.size(0) == t.size(0), "label_smoothed_nll: ", x.size(0), " rows of logits but ", t.size(0),
+                " targets");
+    int64_t n = x.size(0);
+    auto lse = at::empty({n}, x.options().dtype(at::kFloat));
+    auto nll = at::empty({n}, x.options().dtype(at::kDouble));
+    auto smooth = at::empty({n}, x.options().dtype(at::kDouble));
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "preln_smoothed_ce", [&] {
+      ce_rows<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), n, v, ignore,
+                        lse.mutable_data_ptr<float>(), nll.mutable_data_ptr<double>(),
+                        smooth.mutable_data_ptr<double>());
+    });
+    double eps_i = v > 1 ? epsilon / static_cast<double>(v - 1) : 0.0;
+    double a = 1.0 - epsilon - eps_i;
+    auto nll_sum = nll.sum();
+    auto loss_sum = nll_sum * a + smooth.sum() * eps_i;
+    ctx->save_for_backward({x, t, lse});
+    ctx->saved_data["a"] = a;
+    ctx->saved_data["b"] = eps_i;
+    ctx->saved_data["ignore"] = ignore;
+    ctx->saved_data["shape"] = logits.sizes().vec();
+    return {loss_sum.to(at::kFloat), nll_sum.to(at::kFloat)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto &x = saved[0];
+    auto &t = saved[1];
+    auto &lse = saved[2];
+    double g_loss = grads[0].defined() ? grads[0].item<double>() : 0.0;
+    double g_nll = grads[1].defined() ? grads[1].item<double>() : 0.0;
+    double a = ctx->saved_data["a"].toDouble(), b = ctx->saved_data["b"].toDouble();
+    // loss = a nll + b smooth, so the total is (g_loss a + g_nll) nll + g_loss b smooth.
+    auto ga = static_cast<float>(g_loss * a + g_nll), gb = static_cast<float>(g_loss * b);
+    auto grad = at::empty_like(x);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "preln_smoothed_ce_backward", [&] {
+      ce_grad_rows<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
+                             x.size(0), x.size(1), ctx->saved_data["ignore"].toInt(), ga, gb,
+                             grad.mutable_data_ptr<scalar_t>());
+    });
+    auto shape = ctx->saved_data["shape"].toIntVector();
+    return {grad.view(shape), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 extern "C" {
 
 const char *preln_last_error() { return last_error.c_str(); }
@@ -257,5 +495,15 @@ int preln_hash_dropout(tensor *out, tensor x, double p) {
 
 int preln_grad_enabled() {
   return guarded([&] { return at::GradMode::is_enabled() ? 1 : 0; });
+}
+
+// Label-smoothed cross-entropy sums (see SmoothedCe); writes the loss and NLL sums.
+int preln_smoothed_ce(tensor *loss, tensor *nll, tensor logits, tensor target, double epsilon, int64_t ignore) {
+  return guarded([&] {
+    auto out = SmoothedCe::apply(*logits, *target, epsilon, ignore);
+    *loss = new at::Tensor(out[0]);
+    *nll = new at::Tensor(out[1]);
+    return 0;
+  });
 }
 }

@@ -33,6 +33,14 @@ extern "C" {
     fn preln_profile_start(path: *const c_char) -> *mut std::ffi::c_void;
     fn preln_profile_stop(handle: *mut std::ffi::c_void) -> c_int;
     fn preln_grad_enabled() -> c_int;
+    fn preln_smoothed_ce(
+        loss: *mut *mut C_tensor,
+        nll: *mut *mut C_tensor,
+        logits: *mut C_tensor,
+        target: *mut C_tensor,
+        epsilon: c_double,
+        ignore: i64,
+    ) -> c_int;
     fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
     fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
 }
@@ -104,6 +112,19 @@ pub fn keep_freed_memory() -> bool {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
+}
+
+/// Label-smoothed cross-entropy sums `(loss, nll)` (fp32 scalars) from logits `[..., V]` (fp32
+/// or bf16, on the CPU) and targets `[...]`, over targets other than `ignore`, with fairseq's
+/// definition (target `1 - eps`, every other class `eps / (V - 1)`). Differentiable in the
+/// logits. Two passes over the logits forward and one backward, with fp32 statistics.
+pub fn smoothed_ce(logits: &Tensor, target: &Tensor, epsilon: f64, ignore: i64) -> Result<(Tensor, Tensor), OpError> {
+    let mut loss: *mut C_tensor = std::ptr::null_mut();
+    let mut nll: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: on success the shim writes two new heap tensors; tch takes ownership of both.
+    check(unsafe { preln_smoothed_ce(&mut loss, &mut nll, ptr(logits), ptr(target), epsilon, ignore) })?;
+    // SAFETY: both were just allocated by the shim as at::Tensor.
+    Ok(unsafe { (Tensor::from_ptr(loss), Tensor::from_ptr(nll)) })
 }
 
 static DNNL_LINEAR: AtomicBool = AtomicBool::new(true);

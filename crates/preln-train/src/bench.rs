@@ -8,7 +8,7 @@ use preln_model::checkpoint::parameters;
 use preln_model::init::seeded;
 use preln_model::{label_smoothed_nll, Seq2Seq, Seq2SeqConfig};
 use tch::nn::VarStore;
-use tch::{Device, Kind};
+use tch::Device;
 
 use crate::config::Precision;
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -46,7 +46,7 @@ pub fn time_steps(
         let t0 = Instant::now();
         let loss = preln_ops::autocast_bf16(device, precision.is_bf16(), || {
             let (_, dec) = model.forward(&src, &prev, true);
-            label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &target, label_smoothing, model_cfg.pad_id).mean_loss()
+            label_smoothed_nll(&dec.logits, &target, label_smoothing, model_cfg.pad_id).mean_loss()
         });
         loss.backward();
         opt.step(5e-4);

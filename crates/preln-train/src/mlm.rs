@@ -146,7 +146,7 @@ impl Task for MaskedLm {
         let pad = self.cfg.model.pad_id;
         let stack = self.model.encode(&b.tokens, &b.segments, true)?;
         let (logits, target) = masked_logits(&self.model, &stack.out, &b.target, pad);
-        let s = label_smoothed_nll(&logits.to_kind(Kind::Float), &target, self.cfg.train.label_smoothing, pad);
+        let s = label_smoothed_nll(&logits, &target, self.cfg.train.label_smoothing, pad);
         let h = hidden.then(|| json!({"encoder": layer_sq_norms(&stack, &b.tokens.ne(pad))}));
         Ok((s, h))
     }

@@ -11,7 +11,7 @@ use preln_model::stack::StackOut;
 use preln_model::{label_smoothed_nll, LossSums, Seq2Seq, Seq2SeqConfig};
 use serde_json::{json, Value};
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
 use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
@@ -122,7 +122,7 @@ impl Task for Translation {
         let pad = self.cfg.model.pad_id;
         let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
         // The loss in fp32 whatever the forward's precision.
-        let s = label_smoothed_nll(&dec.logits.to_kind(Kind::Float), &b.target, self.cfg.train.label_smoothing, pad);
+        let s = label_smoothed_nll(&dec.logits, &b.target, self.cfg.train.label_smoothing, pad);
         let h = hidden.then(|| {
             json!({
                 "encoder": layer_sq_norms(&enc.stack, &b.src.ne(pad)),
