@@ -2,22 +2,10 @@
 //! log_softmax / gather / sum formula on the IWSLT14 benchmark's logits [2048, 10000].
 //! `cargo run --release -p preln-ops --example ce_speed [threads]`
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use tch::{Device, Kind, Tensor};
-
-fn median(f: &dyn Fn()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..7)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[3]
-}
 
 fn main() {
     let threads = std::env::args().nth(1).map_or(2, |s| s.parse().expect("threads"));
@@ -25,15 +13,15 @@ fn main() {
     let target = Tensor::randint(10000, [2048], (Kind::Int64, Device::Cpu));
     for kind in [Kind::Float, Kind::BFloat16] {
         let x = Tensor::randn([2048, 10000], (Kind::Float, Device::Cpu)).to_kind(kind).set_requires_grad(true);
-        let fused = median(&|| {
+        let fused = timing::median_time(&|| {
             let (loss, _) = preln_ops::smoothed_ce(&x, &target, 0.1, 1).unwrap();
             loss.backward();
             preln_ops::clear_grad(&x);
         });
-        let fwd = median(&|| {
+        let fwd = timing::median_time(&|| {
             let _ = tch::no_grad(|| preln_ops::smoothed_ce(&x, &target, 0.1, 1).unwrap());
         });
-        let reference = median(&|| {
+        let reference = timing::median_time(&|| {
             let lp = x.log_softmax(-1, Kind::Float);
             let nll = -lp.gather(1, &target.unsqueeze(1), false).sum(Kind::Float);
             let smooth = -lp.sum(Kind::Float);

@@ -2,24 +2,10 @@
 //! paper's IWSLT14 model: forward, input gradient and weight gradient of one layer.
 //! `cargo run --release -p preln-ops --example linear_speed [threads]`
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use tch::{Device, Kind, Tensor};
-
-fn time(f: &dyn Fn()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut t: Vec<f64> = (0..9)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[4]
-}
 
 fn main() {
     let threads = std::env::args().nth(1).map_or(2, |s| s.parse().expect("threads"));
@@ -32,10 +18,10 @@ fn main() {
         let mut row = format!("{m}x{k} @ {k}x{n}:");
         for dnnl in [false, true] {
             preln_ops::set_dnnl_linear(dnnl);
-            let fwd = time(&|| {
+            let fwd = timing::median_time(&|| {
                 let _ = tch::no_grad(|| preln_ops::linear(&x, &w, None));
             });
-            let both = time(&|| {
+            let both = timing::median_time(&|| {
                 let y = preln_ops::linear(&x, &w, None);
                 (&y * &g).sum(Kind::Float).backward();
                 preln_ops::clear_grad(&x);
