@@ -81,11 +81,16 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu || !matches!(x.kind(), Kind::Float | Kind::Double | Kind::BFloat16) || p >= 1.0 {
         return x.dropout(p, train);
     }
+    // SAFETY: plain call into the shim with live tensors.
+    new_tensor(|out| unsafe { preln_hash_dropout(out, ptr(x), p) }).expect("dropout")
+}
+
+/// A tensor that a shim call writes to its out-pointer on success; tch takes ownership.
+fn new_tensor(call: impl FnOnce(*mut *mut C_tensor) -> c_int) -> Result<Tensor, OpError> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: the shim writes a new heap tensor to `out` on success; tch takes ownership.
-    check(unsafe { preln_hash_dropout(&mut out, ptr(x), p) }).expect("dropout");
-    // SAFETY: `out` was just allocated by the shim as an at::Tensor.
-    unsafe { Tensor::from_ptr(out) }
+    check(call(&mut out))?;
+    // SAFETY: on success `out` was just allocated by the shim as an at::Tensor.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -171,12 +176,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     if !dnnl {
         return x.linear(w, b);
     }
-    let mut out: *mut C_tensor = std::ptr::null_mut();
+    dnnl_linear(x, w, b).expect("oneDNN linear")
+}
+
+/// `x @ w^T + b` through the oneDNN autograd function, unconditionally (fp32 CPU tensors).
+fn dnnl_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, OpError> {
     let bias = b.map_or(std::ptr::null_mut(), ptr);
-    // SAFETY: the shim writes a new heap tensor to `out` on success; tch takes ownership.
-    check(unsafe { preln_dnnl_linear(&mut out, ptr(x), ptr(w), bias) }).expect("oneDNN linear");
-    // SAFETY: `out` was just allocated by the shim as an at::Tensor.
-    unsafe { Tensor::from_ptr(out) }
+    // SAFETY: plain call into the shim with live tensors (or a null bias).
+    new_tensor(|out| unsafe { preln_dnnl_linear(out, ptr(x), ptr(w), bias) })
 }
 
 /// An exception thrown inside libtorch, with its message.
@@ -339,15 +346,8 @@ mod tests {
                 for t in [&x, &w, &b] {
                     clear_grad(t);
                 }
-                let y = if dnnl {
-                    let bb = bias.then(|| &b);
-                    let mut out: *mut C_tensor = std::ptr::null_mut();
-                    let bp = bb.map_or(std::ptr::null_mut(), ptr);
-                    check(unsafe { preln_dnnl_linear(&mut out, ptr(&x), ptr(&w), bp) }).unwrap();
-                    unsafe { Tensor::from_ptr(out) }
-                } else {
-                    x.linear(&w, bias.then(|| &b))
-                };
+                let y =
+                    if dnnl { dnnl_linear(&x, &w, bias.then(|| &b)).unwrap() } else { x.linear(&w, bias.then(|| &b)) };
                 (&y * &up).sum(Kind::Float).backward();
                 let gb = if bias { b.grad().copy() } else { Tensor::zeros([6], opts) };
                 (y.detach(), x.grad().copy(), w.grad().copy(), gb)
