@@ -100,8 +100,15 @@ struct DnnlLinear : public torch::autograd::Function<DnnlLinear> {
 
 // Dropout whose mask is a hash of (seed, element index) instead of a stored tensor: one pass
 // over the data forward, one backward (recomputing the mask), no Bernoulli sampling. An
-// element is kept when the hash, a uniform 32-bit number, is at least p * 2^32.
-static inline uint32_t mix32(uint32_t h) {
+// element is kept when the hash, a uniform 32-bit number, is at least p * 2^32. The hash is
+// written once for scalars and GCC's generic vectors (8 lanes); the vector kernels below give
+// the same bits as the scalar loop.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+
+template <typename U> static inline U mix32(U h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
   h ^= h >> 13;
@@ -110,17 +117,99 @@ static inline uint32_t mix32(uint32_t h) {
   return h;
 }
 
-static inline uint32_t element_hash(uint64_t seed, uint64_t i) {
+// lanes: the low 32 bits of the element indices; high: their high 32 bits (shared by a block
+// of 8 that starts at a multiple of 8).
+template <typename U> static inline U element_hash(uint64_t seed, U lanes, uint32_t high) {
   uint32_t lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
-  return mix32(mix32(static_cast<uint32_t>(i) * 0x9E3779B1u + lo) ^ (static_cast<uint32_t>(i >> 32) + hi));
+  return mix32(mix32(lanes * 0x9E3779B1u + lo) ^ (high + hi));
 }
+
+static inline float keep_factor(uint64_t seed, int64_t i, uint32_t threshold, float scale) {
+  auto u = static_cast<uint64_t>(i);
+  return element_hash(seed, static_cast<uint32_t>(u), static_cast<uint32_t>(u >> 32)) >= threshold ? scale : 0.0f;
+}
+
+// The factor (scale or 0) of elements i..i+7, i a multiple of 8.
+static inline v8f keep_factors(uint64_t seed, int64_t i, uint32_t threshold, float scale) {
+  auto u = static_cast<uint64_t>(i);
+  v8u lanes = v8u{0, 1, 2, 3, 4, 5, 6, 7} + static_cast<uint32_t>(u);
+  v8u keep = (v8u)(element_hash(seed, lanes, static_cast<uint32_t>(u >> 32)) >= threshold);
+  uint32_t scale_bits;
+  std::memcpy(&scale_bits, &scale, sizeof scale_bits);
+  v8u bits = keep & scale_bits;
+  v8f f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// fp32 to bf16 as c10::BFloat16 rounds: to nearest even, NaN to 0x7FC0.
+static inline v8h to_bf16(v8f x) {
+  v8u bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  v8u rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  v8u nan = (v8u)(x != x);
+  rounded = (rounded & ~nan) | (nan & 0x7FC0u);
+  return __builtin_convertvector(rounded, v8h);
+}
+
+static inline v8f from_bf16(const c10::BFloat16 *p) {
+  v8h raw;
+  std::memcpy(&raw, p, sizeof raw);
+  v8u bits = __builtin_convertvector(raw, v8u) << 16;
+  v8f x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// out[i] = in[i] * keep_factor(i) for i in [begin, end): scalar up to a multiple of 8, then 8 at
+// a time, then the scalar tail.
+#define DROPOUT_KERNELS(SUFFIX)                                                                                     \
+  static void dropout_f32_##SUFFIX(const float *in, float *out, int64_t begin, int64_t end, uint64_t seed,          \
+                                   uint32_t threshold, float scale) {                                               \
+    int64_t i = begin;                                                                                              \
+    for (; i < end && (i & 7); i++) out[i] = in[i] * keep_factor(seed, i, threshold, scale);                       \
+    for (; i + 8 <= end; i += 8) {                                                                                  \
+      v8f x;                                                                                                        \
+      std::memcpy(&x, in + i, sizeof x);                                                                            \
+      x *= keep_factors(seed, i, threshold, scale);                                                                 \
+      std::memcpy(out + i, &x, sizeof x);                                                                           \
+    }                                                                                                               \
+    for (; i < end; i++) out[i] = in[i] * keep_factor(seed, i, threshold, scale);                                   \
+  }                                                                                                                 \
+  static void dropout_bf16_##SUFFIX(const c10::BFloat16 *in, c10::BFloat16 *out, int64_t begin, int64_t end,       \
+                                    uint64_t seed, uint32_t threshold, float scale) {                               \
+    int64_t i = begin;                                                                                              \
+    for (; i < end && (i & 7); i++)                                                                                 \
+      out[i] = static_cast<c10::BFloat16>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));      \
+    for (; i + 8 <= end; i += 8) {                                                                                  \
+      v8h y = to_bf16(from_bf16(in + i) * keep_factors(seed, i, threshold, scale));                                 \
+      std::memcpy(out + i, &y, sizeof y);                                                                           \
+    }                                                                                                               \
+    for (; i < end; i++)                                                                                            \
+      out[i] = static_cast<c10::BFloat16>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));      \
+  }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+DROPOUT_KERNELS(avx2)
+#pragma GCC pop_options
+static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+static const bool have_avx2 = false;
+#endif
+DROPOUT_KERNELS(portable)
 
 template <typename T>
 static void masked_scale(const T *in, T *out, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
   at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i++) {
-      float keep = element_hash(seed, static_cast<uint64_t>(i)) >= threshold ? scale : 0.0f;
-      out[i] = static_cast<T>(static_cast<float>(in[i]) * keep);
+    if constexpr (std::is_same_v<T, float>) {
+      (have_avx2 ? dropout_f32_avx2 : dropout_f32_portable)(in, out, begin, end, seed, threshold, scale);
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      (have_avx2 ? dropout_bf16_avx2 : dropout_bf16_portable)(in, out, begin, end, seed, threshold, scale);
+    } else {
+      for (int64_t i = begin; i < end; i++)
+        out[i] = static_cast<T>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));
     }
   });
 }
@@ -163,9 +252,6 @@ struct HashDropout : public torch::autograd::Function<HashDropout> {
 // below 1e-7, that of float itself), 2^n through the exponent bits. Written once for GCC's
 // generic vectors (8 floats), used by the AVX2 kernels below and, one lane at a time, by the
 // portable ones.
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-
 template <typename F, typename I> static inline F exp_nonpositive(F x) {
   x = x < -87.0f ? F{} - 87.0f : x;
   F t = x * 1.4426950408889634f;
@@ -249,9 +335,6 @@ static float hsum(v8f v) {
 #pragma GCC target("avx2,fma")
 ROW_KERNELS(avx2)
 #pragma GCC pop_options
-static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-static const bool have_avx2 = false;
 #endif
 ROW_KERNELS(portable)
 

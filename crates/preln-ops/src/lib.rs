@@ -409,4 +409,26 @@ mod tests {
         assert!(dropout(&x, 0.0, true).equal(&x));
         assert_eq!(dropout(&x, 1.0, true).sum(Kind::Float).double_value(&[]), 0.0);
     }
+
+    #[test]
+    fn hash_dropout_vector_kernels_give_the_scalar_mask_and_rounding() {
+        // fp64 runs the scalar loop; fp32 and bf16 run 8 lanes at a time with scalar heads and
+        // tails (an odd length split across threads exercises both).
+        let n = 50_001;
+        tch::manual_seed(5);
+        let x = Tensor::randn([n], (Kind::BFloat16, Device::Cpu));
+        let p = 0.3;
+        let with_seed = |x: &Tensor| {
+            tch::manual_seed(99);
+            dropout(x, p, true)
+        };
+        let y64 = with_seed(&x.to_kind(Kind::Double));
+        let factor = y64.ne(0.0).to_kind(Kind::Float) * (1.0 / (1.0 - p) as f32) as f64;
+        let xf = x.to_kind(Kind::Float);
+        assert!(with_seed(&xf).equal(&(&xf * &factor)), "fp32 mask or scale differs from the scalar path");
+        assert!(with_seed(&x).equal(&(&xf * &factor).to_kind(Kind::BFloat16)), "bf16 differs from fp32 then rounding");
+        // NaN stays NaN through the bf16 rounding.
+        let nan = Tensor::full([64], f64::NAN, (Kind::BFloat16, Device::Cpu));
+        assert_eq!(with_seed(&nan).isnan().all().int64_value(&[]), 1);
+    }
 }
