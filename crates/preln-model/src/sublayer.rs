@@ -37,7 +37,7 @@ impl Residual {
             Some((NormPosition::BeforeBranch, ln)) => branch(&ln.forward(x)),
             _ => branch(x),
         };
-        let sum = x + preln_ops::dropout(&branch_out, self.dropout, train);
+        let sum = preln_ops::residual_dropout(x, &branch_out, self.dropout, train);
         let out = match &self.norm {
             Some((NormPosition::AfterResidual, ln)) => ln.forward(&sum),
             _ => sum.shallow_clone(),

@@ -187,6 +187,38 @@ static inline v8f from_bf16(const c10::BFloat16 *p) {
     }                                                                                                               \
     for (; i < end; i++)                                                                                            \
       out[i] = static_cast<c10::BFloat16>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));      \
+  }                                                                                                                 \
+  /* The fp32 gradient of a bf16 input: out = bf16(g * keep_factor). */                                           \
+  static void dropout_f32_to_bf16_##SUFFIX(const float *g, c10::BFloat16 *out, int64_t begin, int64_t end,         \
+                                           uint64_t seed, uint32_t threshold, float scale) {                        \
+    int64_t i = begin;                                                                                              \
+    for (; i < end && (i & 7); i++) out[i] = static_cast<c10::BFloat16>(g[i] * keep_factor(seed, i, threshold, scale)); \
+    for (; i + 8 <= end; i += 8) {                                                                                  \
+      v8f x;                                                                                                        \
+      std::memcpy(&x, g + i, sizeof x);                                                                             \
+      v8h y = to_bf16(x * keep_factors(seed, i, threshold, scale));                                                 \
+      std::memcpy(out + i, &y, sizeof y);                                                                           \
+    }                                                                                                               \
+    for (; i < end; i++) out[i] = static_cast<c10::BFloat16>(g[i] * keep_factor(seed, i, threshold, scale));       \
+  }                                                                                                                 \
+  /* out = x + y * keep_factor, x and out fp32, y fp32 or bf16. */                                                  \
+  template <typename Y>                                                                                             \
+  static void residual_dropout_##SUFFIX(const float *x, const Y *y, float *out, int64_t begin, int64_t end,         \
+                                        uint64_t seed, uint32_t threshold, float scale) {                           \
+    int64_t i = begin;                                                                                              \
+    for (; i < end && (i & 7); i++) out[i] = x[i] + static_cast<float>(y[i]) * keep_factor(seed, i, threshold, scale); \
+    for (; i + 8 <= end; i += 8) {                                                                                  \
+      v8f a, b;                                                                                                     \
+      std::memcpy(&a, x + i, sizeof a);                                                                             \
+      if constexpr (std::is_same_v<Y, float>) {                                                                     \
+        std::memcpy(&b, y + i, sizeof b);                                                                           \
+      } else {                                                                                                      \
+        b = from_bf16(y + i);                                                                                       \
+      }                                                                                                             \
+      a += b * keep_factors(seed, i, threshold, scale);                                                             \
+      std::memcpy(out + i, &a, sizeof a);                                                                           \
+    }                                                                                                               \
+    for (; i < end; i++) out[i] = x[i] + static_cast<float>(y[i]) * keep_factor(seed, i, threshold, scale);         \
   }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -214,10 +246,21 @@ static void masked_scale(const T *in, T *out, int64_t n, uint64_t seed, uint32_t
   });
 }
 
+// A mask seed from libtorch's default CPU generator, so torch.manual_seed decides the masks.
+static uint64_t dropout_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+}
+
+static uint32_t drop_threshold(double p) {
+  return static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+}
+
 static at::Tensor apply_mask(const at::Tensor &x, uint64_t seed, double p) {
   auto in = x.contiguous();
   auto out = at::empty_like(in);
-  auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
+  auto threshold = drop_threshold(p);
   auto scale = static_cast<float>(1.0 / (1.0 - p));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.scalar_type(), "preln_dropout", [&] {
     masked_scale<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), in.numel(), seed,
@@ -228,13 +271,7 @@ static at::Tensor apply_mask(const at::Tensor &x, uint64_t seed, double p) {
 
 struct HashDropout : public torch::autograd::Function<HashDropout> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, double p) {
-    uint64_t seed;
-    {
-      // From libtorch's default CPU generator, so torch.manual_seed decides the masks.
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      seed = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
-    }
+    uint64_t seed = dropout_seed();
     ctx->saved_data["seed"] = static_cast<int64_t>(seed);
     ctx->saved_data["p"] = p;
     return apply_mask(x, seed, p);
@@ -244,6 +281,60 @@ struct HashDropout : public torch::autograd::Function<HashDropout> {
                                                  torch::autograd::variable_list grads) {
     auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
     return {apply_mask(grads[0], seed, ctx->saved_data["p"].toDouble()), at::Tensor()};
+  }
+};
+
+// x + dropout(y) in one pass, x fp32 and y fp32 or bf16 of the same shape (the residual add of
+// a bf16 branch into the fp32 residual stream under autocast), with the mask of HashDropout.
+// Backward: x's gradient is the output's; y's is the output's through the mask, in y's dtype.
+struct ResidualDropout : public torch::autograd::Function<ResidualDropout> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &y,
+                            double p) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == y.sizes() && x.device().is_cpu() &&
+                    y.device().is_cpu() && (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16),
+                "residual_dropout: x fp32 and y fp32/bf16 of the same shape on the CPU");
+    uint64_t seed = dropout_seed();
+    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["y_bf16"] = y.scalar_type() == at::kBFloat16;
+    auto xc = x.contiguous(), yc = y.contiguous();
+    auto out = at::empty_like(xc);
+    uint32_t threshold = drop_threshold(p);
+    auto scale = static_cast<float>(1.0 / (1.0 - p));
+    const float *xp = xc.const_data_ptr<float>();
+    float *op = out.mutable_data_ptr<float>();
+    at::parallel_for(0, xc.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      if (yc.scalar_type() == at::kFloat) {
+        (have_avx2 ? residual_dropout_avx2<float> : residual_dropout_portable<float>)(
+            xp, yc.const_data_ptr<float>(), op, begin, end, seed, threshold, scale);
+      } else {
+        (have_avx2 ? residual_dropout_avx2<c10::BFloat16> : residual_dropout_portable<c10::BFloat16>)(
+            xp, yc.const_data_ptr<c10::BFloat16>(), op, begin, end, seed, threshold, scale);
+      }
+    });
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
+    double p = ctx->saved_data["p"].toDouble();
+    auto g = grads[0].contiguous().to(at::kFloat);
+    at::Tensor gy;
+    if (!ctx->saved_data["y_bf16"].toBool()) {
+      gy = apply_mask(g, seed, p);
+    } else {
+      gy = at::empty(g.sizes(), g.options().dtype(at::kBFloat16));
+      uint32_t threshold = drop_threshold(p);
+      auto scale = static_cast<float>(1.0 / (1.0 - p));
+      const float *gp = g.const_data_ptr<float>();
+      auto *yp = gy.mutable_data_ptr<c10::BFloat16>();
+      at::parallel_for(0, g.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+        (have_avx2 ? dropout_f32_to_bf16_avx2 : dropout_f32_to_bf16_portable)(gp, yp, begin, end, seed, threshold,
+                                                                            scale);
+      });
+    }
+    return {g, gy, at::Tensor()};
   }
 };
 
@@ -569,6 +660,13 @@ int preln_profile_stop(void *handle) {
 
 // *out = dropout(x, p) in training mode (elements zeroed with probability p, the rest scaled by
 // 1 / (1 - p)) with hash masks; fp32, fp64 and bf16 on the CPU.
+int preln_residual_dropout(tensor *out, tensor x, tensor y, double p) {
+  return guarded([&] {
+    *out = new at::Tensor(ResidualDropout::apply(*x, *y, p));
+    return 0;
+  });
+}
+
 int preln_hash_dropout(tensor *out, tensor x, double p) {
   return guarded([&] {
     *out = new at::Tensor(HashDropout::apply(*x, p));

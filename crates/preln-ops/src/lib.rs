@@ -42,6 +42,7 @@ extern "C" {
         ignore: i64,
     ) -> c_int;
     fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
+    fn preln_residual_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, y: *mut C_tensor, p: c_double) -> c_int;
     fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
 }
 
@@ -83,6 +84,26 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     }
     // SAFETY: plain call into the shim with live tensors.
     new_tensor(|out| unsafe { preln_hash_dropout(out, ptr(x), p) }).expect("dropout")
+}
+
+/// `x + dropout(y, p, train)`, the residual add of a sublayer. On the CPU, for an fp32 `x` and an
+/// fp32 or bf16 `y` of the same shape (a bf16 branch under autocast), it is one pass with
+/// [`dropout`]'s mask and no rounding of the dropped-out branch; the result is fp32, as `x + y`
+/// would be. Other cases compose the two operations.
+pub fn residual_dropout(x: &Tensor, y: &Tensor, p: f64, train: bool) -> Tensor {
+    let fused = train
+        && p > 0.0
+        && p < 1.0
+        && x.device() == Device::Cpu
+        && y.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && matches!(y.kind(), Kind::Float | Kind::BFloat16)
+        && x.size() == y.size();
+    if !fused {
+        return x + dropout(y, p, train);
+    }
+    // SAFETY: plain call into the shim with live tensors.
+    new_tensor(|out| unsafe { preln_residual_dropout(out, ptr(x), ptr(y), p) }).expect("residual dropout")
 }
 
 /// A tensor that a shim call writes to its out-pointer on success; tch takes ownership.
@@ -430,5 +451,34 @@ mod tests {
         // NaN stays NaN through the bf16 rounding.
         let nan = Tensor::full([64], f64::NAN, (Kind::BFloat16, Device::Cpu));
         assert_eq!(with_seed(&nan).isnan().all().int64_value(&[]), 1);
+    }
+
+    #[test]
+    fn residual_dropout_is_x_plus_dropout_in_one_pass() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            tch::manual_seed(7);
+            let opts = (Kind::Float, Device::Cpu);
+            let x = Tensor::randn([3, 1001, 7], opts).set_requires_grad(true);
+            let y = Tensor::randn([3, 1001, 7], opts).to_kind(kind).set_requires_grad(true);
+            tch::manual_seed(8);
+            let out = residual_dropout(&x, &y, 0.2, true);
+            assert_eq!(out.kind(), Kind::Float);
+            // The same mask as dropout() with the same seed, with y's dropped-out values unrounded.
+            tch::manual_seed(8);
+            let factor = dropout(&Tensor::ones([3, 1001, 7], opts), 0.2, true);
+            let want = &x.detach() + y.detach().to_kind(Kind::Float) * &factor;
+            let err = (&out - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "{kind:?}: forward off by {err}");
+            let g = Tensor::randn([3, 1001, 7], opts);
+            (&out * &g).sum(Kind::Float).backward();
+            assert!(x.grad().equal(&g), "{kind:?}: x's gradient is the output's");
+            assert_eq!(y.grad().kind(), kind);
+            let want_gy = (&g * &factor).to_kind(kind);
+            assert!(y.grad().equal(&want_gy), "{kind:?}: y's gradient goes through the same mask");
+        }
+        // Outside training, and for other dtypes, it is the plain sum.
+        let x = Tensor::ones([4], (Kind::Double, Device::Cpu));
+        assert!(residual_dropout(&x, &x, 0.5, true).size() == vec![4]);
+        assert!(residual_dropout(&x, &x, 0.5, false).equal(&(&x * 2.0)));
     }
 }
