@@ -384,41 +384,51 @@ static float hsum(v8f v) {
   return s;
 }
 
+// 8 lanes of fp32 from fp32 or bf16 memory, and back.
+static inline __attribute__((always_inline)) v8f load8(const float *p) {
+  v8f x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+static inline __attribute__((always_inline)) v8f load8(const c10::BFloat16 *p) { return from_bf16(p); }
+static inline __attribute__((always_inline)) void store8(float *p, v8f x) { std::memcpy(p, &x, sizeof x); }
+static inline __attribute__((always_inline)) void store8(c10::BFloat16 *p, v8f x) {
+  v8h y = to_bf16(x);
+  std::memcpy(p, &y, sizeof y);
+}
+
+// Row kernels over fp32 or bf16 logits, read and written in place (no fp32 copy of a bf16 row).
 #define ROW_KERNELS(SUFFIX)                                                                                         \
-  static RowStats row_stats_##SUFFIX(const float *x, int64_t v) {                                                   \
+  template <typename T> static RowStats row_stats_##SUFFIX(const T *x, int64_t v) {                                 \
     int64_t j = 0;                                                                                                  \
     v8f m8 = v8f{} - INFINITY;                                                                                      \
     for (; j + 8 <= v; j += 8) {                                                                                    \
-      v8f e;                                                                                                        \
-      std::memcpy(&e, x + j, sizeof e);                                                                             \
+      v8f e = load8(x + j);                                                                                         \
       m8 = e > m8 ? e : m8;                                                                                         \
     }                                                                                                               \
     float m = hmax(m8);                                                                                             \
-    for (; j < v; j++) m = x[j] > m ? x[j] : m;                                                                     \
+    for (; j < v; j++) m = static_cast<float>(x[j]) > m ? static_cast<float>(x[j]) : m;                             \
     v8f s8 = v8f{}, x8 = v8f{};                                                                                     \
     for (j = 0; j + 8 <= v; j += 8) {                                                                               \
-      v8f e;                                                                                                        \
-      std::memcpy(&e, x + j, sizeof e);                                                                             \
+      v8f e = load8(x + j);                                                                                         \
       s8 += exp_nonpositive<v8f, v8i>(e - m);                                                                       \
       x8 += e;                                                                                                      \
     }                                                                                                               \
     float s = hsum(s8), sx = hsum(x8);                                                                              \
     for (; j < v; j++) {                                                                                            \
-      s += exp_nonpositive<float, int32_t>(x[j] - m);                                                               \
-      sx += x[j];                                                                                                   \
+      float e = static_cast<float>(x[j]);                                                                           \
+      s += exp_nonpositive<float, int32_t>(e - m);                                                                  \
+      sx += e;                                                                                                      \
     }                                                                                                               \
     return {m, s, sx};                                                                                              \
   }                                                                                                                 \
   /* g_j = av * exp(x_j - lse) - b */                                                                               \
-  static void row_grad_##SUFFIX(const float *x, int64_t v, float lse, float av, float b, float *g) {                \
+  template <typename T>                                                                                             \
+  static void row_grad_##SUFFIX(const T *x, int64_t v, float lse, float av, float b, T *g) {                        \
     int64_t j = 0;                                                                                                  \
-    for (; j + 8 <= v; j += 8) {                                                                                    \
-      v8f e;                                                                                                        \
-      std::memcpy(&e, x + j, sizeof e);                                                                             \
-      v8f r = av * exp_nonpositive<v8f, v8i>(e - lse) - b;                                                          \
-      std::memcpy(g + j, &r, sizeof r);                                                                             \
-    }                                                                                                               \
-    for (; j < v; j++) g[j] = av * exp_nonpositive<float, int32_t>(x[j] - lse) - b;                                 \
+    for (; j + 8 <= v; j += 8) store8(g + j, av * exp_nonpositive<v8f, v8i>(load8(x + j) - lse) - b);               \
+    for (; j < v; j++)                                                                                              \
+      g[j] = static_cast<T>(av * exp_nonpositive<float, int32_t>(static_cast<float>(x[j]) - lse) - b);              \
   }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -429,29 +439,18 @@ ROW_KERNELS(avx2)
 #endif
 ROW_KERNELS(portable)
 
-static RowStats row_stats(const float *x, int64_t v) {
+template <typename T> static RowStats row_stats(const T *x, int64_t v) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (have_avx2) return row_stats_avx2(x, v);
 #endif
   return row_stats_portable(x, v);
 }
 
-static void row_grad(const float *x, int64_t v, float lse, float av, float b, float *g) {
+template <typename T> static void row_grad(const T *x, int64_t v, float lse, float av, float b, T *g) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (have_avx2) return row_grad_avx2(x, v, lse, av, b, g);
 #endif
   row_grad_portable(x, v, lse, av, b, g);
-}
-
-// A row as fp32: the data itself, or converted into `buf` (bf16 is the top half of fp32).
-template <typename T> static const float *row_as_float(const T *row, int64_t v, std::vector<float> &buf) {
-  if constexpr (std::is_same_v<T, float>) {
-    return row;
-  } else {
-    buf.resize(v);
-    for (int64_t j = 0; j < v; j++) buf[j] = static_cast<float>(row[j]);
-    return buf.data();
-  }
 }
 
 // Label-smoothed cross-entropy (fairseq's definition, see preln-model's loss.rs) straight from
@@ -462,9 +461,8 @@ template <typename T>
 static void ce_rows(const T *x, const int64_t *target, int64_t n, int64_t v, int64_t ignore, float *lse,
                     double *nll_out, double *smooth_out) {
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf;
     for (int64_t r = begin; r < end; r++) {
-      const float *row = row_as_float(x + r * v, v, buf);
+      const T *row = x + r * v;
       RowStats st = row_stats(row, v);
       float l = st.max + std::log(st.sumexp);
       lse[r] = l;
@@ -474,7 +472,7 @@ static void ce_rows(const T *x, const int64_t *target, int64_t n, int64_t v, int
         smooth_out[r] = 0.0;
       } else {
         TORCH_CHECK(t >= 0 && t < v, "label_smoothed_nll: target ", t, " outside [0, ", v, ")");
-        nll_out[r] = static_cast<double>(l) - static_cast<double>(row[t]);
+        nll_out[r] = static_cast<double>(l) - static_cast<double>(static_cast<float>(row[t]));
         smooth_out[r] = static_cast<double>(v) * l - static_cast<double>(st.sum);
       }
     }
@@ -487,7 +485,6 @@ static void ce_grad_rows(const T *x, const int64_t *target, const float *lse, in
   // d/dx_j of (a * nll + b * smooth) = a (p_j - [j = t]) + b (V p_j - 1)
   float av = a + b * static_cast<float>(v);
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf, gbuf;
     for (int64_t r = begin; r < end; r++) {
       T *g = grad + r * v;
       int64_t t = target[r];
@@ -495,19 +492,11 @@ static void ce_grad_rows(const T *x, const int64_t *target, const float *lse, in
         for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(0.0f);
         continue;
       }
-      const float *row = row_as_float(x + r * v, v, buf);
-      float *out;
-      if constexpr (std::is_same_v<T, float>) {
-        out = g;
-      } else {
-        gbuf.resize(v);
-        out = gbuf.data();
-      }
-      row_grad(row, v, lse[r], av, b, out);
-      out[t] -= a;
-      if constexpr (!std::is_same_v<T, float>) {
-        for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(out[j]);
-      }
+      const T *row = x + r * v;
+      row_grad(row, v, lse[r], av, b, g);
+      // The target's entry again, with its -a, rounded once.
+      float p = exp_nonpositive<float, int32_t>(static_cast<float>(row[t]) - lse[r]);
+      g[t] = static_cast<T>(av * p - b - a);
     }
   });
 }
@@ -528,11 +517,15 @@ struct SmoothedCe : public torch::autograd::Function<SmoothedCe> {
     auto lse = at::empty({n}, x.options().dtype(at::kFloat));
     auto nll = at::empty({n}, x.options().dtype(at::kDouble));
     auto smooth = at::empty({n}, x.options().dtype(at::kDouble));
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "preln_smoothed_ce", [&] {
-      ce_rows<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), n, v, ignore,
-                        lse.mutable_data_ptr<float>(), nll.mutable_data_ptr<double>(),
-                        smooth.mutable_data_ptr<double>());
-    });
+    auto rows = [&](auto *data) {
+      ce_rows(data, t.const_data_ptr<int64_t>(), n, v, ignore, lse.mutable_data_ptr<float>(),
+              nll.mutable_data_ptr<double>(), smooth.mutable_data_ptr<double>());
+    };
+    if (x.scalar_type() == at::kFloat) {
+      rows(x.const_data_ptr<float>());
+    } else {
+      rows(x.const_data_ptr<c10::BFloat16>());
+    }
     double eps_i = v > 1 ? epsilon / static_cast<double>(v - 1) : 0.0;
     double a = 1.0 - epsilon - eps_i;
     auto nll_sum = nll.sum();
@@ -557,11 +550,15 @@ struct SmoothedCe : public torch::autograd::Function<SmoothedCe> {
     // loss = a nll + b smooth, so the total is (g_loss a + g_nll) nll + g_loss b smooth.
     auto ga = static_cast<float>(g_loss * a + g_nll), gb = static_cast<float>(g_loss * b);
     auto grad = at::empty_like(x);
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "preln_smoothed_ce_backward", [&] {
-      ce_grad_rows<scalar_t>(x.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(),
-                             x.size(0), x.size(1), ctx->saved_data["ignore"].toInt(), ga, gb,
-                             grad.mutable_data_ptr<scalar_t>());
-    });
+    auto rows = [&](auto *data, auto *out) {
+      ce_grad_rows(data, t.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(), x.size(0), x.size(1),
+                   ctx->saved_data["ignore"].toInt(), ga, gb, out);
+    };
+    if (x.scalar_type() == at::kFloat) {
+      rows(x.const_data_ptr<float>(), grad.mutable_data_ptr<float>());
+    } else {
+      rows(x.const_data_ptr<c10::BFloat16>(), grad.mutable_data_ptr<c10::BFloat16>());
+    }
     auto shape = ctx->saved_data["shape"].toIntVector();
     return {grad.view(shape), at::Tensor(), at::Tensor(), at::Tensor()};
   }

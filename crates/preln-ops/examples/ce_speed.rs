@@ -10,6 +10,8 @@ use tch::{Device, Kind, Tensor};
 fn main() {
     let threads = std::env::args().nth(1).map_or(2, |s| s.parse().expect("threads"));
     tch::set_num_threads(threads);
+    // As the CLI does: step buffers stay mapped, so timings leave out page faults.
+    preln_ops::keep_freed_memory();
     let target = Tensor::randint(10000, [2048], (Kind::Int64, Device::Cpu));
     for kind in [Kind::Float, Kind::BFloat16] {
         let x = Tensor::randn([2048, 10000], (Kind::Float, Device::Cpu)).to_kind(kind).set_requires_grad(true);
