@@ -11,7 +11,24 @@ fn main() {
     link_libtorch::main();
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
-    cc::Build::new()
+    // at::parallel_for is inline OpenMP in libtorch's headers: without -fopenmp the shim's kernels
+    // would run on one thread. Link the OpenMP runtime libtorch itself loads, so there is one pool.
+    let gomp = std::fs::read_dir(&lib)
+        .expect("libtorch lib folder is readable")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with("libgomp") && name.contains(".so"));
+    let mut build = cc::Build::new();
+    match &gomp {
+        Some(name) => {
+            build.flag("-fopenmp");
+            println!("cargo:rustc-link-lib=dylib:+verbatim={name}");
+        }
+        None => println!(
+            "cargo:warning=no libgomp next to libtorch in {}: preln-ops kernels run on one thread",
+            lib.display()
+        ),
+    }
+    build
         .cpp(true)
         .file("csrc/preln_ops.cpp")
         .include(&include)
