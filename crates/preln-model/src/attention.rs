@@ -95,11 +95,12 @@ impl MultiHeadAttention {
 /// softmax(q k^T / sqrt(d_head)) v, with `mask` (`true` = attend) and dropout on the attention
 /// weights in training.
 ///
-/// While autograd records, it runs as its three steps (two batched products and a softmax in
-/// the scores' dtype, which libtorch computes with fp32 statistics): for this project's short
-/// sequences that trains 1.5x (fp32) to 4x (bf16) faster than libtorch's fused CPU kernel,
-/// whose backward pass dominates (`tools/attention_speed.py`). Inference uses the fused kernel.
-/// A query that may attend to no key gets uniform weights rather than NaN.
+/// On the CPU while autograd records, it runs as its three steps: two batched products and a
+/// softmax in the scores' dtype (which libtorch computes with fp32 statistics). At this
+/// project's sequence lengths that trains 1.1-1.4x (fp32) and 3-4x (bf16) faster than
+/// libtorch's fused CPU kernel, whose backward pass dominates (`tools/attention_speed.py`); a
+/// query that may attend to no key gets uniform weights there rather than NaN. Inference, and
+/// CUDA with its flash and memory-efficient kernels, use the fused kernel.
 ///
 /// # Shapes
 /// q: `[B, heads, T, d_head]`; k, v: `[B, heads, S, d_head]`; mask: broadcastable to
@@ -112,7 +113,7 @@ pub fn scaled_dot_product(
     dropout: f64,
     train: bool,
 ) -> Tensor {
-    if !preln_ops::grad_enabled() {
+    if !preln_ops::grad_enabled() || q.device() != tch::Device::Cpu {
         let p = if train { dropout } else { 0.0 };
         return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
     }
