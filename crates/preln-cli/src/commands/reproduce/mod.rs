@@ -24,81 +24,97 @@ use preln_data::Dataset;
 use crate::cli::{DepthArgs, DeviceArg, InitArgs, ModelArgs, PlacementArg, ProbeArgs, ReproduceArgs, ReproduceWhat};
 use scale::ScaleSpec;
 
+/// What every part of a reproduction shares.
+struct Setup {
+    spec: ScaleSpec,
+    out: PathBuf,
+    started: Instant,
+    /// Runs at once, and the machine's cores they share.
+    jobs: usize,
+    cores: usize,
+}
+
+impl Setup {
+    fn threads_per_job(&self) -> usize {
+        (self.cores / self.jobs).max(1)
+    }
+}
+
 pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
     let spec = ScaleSpec::of(args.scale);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", spec.name)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let started = Instant::now();
-    let bert_mode = args.what == ReproduceWhat::Bert;
-    let bert_scale = bert::BertScale::of(args.scale);
-    let bert_runs = bert::plan(&bert_scale, &out, if bert_mode { &args.overrides } else { &[] })?;
     let cores = threads
         .map(|t| t.max(1) as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let jobs = args.jobs.unwrap_or(cores).max(1);
-    if bert_mode {
-        let Some(data) = &args.data else {
-            bail!("reproduce bert: --data must name a folder made by `preln prepare-mlm`")
-        };
-        preln_data::mlm::MlmDataset::open(data)?;
-        let mut failures = Vec::new();
-        if !args.report_only {
-            let Some(glue) = &args.glue else {
-                bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)")
-            };
-            failures = bert::run(&bert_runs, &bert_scale, data, glue, jobs, (cores / jobs).max(1), cores)?;
-        }
-        return finish(&out, &spec, data, false, &[], &bert_runs, started, failures);
+    let setup = Setup { spec, out, started: Instant::now(), jobs, cores };
+    match args.what {
+        ReproduceWhat::Bert => run_bert(&args, &setup),
+        ReproduceWhat::Init => run_translation(&args, &setup, true, false),
+        ReproduceWhat::Warmup => run_translation(&args, &setup, false, true),
+        ReproduceWhat::All => run_translation(&args, &setup, true, true),
     }
+}
+
+/// `reproduce bert`: the three pretraining runs of Figure 5, fine-tuning, and the report.
+fn run_bert(args: &ReproduceArgs, setup: &Setup) -> Result<()> {
+    let scale = bert::BertScale::of(args.scale);
+    let runs = bert::plan(&scale, &setup.out, &args.overrides)?;
+    let Some(data) = &args.data else { bail!("reproduce bert: --data must name a folder made by `preln prepare-mlm`") };
+    preln_data::mlm::MlmDataset::open(data)?;
+    let mut failures = Vec::new();
+    if !args.report_only {
+        let Some(glue) = &args.glue else { bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)") };
+        failures = bert::run(&runs, &scale, data, glue, setup.jobs, setup.threads_per_job(), setup.cores)?;
+    }
+    finish(setup, data, false, &[], &runs, failures)
+}
+
+/// `reproduce init|warmup|all`: Figure 3 and the depth scan, and/or the warmup grid, then the
+/// report (which also shows any BERT results already in `--out`).
+fn run_translation(args: &ReproduceArgs, setup: &Setup, init: bool, warmup: bool) -> Result<()> {
+    let bert_runs = bert::plan(&bert::BertScale::of(args.scale), &setup.out, &[])?;
     let data = match &args.data {
         Some(d) => {
             Dataset::open(d)?;
             d.clone()
         }
-        None => builtin::ensure(&out.join("data"))?,
+        None => builtin::ensure(&setup.out.join("data"))?,
     };
     let mut failures = Vec::new();
     if !args.report_only {
-        let (init, warmup) = match args.what {
-            ReproduceWhat::Init => (true, false),
-            ReproduceWhat::Warmup => (false, true),
-            ReproduceWhat::All => (true, true),
-            ReproduceWhat::Bert => unreachable!("handled above"),
-        };
         if init {
-            run_init(&spec, args.data.as_deref(), &out)?;
+            run_init(&setup.spec, args.data.as_deref(), &setup.out)?;
         }
         if warmup {
-            let runs = plan_runs(&spec, &data, &out, &args)?;
+            let runs = plan_runs(&setup.spec, &data, &setup.out, args)?;
             let jobs_list: Vec<grid::Job> = runs.iter().map(grid::PlannedRun::job).collect();
-            failures = grid::run_all(&jobs_list, &data, jobs, (cores / jobs).max(1))?;
+            failures = grid::run_all(&jobs_list, &data, setup.jobs, setup.threads_per_job())?;
         }
     }
-    let runs = plan_runs(&spec, &data, &out, &args)?;
-    finish(&out, &spec, &data, args.data.is_none(), &runs, &bert_runs, started, failures)
+    let runs = plan_runs(&setup.spec, &data, &setup.out, args)?;
+    finish(setup, &data, args.data.is_none(), &runs, &bert_runs, failures)
 }
 
 /// Writes the report (whatever is on disk) and reports failed runs.
-#[allow(clippy::too_many_arguments)]
 fn finish(
-    out: &Path,
-    spec: &ScaleSpec,
+    setup: &Setup,
     data: &Path,
     builtin: bool,
     runs: &[grid::PlannedRun],
     bert_runs: &[bert::BertRun],
-    started: Instant,
     failures: Vec<(String, String)>,
 ) -> Result<()> {
     let written = report::write(&report::Context {
-        out,
-        spec,
+        out: &setup.out,
+        spec: &setup.spec,
         data,
         builtin,
         runs,
         bert: bert_runs,
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        wall_s: started.elapsed().as_secs_f64(),
+        wall_s: setup.started.elapsed().as_secs_f64(),
     })?;
     for f in &written {
         println!("{}", f.display());
