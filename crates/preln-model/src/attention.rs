@@ -92,15 +92,21 @@ impl MultiHeadAttention {
     }
 }
 
+/// The longest key sequence for which [`scaled_dot_product`] trains as three steps, in fp32
+/// (and other dtypes) and in bf16: beyond them libtorch's fused CPU kernel is faster
+/// (`tools/attention_speed.py` on this project's 2-core machine, 2,048 tokens a batch).
+pub const THREE_STEP_MAX_KEYS: (i64, i64) = (128, 512);
+
 /// softmax(q k^T / sqrt(d_head)) v, with `mask` (`true` = attend) and dropout on the attention
 /// weights in training.
 ///
-/// On the CPU while autograd records, it runs as its three steps: two batched products and a
-/// softmax in the scores' dtype (which libtorch computes with fp32 statistics). At this
-/// project's sequence lengths that trains 1.1-1.4x (fp32) and 3-4x (bf16) faster than
-/// libtorch's fused CPU kernel, whose backward pass dominates (`tools/attention_speed.py`); a
-/// query that may attend to no key gets uniform weights there rather than NaN. Inference, and
-/// CUDA with its flash and memory-efficient kernels, use the fused kernel.
+/// On the CPU while autograd records, and for up to 128 keys (512 in bf16), it runs as its
+/// three steps: two batched products and a softmax in the scores' dtype (which libtorch computes
+/// with fp32 statistics). At those lengths that trains up to 1.4x (fp32) and 1.2-4x (bf16)
+/// faster than libtorch's fused CPU kernel, whose backward pass dominates; beyond them the
+/// fused kernel is faster (`tools/attention_speed.py`). On the three-step path a query that may
+/// attend to no key gets uniform weights rather than NaN. Inference, and CUDA with its flash and
+/// memory-efficient kernels, use the fused kernel.
 ///
 /// # Shapes
 /// q: `[B, heads, T, d_head]`; k, v: `[B, heads, S, d_head]`; mask: broadcastable to
@@ -113,7 +119,9 @@ pub fn scaled_dot_product(
     dropout: f64,
     train: bool,
 ) -> Tensor {
-    if !preln_ops::grad_enabled() || q.device() != tch::Device::Cpu {
+    let (fp32_max, bf16_max) = THREE_STEP_MAX_KEYS;
+    let short = k.size()[2] <= if q.kind() == tch::Kind::BFloat16 { bf16_max } else { fp32_max };
+    if !short || !preln_ops::grad_enabled() || q.device() != tch::Device::Cpu {
         let p = if train { dropout } else { 0.0 };
         return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
     }
@@ -194,6 +202,23 @@ mod tests {
         let steps = scaled_dot_product(&q.set_requires_grad(true), &k, &v, Some(&mask), 0.0, false);
         assert_eq!(steps.kind(), Kind::BFloat16);
         assert!(max_diff(&fused, &steps) < 0.05, "bf16 diff {}", max_diff(&fused, &steps));
+    }
+
+    #[test]
+    fn long_sequences_train_through_the_fused_kernel() {
+        tch::manual_seed(5);
+        let opts = (Kind::Float, Device::Cpu);
+        for (keys, fused) in [(THREE_STEP_MAX_KEYS.0, false), (THREE_STEP_MAX_KEYS.0 + 1, true)] {
+            let (q, k, v) = (
+                Tensor::randn([1, 2, 3, 8], opts),
+                Tensor::randn([1, 2, keys, 8], opts),
+                Tensor::randn([1, 2, keys, 8], opts),
+            );
+            let reference = tch::no_grad(|| scaled_dot_product(&q, &k, &v, None, 0.0, false));
+            let training = scaled_dot_product(&q.set_requires_grad(true), &k, &v, None, 0.0, false);
+            assert_eq!(training.equal(&reference), fused, "{keys} keys");
+            assert!(max_diff(&training, &reference) < 1e-5);
+        }
     }
 
     #[test]
