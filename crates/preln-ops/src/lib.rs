@@ -487,10 +487,16 @@ mod tests {
             let want_gy = (&g * &factor).to_kind(kind);
             assert!(y.grad().equal(&want_gy), "{kind:?}: y's gradient goes through the same mask");
         }
-        // Outside training, and for other dtypes, it is the plain sum.
-        let x = Tensor::ones([4], (Kind::Double, Device::Cpu));
-        assert!(residual_dropout(&x, &x, 0.5, true).size() == vec![4]);
-        assert!(residual_dropout(&x, &x, 0.5, false).equal(&(&x * 2.0)));
+        // Other dtypes compose the two operations, with the same mask; outside training it is
+        // the plain sum.
+        let x = Tensor::randn([40], (Kind::Double, Device::Cpu));
+        let y = Tensor::randn([40], (Kind::Double, Device::Cpu));
+        tch::manual_seed(3);
+        let fused = residual_dropout(&x, &y, 0.5, true);
+        tch::manual_seed(3);
+        assert!(fused.equal(&(&x + dropout(&y, 0.5, true))));
+        assert!(!fused.equal(&(&x + &y)));
+        assert!(residual_dropout(&x, &y, 0.5, false).equal(&(&x + &y)));
     }
 
     #[test]
