@@ -30,7 +30,7 @@ impl FeedForward {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let h = apply(&self.fc1, x);
         let h = match self.activation {
-            Activation::Relu => preln_ops::relu(&h),
+            Activation::Relu => h.relu(),
             Activation::Gelu => h.gelu("none"),
         };
         apply(&self.fc2, &preln_ops::dropout(&h, self.dropout, train))

@@ -453,81 +453,6 @@ template <typename T> static void row_grad(const T *x, int64_t v, float lse, flo
   row_grad_portable(x, v, lse, av, b, g);
 }
 
-// ReLU over fp32 or bf16, and its backward from the output (as libtorch's: zero where the output
-// is <= 0). NaN passes through the forward and lets the gradient through, as in libtorch.
-#define RELU_KERNELS(SUFFIX)                                                                                        \
-  template <typename T> static void relu_##SUFFIX(const T *x, T *out, int64_t begin, int64_t end) {                 \
-    int64_t i = begin;                                                                                              \
-    for (; i + 8 <= end; i += 8) {                                                                                  \
-      v8f v = load8(x + i);                                                                                         \
-      store8(out + i, v < v8f{} ? v8f{} : v);                                                                       \
-    }                                                                                                               \
-    for (; i < end; i++) {                                                                                          \
-      float v = static_cast<float>(x[i]);                                                                           \
-      out[i] = static_cast<T>(v < 0.0f ? 0.0f : v);                                                                 \
-    }                                                                                                               \
-  }                                                                                                                 \
-  template <typename T>                                                                                             \
-  static void relu_grad_##SUFFIX(const T *g, const T *out, T *gi, int64_t begin, int64_t end) {                     \
-    int64_t i = begin;                                                                                              \
-    for (; i + 8 <= end; i += 8) store8(gi + i, load8(out + i) <= v8f{} ? v8f{} : load8(g + i));                    \
-    for (; i < end; i++) gi[i] = static_cast<float>(out[i]) <= 0.0f ? static_cast<T>(0.0f) : g[i];                 \
-  }
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-RELU_KERNELS(avx2)
-#pragma GCC pop_options
-#endif
-RELU_KERNELS(portable)
-
-struct Relu : public torch::autograd::Function<Relu> {
-  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x) {
-    TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
-                "relu: fp32 or bf16 on the CPU");
-    auto xc = x.contiguous();
-    auto out = at::empty_like(xc);
-    auto run = [&](auto *in, auto *o) {
-      at::parallel_for(0, xc.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__) && defined(__GNUC__)
-        if (have_avx2) return relu_avx2(in, o, begin, end);
-#endif
-        relu_portable(in, o, begin, end);
-      });
-    };
-    if (xc.scalar_type() == at::kFloat) {
-      run(xc.const_data_ptr<float>(), out.mutable_data_ptr<float>());
-    } else {
-      run(xc.const_data_ptr<c10::BFloat16>(), out.mutable_data_ptr<c10::BFloat16>());
-    }
-    ctx->save_for_backward({out});
-    return out;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto out = ctx->get_saved_variables()[0];
-    auto g = grads[0].to(out.scalar_type()).contiguous();
-    auto gi = at::empty_like(out);
-    auto run = [&](auto *gp, auto *op, auto *ip) {
-      at::parallel_for(0, out.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__) && defined(__GNUC__)
-        if (have_avx2) return relu_grad_avx2(gp, op, ip, begin, end);
-#endif
-        relu_grad_portable(gp, op, ip, begin, end);
-      });
-    };
-    if (out.scalar_type() == at::kFloat) {
-      run(g.const_data_ptr<float>(), out.const_data_ptr<float>(), gi.mutable_data_ptr<float>());
-    } else {
-      run(g.const_data_ptr<c10::BFloat16>(), out.const_data_ptr<c10::BFloat16>(),
-          gi.mutable_data_ptr<c10::BFloat16>());
-    }
-    return {gi};
-  }
-};
-
 // Label-smoothed cross-entropy (fairseq's definition, see preln-model's loss.rs) straight from
 // logits [N, V] (fp32 or bf16; statistics in fp32 and fp64): one pass for the row
 // maximum, one for the sums, and one backward pass that writes the gradient, instead of
@@ -732,13 +657,6 @@ int preln_profile_stop(void *handle) {
 
 // *out = dropout(x, p) in training mode (elements zeroed with probability p, the rest scaled by
 // 1 / (1 - p)) with hash masks; fp32, fp64 and bf16 on the CPU.
-int preln_relu(tensor *out, tensor x) {
-  return guarded([&] {
-    *out = new at::Tensor(Relu::apply(*x));
-    return 0;
-  });
-}
-
 int preln_residual_dropout(tensor *out, tensor x, tensor y, double p) {
   return guarded([&] {
     *out = new at::Tensor(ResidualDropout::apply(*x, *y, p));

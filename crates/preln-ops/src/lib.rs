@@ -42,7 +42,6 @@ extern "C" {
         ignore: i64,
     ) -> c_int;
     fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
-    fn preln_relu(out: *mut *mut C_tensor, x: *mut C_tensor) -> c_int;
     fn preln_residual_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, y: *mut C_tensor, p: c_double) -> c_int;
     fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
 }
@@ -105,16 +104,6 @@ pub fn residual_dropout(x: &Tensor, y: &Tensor, p: f64, train: bool) -> Tensor {
     }
     // SAFETY: plain call into the shim with live tensors.
     new_tensor(|out| unsafe { preln_residual_dropout(out, ptr(x), ptr(y), p) }).expect("residual dropout")
-}
-
-/// `max(x, 0)`, as `Tensor::relu`; fp32 and bf16 on the CPU in one vectorized pass each way
-/// (libtorch's bf16 ReLU backward converts element by element), other cases in libtorch.
-pub fn relu(x: &Tensor) -> Tensor {
-    if x.device() != Device::Cpu || !matches!(x.kind(), Kind::Float | Kind::BFloat16) {
-        return x.relu();
-    }
-    // SAFETY: plain call into the shim with live tensors.
-    new_tensor(|out| unsafe { preln_relu(out, ptr(x)) }).expect("relu")
 }
 
 /// A tensor that a shim call writes to its out-pointer on success; tch takes ownership.
@@ -497,24 +486,5 @@ mod tests {
         assert!(fused.equal(&(&x + dropout(&y, 0.5, true))));
         assert!(!fused.equal(&(&x + &y)));
         assert!(residual_dropout(&x, &y, 0.5, false).equal(&(&x + &y)));
-    }
-
-    #[test]
-    fn relu_matches_libtorch_forward_and_backward() {
-        for kind in [Kind::Float, Kind::BFloat16] {
-            tch::manual_seed(4);
-            let x = Tensor::randn([5, 1003], (kind, Device::Cpu));
-            let _ = x.get(0).get(3).fill_(f64::NAN);
-            let _ = x.get(1).get(5).fill_(0.0);
-            let ours = x.copy().set_requires_grad(true);
-            let theirs = x.copy().set_requires_grad(true);
-            let (a, b) = (relu(&ours), theirs.relu());
-            assert_eq!(a.kind(), kind);
-            assert!(a.allclose(&b, 0.0, 0.0, true), "{kind:?}: forward");
-            let g = Tensor::randn([5, 1003], (kind, Device::Cpu));
-            (&a * &g).sum(Kind::Float).backward();
-            (&b * &g).sum(Kind::Float).backward();
-            assert!(ours.grad().allclose(&theirs.grad(), 0.0, 0.0, true), "{kind:?}: backward");
-        }
     }
 }
