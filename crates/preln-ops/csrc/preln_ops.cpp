@@ -98,52 +98,18 @@ struct DnnlLinear : public torch::autograd::Function<DnnlLinear> {
   }
 };
 
-// Dropout whose mask is a hash of (seed, element index) instead of a stored tensor: one pass
-// over the data forward, one backward (recomputing the mask), no Bernoulli sampling. An
-// element is kept when the hash, a uniform 32-bit number, is at least p * 2^32. The hash is
-// written once for scalars and GCC's generic vectors (8 lanes); the vector kernels below give
-// the same bits as the scalar loop.
+// Element-wise and row kernels, written once for GCC's generic vectors (8 fp32 lanes) and
+// compiled twice: for AVX2 + FMA (chosen at run time) and for the baseline target. Scalar heads
+// and tails give the same bits as the vector lanes.
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint16_t v8h __attribute__((vector_size(16)));
 
-template <typename U> static inline U mix32(U h) {
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  return h;
-}
-
-// lanes: the low 32 bits of the element indices; high: their high 32 bits (shared by a block
-// of 8 that starts at a multiple of 8).
-template <typename U> static inline U element_hash(uint64_t seed, U lanes, uint32_t high) {
-  uint32_t lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
-  return mix32(mix32(lanes * 0x9E3779B1u + lo) ^ (high + hi));
-}
-
-static inline float keep_factor(uint64_t seed, int64_t i, uint32_t threshold, float scale) {
-  auto u = static_cast<uint64_t>(i);
-  return element_hash(seed, static_cast<uint32_t>(u), static_cast<uint32_t>(u >> 32)) >= threshold ? scale : 0.0f;
-}
-
-// The factor (scale or 0) of elements i..i+7, i a multiple of 8.
-static inline v8f keep_factors(uint64_t seed, int64_t i, uint32_t threshold, float scale) {
-  auto u = static_cast<uint64_t>(i);
-  v8u lanes = v8u{0, 1, 2, 3, 4, 5, 6, 7} + static_cast<uint32_t>(u);
-  v8u keep = (v8u)(element_hash(seed, lanes, static_cast<uint32_t>(u >> 32)) >= threshold);
-  uint32_t scale_bits;
-  std::memcpy(&scale_bits, &scale, sizeof scale_bits);
-  v8u bits = keep & scale_bits;
-  v8f f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 // fp32 to bf16 as c10::BFloat16 rounds: to nearest even, NaN to 0x7FC0.
-static inline v8h to_bf16(v8f x) {
+static ALWAYS_INLINE v8h to_bf16(v8f x) {
   v8u bits;
   std::memcpy(&bits, &x, sizeof bits);
   v8u rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
@@ -152,7 +118,13 @@ static inline v8h to_bf16(v8f x) {
   return __builtin_convertvector(rounded, v8h);
 }
 
-static inline v8f from_bf16(const c10::BFloat16 *p) {
+// 8 lanes of fp32 from fp32 or bf16 memory (bf16 is the top half of fp32), and back.
+static ALWAYS_INLINE v8f load8(const float *p) {
+  v8f x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+static ALWAYS_INLINE v8f load8(const c10::BFloat16 *p) {
   v8h raw;
   std::memcpy(&raw, p, sizeof raw);
   v8u bits = __builtin_convertvector(raw, v8u) << 16;
@@ -160,190 +132,64 @@ static inline v8f from_bf16(const c10::BFloat16 *p) {
   std::memcpy(&x, &bits, sizeof x);
   return x;
 }
-
-// out[i] = in[i] * keep_factor(i) for i in [begin, end): scalar up to a multiple of 8, then 8 at
-// a time, then the scalar tail.
-#define DROPOUT_KERNELS(SUFFIX)                                                                                     \
-  static void dropout_f32_##SUFFIX(const float *in, float *out, int64_t begin, int64_t end, uint64_t seed,          \
-                                   uint32_t threshold, float scale) {                                               \
-    int64_t i = begin;                                                                                              \
-    for (; i < end && (i & 7); i++) out[i] = in[i] * keep_factor(seed, i, threshold, scale);                       \
-    for (; i + 8 <= end; i += 8) {                                                                                  \
-      v8f x;                                                                                                        \
-      std::memcpy(&x, in + i, sizeof x);                                                                            \
-      x *= keep_factors(seed, i, threshold, scale);                                                                 \
-      std::memcpy(out + i, &x, sizeof x);                                                                           \
-    }                                                                                                               \
-    for (; i < end; i++) out[i] = in[i] * keep_factor(seed, i, threshold, scale);                                   \
-  }                                                                                                                 \
-  static void dropout_bf16_##SUFFIX(const c10::BFloat16 *in, c10::BFloat16 *out, int64_t begin, int64_t end,       \
-                                    uint64_t seed, uint32_t threshold, float scale) {                               \
-    int64_t i = begin;                                                                                              \
-    for (; i < end && (i & 7); i++)                                                                                 \
-      out[i] = static_cast<c10::BFloat16>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));      \
-    for (; i + 8 <= end; i += 8) {                                                                                  \
-      v8h y = to_bf16(from_bf16(in + i) * keep_factors(seed, i, threshold, scale));                                 \
-      std::memcpy(out + i, &y, sizeof y);                                                                           \
-    }                                                                                                               \
-    for (; i < end; i++)                                                                                            \
-      out[i] = static_cast<c10::BFloat16>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));      \
-  }                                                                                                                 \
-  /* The fp32 gradient of a bf16 input: out = bf16(g * keep_factor). */                                           \
-  static void dropout_f32_to_bf16_##SUFFIX(const float *g, c10::BFloat16 *out, int64_t begin, int64_t end,         \
-                                           uint64_t seed, uint32_t threshold, float scale) {                        \
-    int64_t i = begin;                                                                                              \
-    for (; i < end && (i & 7); i++) out[i] = static_cast<c10::BFloat16>(g[i] * keep_factor(seed, i, threshold, scale)); \
-    for (; i + 8 <= end; i += 8) {                                                                                  \
-      v8f x;                                                                                                        \
-      std::memcpy(&x, g + i, sizeof x);                                                                             \
-      v8h y = to_bf16(x * keep_factors(seed, i, threshold, scale));                                                 \
-      std::memcpy(out + i, &y, sizeof y);                                                                           \
-    }                                                                                                               \
-    for (; i < end; i++) out[i] = static_cast<c10::BFloat16>(g[i] * keep_factor(seed, i, threshold, scale));       \
-  }                                                                                                                 \
-  /* out = x + y * keep_factor, x and out fp32, y fp32 or bf16. */                                                  \
-  template <typename Y>                                                                                             \
-  static void residual_dropout_##SUFFIX(const float *x, const Y *y, float *out, int64_t begin, int64_t end,         \
-                                        uint64_t seed, uint32_t threshold, float scale) {                           \
-    int64_t i = begin;                                                                                              \
-    for (; i < end && (i & 7); i++) out[i] = x[i] + static_cast<float>(y[i]) * keep_factor(seed, i, threshold, scale); \
-    for (; i + 8 <= end; i += 8) {                                                                                  \
-      v8f a, b;                                                                                                     \
-      std::memcpy(&a, x + i, sizeof a);                                                                             \
-      if constexpr (std::is_same_v<Y, float>) {                                                                     \
-        std::memcpy(&b, y + i, sizeof b);                                                                           \
-      } else {                                                                                                      \
-        b = from_bf16(y + i);                                                                                       \
-      }                                                                                                             \
-      a += b * keep_factors(seed, i, threshold, scale);                                                             \
-      std::memcpy(out + i, &a, sizeof a);                                                                           \
-    }                                                                                                               \
-    for (; i < end; i++) out[i] = x[i] + static_cast<float>(y[i]) * keep_factor(seed, i, threshold, scale);         \
-  }
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-DROPOUT_KERNELS(avx2)
-#pragma GCC pop_options
-static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-static const bool have_avx2 = false;
-#endif
-DROPOUT_KERNELS(portable)
-
-template <typename T>
-static void masked_scale(const T *in, T *out, int64_t n, uint64_t seed, uint32_t threshold, float scale) {
-  at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<T, float>) {
-      (have_avx2 ? dropout_f32_avx2 : dropout_f32_portable)(in, out, begin, end, seed, threshold, scale);
-    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      (have_avx2 ? dropout_bf16_avx2 : dropout_bf16_portable)(in, out, begin, end, seed, threshold, scale);
-    } else {
-      for (int64_t i = begin; i < end; i++)
-        out[i] = static_cast<T>(static_cast<float>(in[i]) * keep_factor(seed, i, threshold, scale));
-    }
-  });
+static ALWAYS_INLINE void store8(float *p, v8f x) { std::memcpy(p, &x, sizeof x); }
+static ALWAYS_INLINE void store8(c10::BFloat16 *p, v8f x) {
+  v8h y = to_bf16(x);
+  std::memcpy(p, &y, sizeof y);
 }
 
-// A mask seed from libtorch's default CPU generator, so torch.manual_seed decides the masks.
-static uint64_t dropout_seed() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+// Dropout whose mask is a hash of (seed, element index) instead of a stored tensor: one pass
+// over the data forward, one backward (recomputing the mask), no Bernoulli sampling. An
+// element is kept when the hash, a uniform 32-bit number, is at least p * 2^32.
+template <typename U> static ALWAYS_INLINE U mix32(U h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
 }
 
-static uint32_t drop_threshold(double p) {
-  return static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
-}
+struct DropMask {
+  uint64_t seed;
+  uint32_t threshold;
+  float scale;
 
-static at::Tensor apply_mask(const at::Tensor &x, uint64_t seed, double p) {
-  auto in = x.contiguous();
-  auto out = at::empty_like(in);
-  auto threshold = drop_threshold(p);
-  auto scale = static_cast<float>(1.0 / (1.0 - p));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.scalar_type(), "preln_dropout", [&] {
-    masked_scale<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), in.numel(), seed,
-                           threshold, scale);
-  });
-  return out;
-}
+  DropMask(uint64_t seed, double p)
+      : seed(seed), threshold(static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0))),
+        scale(static_cast<float>(1.0 / (1.0 - p))) {}
 
-struct HashDropout : public torch::autograd::Function<HashDropout> {
-  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, double p) {
-    uint64_t seed = dropout_seed();
-    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
-    ctx->saved_data["p"] = p;
-    return apply_mask(x, seed, p);
+  // lanes: the low 32 bits of the element indices; high: their high 32 bits (shared by a
+  // block of 8 that starts at a multiple of 8).
+  template <typename U> ALWAYS_INLINE U hash(U lanes, uint32_t high) const {
+    uint32_t lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
+    return mix32(mix32(lanes * 0x9E3779B1u + lo) ^ (high + hi));
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
-    return {apply_mask(grads[0], seed, ctx->saved_data["p"].toDouble()), at::Tensor()};
-  }
-};
-
-// x + dropout(y) in one pass, x fp32 and y fp32 or bf16 of the same shape (the residual add of
-// a bf16 branch into the fp32 residual stream under autocast), with the mask of HashDropout.
-// Backward: x's gradient is the output's; y's is the output's through the mask, in y's dtype.
-struct ResidualDropout : public torch::autograd::Function<ResidualDropout> {
-  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &y,
-                            double p) {
-    TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == y.sizes() && x.device().is_cpu() &&
-                    y.device().is_cpu() && (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16),
-                "residual_dropout: x fp32 and y fp32/bf16 of the same shape on the CPU");
-    uint64_t seed = dropout_seed();
-    ctx->saved_data["seed"] = static_cast<int64_t>(seed);
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["y_bf16"] = y.scalar_type() == at::kBFloat16;
-    auto xc = x.contiguous(), yc = y.contiguous();
-    auto out = at::empty_like(xc);
-    uint32_t threshold = drop_threshold(p);
-    auto scale = static_cast<float>(1.0 / (1.0 - p));
-    const float *xp = xc.const_data_ptr<float>();
-    float *op = out.mutable_data_ptr<float>();
-    at::parallel_for(0, xc.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-      if (yc.scalar_type() == at::kFloat) {
-        (have_avx2 ? residual_dropout_avx2<float> : residual_dropout_portable<float>)(
-            xp, yc.const_data_ptr<float>(), op, begin, end, seed, threshold, scale);
-      } else {
-        (have_avx2 ? residual_dropout_avx2<c10::BFloat16> : residual_dropout_portable<c10::BFloat16>)(
-            xp, yc.const_data_ptr<c10::BFloat16>(), op, begin, end, seed, threshold, scale);
-      }
-    });
-    return out;
+  // Element i's factor: scale if kept, else 0.
+  ALWAYS_INLINE float factor(int64_t i) const {
+    auto u = static_cast<uint64_t>(i);
+    return hash(static_cast<uint32_t>(u), static_cast<uint32_t>(u >> 32)) >= threshold ? scale : 0.0f;
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto seed = static_cast<uint64_t>(ctx->saved_data["seed"].toInt());
-    double p = ctx->saved_data["p"].toDouble();
-    auto g = grads[0].contiguous().to(at::kFloat);
-    at::Tensor gy;
-    if (!ctx->saved_data["y_bf16"].toBool()) {
-      gy = apply_mask(g, seed, p);
-    } else {
-      gy = at::empty(g.sizes(), g.options().dtype(at::kBFloat16));
-      uint32_t threshold = drop_threshold(p);
-      auto scale = static_cast<float>(1.0 / (1.0 - p));
-      const float *gp = g.const_data_ptr<float>();
-      auto *yp = gy.mutable_data_ptr<c10::BFloat16>();
-      at::parallel_for(0, g.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-        (have_avx2 ? dropout_f32_to_bf16_avx2 : dropout_f32_to_bf16_portable)(gp, yp, begin, end, seed, threshold,
-                                                                            scale);
-      });
-    }
-    return {g, gy, at::Tensor()};
+  // The factors of elements i..i+7, i a multiple of 8.
+  ALWAYS_INLINE v8f factors(int64_t i) const {
+    auto u = static_cast<uint64_t>(i);
+    v8u lanes = v8u{0, 1, 2, 3, 4, 5, 6, 7} + static_cast<uint32_t>(u);
+    v8u keep = (v8u)(hash(lanes, static_cast<uint32_t>(u >> 32)) >= threshold);
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &scale, sizeof scale_bits);
+    v8u bits = keep & scale_bits;
+    v8f f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
   }
 };
 
 // exp(x) for x <= 0 (arguments below -87 give about 0) in plain arithmetic: x = (n + f) ln 2
 // with integer n and |f| <= 1/2, 2^f by its Taylor series to the 7th power (relative error
-// below 1e-7, that of float itself), 2^n through the exponent bits. Written once for GCC's
-// generic vectors (8 floats), used by the AVX2 kernels below and, one lane at a time, by the
-// portable ones.
-template <typename F, typename I> static inline F exp_nonpositive(F x) {
+// below 1e-7, that of float itself), 2^n through the exponent bits. For 8 lanes or one.
+template <typename F, typename I> static ALWAYS_INLINE F exp_nonpositive(F x) {
   x = x < -87.0f ? F{} - 87.0f : x;
   F t = x * 1.4426950408889634f;
   F n = (t + 12582912.0f) - 12582912.0f; // round to nearest
@@ -372,86 +218,184 @@ struct RowStats {
   float max, sumexp, sum;
 };
 
-static float hmax(v8f v) {
+static ALWAYS_INLINE float hmax(v8f v) {
   float m = v[0];
   for (int i = 1; i < 8; i++) m = v[i] > m ? v[i] : m;
   return m;
 }
 
-static float hsum(v8f v) {
+static ALWAYS_INLINE float hsum(v8f v) {
   float s = 0.0f;
   for (int i = 0; i < 8; i++) s += v[i];
   return s;
 }
 
-// 8 lanes of fp32 from fp32 or bf16 memory, and back.
-static inline __attribute__((always_inline)) v8f load8(const float *p) {
-  v8f x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
-static inline __attribute__((always_inline)) v8f load8(const c10::BFloat16 *p) { return from_bf16(p); }
-static inline __attribute__((always_inline)) void store8(float *p, v8f x) { std::memcpy(p, &x, sizeof x); }
-static inline __attribute__((always_inline)) void store8(c10::BFloat16 *p, v8f x) {
-  v8h y = to_bf16(x);
-  std::memcpy(p, &y, sizeof y);
-}
-
-// Row kernels over fp32 or bf16 logits, read and written in place (no fp32 copy of a bf16 row).
-#define ROW_KERNELS(SUFFIX)                                                                                         \
-  template <typename T> static RowStats row_stats_##SUFFIX(const T *x, int64_t v) {                                 \
-    int64_t j = 0;                                                                                                  \
-    v8f m8 = v8f{} - INFINITY;                                                                                      \
-    for (; j + 8 <= v; j += 8) {                                                                                    \
-      v8f e = load8(x + j);                                                                                         \
-      m8 = e > m8 ? e : m8;                                                                                         \
+// The kernels, over elements [begin, end) or one row; fp32 or bf16 in memory, fp32 arithmetic.
+#define KERNELS(NAME)                                                                                               \
+  struct NAME {                                                                                                     \
+    /* out = in * mask factor (dropout forward, backward, and an fp32 gradient into bf16) */                      \
+    template <typename In, typename Out>                                                                            \
+    static void dropout(const In *in, Out *out, int64_t begin, int64_t end, const DropMask &m) {                    \
+      int64_t i = begin;                                                                                            \
+      for (; i < end && (i & 7); i++) out[i] = static_cast<Out>(static_cast<float>(in[i]) * m.factor(i));           \
+      for (; i + 8 <= end; i += 8) store8(out + i, load8(in + i) * m.factors(i));                                   \
+      for (; i < end; i++) out[i] = static_cast<Out>(static_cast<float>(in[i]) * m.factor(i));                      \
     }                                                                                                               \
-    float m = hmax(m8);                                                                                             \
-    for (; j < v; j++) m = static_cast<float>(x[j]) > m ? static_cast<float>(x[j]) : m;                             \
-    v8f s8 = v8f{}, x8 = v8f{};                                                                                     \
-    for (j = 0; j + 8 <= v; j += 8) {                                                                               \
-      v8f e = load8(x + j);                                                                                         \
-      s8 += exp_nonpositive<v8f, v8i>(e - m);                                                                       \
-      x8 += e;                                                                                                      \
+    /* out = x + y * mask factor, x and out fp32 */                                                                \
+    template <typename Y>                                                                                           \
+    static void residual_dropout(const float *x, const Y *y, float *out, int64_t begin, int64_t end,                \
+                                 const DropMask &m) {                                                               \
+      int64_t i = begin;                                                                                            \
+      for (; i < end && (i & 7); i++) out[i] = x[i] + static_cast<float>(y[i]) * m.factor(i);                       \
+      for (; i + 8 <= end; i += 8) store8(out + i, load8(x + i) + load8(y + i) * m.factors(i));                     \
+      for (; i < end; i++) out[i] = x[i] + static_cast<float>(y[i]) * m.factor(i);                                  \
     }                                                                                                               \
-    float s = hsum(s8), sx = hsum(x8);                                                                              \
-    for (; j < v; j++) {                                                                                            \
-      float e = static_cast<float>(x[j]);                                                                           \
-      s += exp_nonpositive<float, int32_t>(e - m);                                                                  \
-      sx += e;                                                                                                      \
+    template <typename T> static RowStats row_stats(const T *x, int64_t v) {                                        \
+      int64_t j = 0;                                                                                                \
+      v8f m8 = v8f{} - INFINITY;                                                                                    \
+      for (; j + 8 <= v; j += 8) {                                                                                  \
+        v8f e = load8(x + j);                                                                                       \
+        m8 = e > m8 ? e : m8;                                                                                       \
+      }                                                                                                             \
+      float m = hmax(m8);                                                                                           \
+      for (; j < v; j++) m = static_cast<float>(x[j]) > m ? static_cast<float>(x[j]) : m;                           \
+      v8f s8 = v8f{}, x8 = v8f{};                                                                                   \
+      for (j = 0; j + 8 <= v; j += 8) {                                                                             \
+        v8f e = load8(x + j);                                                                                       \
+        s8 += exp_nonpositive<v8f, v8i>(e - m);                                                                     \
+        x8 += e;                                                                                                    \
+      }                                                                                                             \
+      float s = hsum(s8), sx = hsum(x8);                                                                            \
+      for (; j < v; j++) {                                                                                          \
+        float e = static_cast<float>(x[j]);                                                                         \
+        s += exp_nonpositive<float, int32_t>(e - m);                                                                \
+        sx += e;                                                                                                    \
+      }                                                                                                             \
+      return {m, s, sx};                                                                                            \
     }                                                                                                               \
-    return {m, s, sx};                                                                                              \
-  }                                                                                                                 \
-  /* g_j = av * exp(x_j - lse) - b */                                                                               \
-  template <typename T>                                                                                             \
-  static void row_grad_##SUFFIX(const T *x, int64_t v, float lse, float av, float b, T *g) {                        \
-    int64_t j = 0;                                                                                                  \
-    for (; j + 8 <= v; j += 8) store8(g + j, av * exp_nonpositive<v8f, v8i>(load8(x + j) - lse) - b);               \
-    for (; j < v; j++)                                                                                              \
-      g[j] = static_cast<T>(av * exp_nonpositive<float, int32_t>(static_cast<float>(x[j]) - lse) - b);              \
-  }
+    /* g_j = av * exp(x_j - lse) - b */                                                                             \
+    template <typename T> static void row_grad(const T *x, int64_t v, float lse, float av, float b, T *g) {        \
+      int64_t j = 0;                                                                                                \
+      for (; j + 8 <= v; j += 8) store8(g + j, av * exp_nonpositive<v8f, v8i>(load8(x + j) - lse) - b);             \
+      for (; j < v; j++)                                                                                            \
+        g[j] = static_cast<T>(av * exp_nonpositive<float, int32_t>(static_cast<float>(x[j]) - lse) - b);            \
+    }                                                                                                               \
+  };
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-ROW_KERNELS(avx2)
+KERNELS(Avx2Kernels)
 #pragma GCC pop_options
+static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
-ROW_KERNELS(portable)
+KERNELS(PortableKernels)
 
-template <typename T> static RowStats row_stats(const T *x, int64_t v) {
+// f(kernels): the AVX2 build of the kernels where the CPU has it, else the portable one.
+template <typename F> static void with_kernels(F &&f) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (have_avx2) return row_stats_avx2(x, v);
+  if (have_avx2) {
+    f(Avx2Kernels{});
+    return;
+  }
 #endif
-  return row_stats_portable(x, v);
+  f(PortableKernels{});
 }
 
-template <typename T> static void row_grad(const T *x, int64_t v, float lse, float av, float b, T *g) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (have_avx2) return row_grad_avx2(x, v, lse, av, b, g);
-#endif
-  row_grad_portable(x, v, lse, av, b, g);
+// out = in * mask factor over n elements, on libtorch's threads (fp64 one lane at a time, in
+// fp32 arithmetic as the other dtypes).
+template <typename In, typename Out> static void masked_scale(const In *in, Out *out, int64_t n, const DropMask &m) {
+  at::parallel_for(0, n, 1 << 14, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<In, double>) {
+      for (int64_t i = begin; i < end; i++) out[i] = static_cast<Out>(static_cast<float>(in[i]) * m.factor(i));
+    } else {
+      with_kernels([&](auto k) { k.dropout(in, out, begin, end, m); });
+    }
+  });
 }
+
+// A mask seed from libtorch's default CPU generator, so torch.manual_seed decides the masks.
+static uint64_t dropout_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+}
+
+static at::Tensor apply_mask(const at::Tensor &x, const DropMask &m) {
+  auto in = x.contiguous();
+  auto out = at::empty_like(in);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.scalar_type(), "preln_dropout", [&] {
+    masked_scale(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), in.numel(), m);
+  });
+  return out;
+}
+
+// The mask a forward pass drew, for its backward pass.
+static void save_mask(torch::autograd::AutogradContext *ctx, uint64_t seed, double p) {
+  ctx->saved_data["seed"] = static_cast<int64_t>(seed);
+  ctx->saved_data["p"] = p;
+}
+
+static DropMask saved_mask(torch::autograd::AutogradContext *ctx) {
+  return DropMask(static_cast<uint64_t>(ctx->saved_data["seed"].toInt()), ctx->saved_data["p"].toDouble());
+}
+
+struct HashDropout : public torch::autograd::Function<HashDropout> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, double p) {
+    uint64_t seed = dropout_seed();
+    save_mask(ctx, seed, p);
+    return apply_mask(x, DropMask(seed, p));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    return {apply_mask(grads[0], saved_mask(ctx)), at::Tensor()};
+  }
+};
+
+// x + dropout(y) in one pass, x fp32 and y fp32 or bf16 of the same shape (the residual add of
+// a bf16 branch into the fp32 residual stream under autocast), with the mask of HashDropout.
+// Backward: x's gradient is the output's; y's is the output's through the mask, in y's dtype.
+struct ResidualDropout : public torch::autograd::Function<ResidualDropout> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &y,
+                            double p) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.sizes() == y.sizes() && x.device().is_cpu() &&
+                    y.device().is_cpu() && (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16),
+                "residual_dropout: x fp32 and y fp32/bf16 of the same shape on the CPU");
+    uint64_t seed = dropout_seed();
+    save_mask(ctx, seed, p);
+    ctx->saved_data["y_bf16"] = y.scalar_type() == at::kBFloat16;
+    DropMask m(seed, p);
+    auto xc = x.contiguous(), yc = y.contiguous();
+    auto out = at::empty_like(xc);
+    const float *xp = xc.const_data_ptr<float>();
+    float *op = out.mutable_data_ptr<float>();
+    at::parallel_for(0, xc.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      with_kernels([&](auto k) {
+        if (yc.scalar_type() == at::kFloat) {
+          k.residual_dropout(xp, yc.const_data_ptr<float>(), op, begin, end, m);
+        } else {
+          k.residual_dropout(xp, yc.const_data_ptr<c10::BFloat16>(), op, begin, end, m);
+        }
+      });
+    });
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    DropMask m = saved_mask(ctx);
+    auto g = grads[0].contiguous().to(at::kFloat);
+    at::Tensor gy;
+    if (!ctx->saved_data["y_bf16"].toBool()) {
+      gy = apply_mask(g, m);
+    } else {
+      gy = at::empty(g.sizes(), g.options().dtype(at::kBFloat16));
+      masked_scale(g.const_data_ptr<float>(), gy.mutable_data_ptr<c10::BFloat16>(), g.numel(), m);
+    }
+    return {g, gy, at::Tensor()};
+  }
+};
 
 // Label-smoothed cross-entropy (fairseq's definition, see preln-model's loss.rs) straight from
 // logits [N, V] (fp32 or bf16; statistics in fp32 and fp64): one pass for the row
@@ -461,21 +405,23 @@ template <typename T>
 static void ce_rows(const T *x, const int64_t *target, int64_t n, int64_t v, int64_t ignore, float *lse,
                     double *nll_out, double *smooth_out) {
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; r++) {
-      const T *row = x + r * v;
-      RowStats st = row_stats(row, v);
-      float l = st.max + std::log(st.sumexp);
-      lse[r] = l;
-      int64_t t = target[r];
-      if (t == ignore) {
-        nll_out[r] = 0.0;
-        smooth_out[r] = 0.0;
-      } else {
-        TORCH_CHECK(t >= 0 && t < v, "label_smoothed_nll: target ", t, " outside [0, ", v, ")");
-        nll_out[r] = static_cast<double>(l) - static_cast<double>(static_cast<float>(row[t]));
-        smooth_out[r] = static_cast<double>(v) * l - static_cast<double>(st.sum);
+    with_kernels([&](auto k) {
+      for (int64_t r = begin; r < end; r++) {
+        const T *row = x + r * v;
+        RowStats st = k.row_stats(row, v);
+        float l = st.max + std::log(st.sumexp);
+        lse[r] = l;
+        int64_t t = target[r];
+        if (t == ignore) {
+          nll_out[r] = 0.0;
+          smooth_out[r] = 0.0;
+        } else {
+          TORCH_CHECK(t >= 0 && t < v, "label_smoothed_nll: target ", t, " outside [0, ", v, ")");
+          nll_out[r] = static_cast<double>(l) - static_cast<double>(static_cast<float>(row[t]));
+          smooth_out[r] = static_cast<double>(v) * l - static_cast<double>(st.sum);
+        }
       }
-    }
+    });
   });
 }
 
@@ -485,19 +431,21 @@ static void ce_grad_rows(const T *x, const int64_t *target, const float *lse, in
   // d/dx_j of (a * nll + b * smooth) = a (p_j - [j = t]) + b (V p_j - 1)
   float av = a + b * static_cast<float>(v);
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; r++) {
-      T *g = grad + r * v;
-      int64_t t = target[r];
-      if (t == ignore) {
-        for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(0.0f);
-        continue;
+    with_kernels([&](auto k) {
+      for (int64_t r = begin; r < end; r++) {
+        T *g = grad + r * v;
+        int64_t t = target[r];
+        if (t == ignore) {
+          for (int64_t j = 0; j < v; j++) g[j] = static_cast<T>(0.0f);
+          continue;
+        }
+        const T *row = x + r * v;
+        k.row_grad(row, v, lse[r], av, b, g);
+        // The target's entry again, with its -a, rounded once.
+        float p = exp_nonpositive<float, int32_t>(static_cast<float>(row[t]) - lse[r]);
+        g[t] = static_cast<T>(av * p - b - a);
       }
-      const T *row = x + r * v;
-      row_grad(row, v, lse[r], av, b, g);
-      // The target's entry again, with its -a, rounded once.
-      float p = exp_nonpositive<float, int32_t>(static_cast<float>(row[t]) - lse[r]);
-      g[t] = static_cast<T>(av * p - b - a);
-    }
+    });
   });
 }
 
@@ -655,8 +603,7 @@ int preln_profile_stop(void *handle) {
   });
 }
 
-// *out = dropout(x, p) in training mode (elements zeroed with probability p, the rest scaled by
-// 1 / (1 - p)) with hash masks; fp32, fp64 and bf16 on the CPU.
+// *out = x + dropout(y, p) in training mode (see ResidualDropout).
 int preln_residual_dropout(tensor *out, tensor x, tensor y, double p) {
   return guarded([&] {
     *out = new at::Tensor(ResidualDropout::apply(*x, *y, p));
@@ -664,6 +611,8 @@ int preln_residual_dropout(tensor *out, tensor x, tensor y, double p) {
   });
 }
 
+// *out = dropout(x, p) in training mode (elements zeroed with probability p, the rest scaled by
+// 1 / (1 - p)) with hash masks; fp32, fp64 and bf16 on the CPU.
 int preln_hash_dropout(tensor *out, tensor x, double p) {
   return guarded([&] {
     *out = new at::Tensor(HashDropout::apply(*x, p));
