@@ -129,7 +129,7 @@ pub fn scaled_dot_product(
     let scores = q.matmul(&k.transpose(-2, -1)) * (d_head as f64).powf(-0.5);
     let scores = match mask {
         // Finite, so that a fully masked row stays finite; exp underflows to exactly 0.
-        Some(m) => scores.masked_fill(&m.logical_not(), -1e30),
+        Some(m) => scores.where_scalarother(m, -1e30),
         None => scores,
     };
     let weights = scores.softmax(-1, scores.kind());
