@@ -42,8 +42,11 @@ impl LossSums {
 /// fp32 statistics, no log-probability tensor); other devices and fp64 through libtorch ops.
 pub fn label_smoothed_nll(logits: &Tensor, target: &Tensor, epsilon: f64, ignore_index: i64) -> LossSums {
     if logits.device() == tch::Device::Cpu && matches!(logits.kind(), Kind::Float | Kind::BFloat16) {
-        let (loss, nll) = preln_ops::smoothed_ce(logits, target, epsilon, ignore_index).expect("label-smoothed loss");
-        return LossSums { loss, nll, tokens: target.ne(ignore_index).sum(Kind::Int64) };
+        // An error (a target outside the vocabulary, say) falls through to the libtorch ops,
+        // which report it with the op and shapes.
+        if let Ok((loss, nll)) = preln_ops::smoothed_ce(logits, target, epsilon, ignore_index) {
+            return LossSums { loss, nll, tokens: target.ne(ignore_index).sum(Kind::Int64) };
+        }
     }
     reference(logits, target, epsilon, ignore_index)
 }

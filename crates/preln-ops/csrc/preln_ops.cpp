@@ -6,12 +6,15 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/headeronly/version.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
 
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <cstring>
@@ -33,6 +36,10 @@ static thread_local std::string last_error;
 template <typename F> static int guarded(F f) {
   try {
     return f();
+  } catch (const c10::Error &e) {
+    // The message with the op and shapes, without libtorch's C++ stack trace.
+    last_error = e.what_without_backtrace();
+    return -1;
   } catch (const std::exception &e) {
     last_error = e.what();
     return -1;
@@ -288,18 +295,51 @@ static ALWAYS_INLINE float hsum(v8f v) {
 KERNELS(Avx2Kernels)
 #pragma GCC pop_options
 static const bool have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+static const bool have_avx2 = false;
 #endif
 KERNELS(PortableKernels)
 
-// f(kernels): the AVX2 build of the kernels where the CPU has it, else the portable one.
+// Whether with_kernels takes the AVX2 build: only where the CPU has AVX2 and FMA, and only while
+// the caller (preln_set_vector_kernels, after its probe) allows it.
+static std::atomic<bool> use_avx2{have_avx2};
+// How many kernel calls each build has run (for the test that an unsupported path is never taken).
+static std::atomic<int64_t> avx2_calls{0}, portable_calls{0};
+
+// f(kernels): the AVX2 build of the kernels where the CPU has it and it is allowed, else the
+// portable one.
 template <typename F> static void with_kernels(F &&f) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (have_avx2) {
+  if (use_avx2.load(std::memory_order_relaxed)) {
+    avx2_calls.fetch_add(1, std::memory_order_relaxed);
     f(Avx2Kernels{});
     return;
   }
 #endif
+  portable_calls.fetch_add(1, std::memory_order_relaxed);
   f(PortableKernels{});
+}
+
+// Runs both builds of the kernels on the same data and compares the results bit for bit:
+// 1 = the AVX2 build exists on this CPU and agrees, 0 = it does not exist here, throws if they
+// disagree.
+static int probe_vector_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!have_avx2) return 0;
+  const int64_t n = 1003;
+  std::vector<float> x(n), a(n), b(n);
+  for (int64_t i = 0; i < n; i++) x[i] = std::sin(0.37f * static_cast<float>(i)) * 3.0f;
+  DropMask m(0x9E3779B97F4A7C15ull, 0.3);
+  Avx2Kernels::dropout(x.data(), a.data(), 0, n, m);
+  PortableKernels::dropout(x.data(), b.data(), 0, n, m);
+  TORCH_CHECK(std::memcmp(a.data(), b.data(), n * sizeof(float)) == 0, "AVX2 dropout kernel differs from the portable one");
+  RowStats s1 = Avx2Kernels::row_stats(x.data(), n), s2 = PortableKernels::row_stats(x.data(), n);
+  TORCH_CHECK(std::fabs(s1.sumexp - s2.sumexp) <= 1e-5f * s2.sumexp && s1.max == s2.max,
+              "AVX2 loss kernel differs from the portable one");
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 // out = in * mask factor over n elements, on libtorch's threads (fp64 one lane at a time, in
@@ -630,6 +670,54 @@ int preln_smoothed_ce(tensor *loss, tensor *nll, tensor logits, tensor target, d
     auto out = SmoothedCe::apply(*logits, *target, epsilon, ignore);
     *loss = new at::Tensor(out[0]);
     *nll = new at::Tensor(out[1]);
+    return 0;
+  });
+}
+
+// 1 if the AVX2 kernels exist on this CPU and agree with the portable ones, 0 if the CPU lacks
+// AVX2 or FMA, -1 (with the reason) if they disagree.
+int preln_probe_vector_kernels() {
+  return guarded([&] { return probe_vector_kernels(); });
+}
+
+// Lets with_kernels take the AVX2 build (on = 1, and only where the CPU has it) or not.
+int preln_set_vector_kernels(int on) {
+  use_avx2.store(on != 0 && have_avx2);
+  return use_avx2.load() ? 1 : 0;
+}
+
+// How many kernel calls ran the AVX2 and the portable builds so far.
+void preln_kernel_calls(int64_t *avx2, int64_t *portable) {
+  *avx2 = avx2_calls.load();
+  *portable = portable_calls.load();
+}
+
+// libtorch's own answer to "does oneDNN have fast bf16 on this CPU" (the op behind
+// torch.ops.mkldnn._is_mkldnn_bf16_supported): 1 or 0, -1 if this libtorch lacks the op.
+int preln_mkldnn_bf16_supported() {
+  return guarded([&] {
+    auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
+    TORCH_CHECK(op.has_value(), "this libtorch has no mkldnn::_is_mkldnn_bf16_supported");
+    return op->typed<bool()>().call() ? 1 : 0;
+  });
+}
+
+// The libtorch version and the CPU capability ATen's kernels were dispatched to
+// ("DEFAULT", "AVX2", "AVX512", ...), as "2.11.0 AVX512"; whether it has MKL and oneDNN.
+int preln_libtorch_build(char *buf, int len) {
+  return guarded([&] {
+    std::string s = std::string(TORCH_VERSION) + " " + at::get_cpu_capability() + (at::hasMKL() ? " mkl" : "") +
+                    (at::hasMKLDNN() ? " mkldnn" : "");
+    std::snprintf(buf, static_cast<size_t>(len), "%s", s.c_str());
+    return 0;
+  });
+}
+
+// The name of the autograd node that made `t` ("" for a leaf): which op a path recorded.
+int preln_grad_fn_name(tensor t, char *buf, int len) {
+  return guarded([&] {
+    auto fn = t->grad_fn();
+    std::snprintf(buf, static_cast<size_t>(len), "%s", fn ? fn->name().c_str() : "");
     return 0;
   });
 }

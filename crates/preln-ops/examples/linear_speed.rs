@@ -1,5 +1,6 @@
-//! Times `preln_ops::linear` (oneDNN) against libtorch's `linear` (MKL) for the shapes of the
-//! paper's IWSLT14 model: forward, input gradient and weight gradient of one layer.
+//! Times the oneDNN linear (`preln_ops::dnnl_linear`) against libtorch's `linear` (MKL) for the
+//! shapes of the paper's IWSLT14 model: forward, input gradient and weight gradient of one layer.
+//! Prints the CPU and the paths first; where libtorch's oneDNN entry refuses the CPU, says so.
 //! `cargo run --release -p preln-ops --example linear_speed [threads]`
 
 #[path = "common/timing.rs"]
@@ -10,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 fn main() {
     let threads = std::env::args().nth(1).map_or(2, |s| s.parse().expect("threads"));
     tch::set_num_threads(threads);
+    println!("{}", preln_ops::caps::summary());
     let opts = (Kind::Float, Device::Cpu);
     for (m, k, n) in [(2048, 512, 1536), (2048, 512, 512), (2048, 512, 1024), (2048, 1024, 512), (2048, 512, 10000)] {
         let x = Tensor::randn([m, k], opts).set_requires_grad(true);
@@ -17,15 +19,25 @@ fn main() {
         let g = Tensor::randn([m, n], opts);
         let mut row = format!("{m}x{k} @ {k}x{n}:");
         for dnnl in [false, true] {
-            preln_ops::set_dnnl_linear(dnnl);
+            let linear = |x: &Tensor, w: &Tensor| {
+                if dnnl {
+                    preln_ops::dnnl_linear(x, w, None)
+                } else {
+                    Ok(x.linear(w, None::<&Tensor>))
+                }
+            };
+            if let Err(e) = linear(&x, &w) {
+                row += &format!("  oneDNN: not on this machine ({})", e.0.lines().next().unwrap_or(""));
+                continue;
+            }
             let fwd = timing::median_time(&|| {
-                let _ = tch::no_grad(|| preln_ops::linear(&x, &w, None));
+                let _ = tch::no_grad(|| linear(&x, &w));
             });
             let both = timing::median_time(&|| {
-                let y = preln_ops::linear(&x, &w, None);
+                let y = linear(&x, &w).expect("probed above");
                 (&y * &g).sum(Kind::Float).backward();
-                preln_ops::clear_grad(&x);
-                preln_ops::clear_grad(&w);
+                preln_ops::clear_grad(&x).expect("live tensor");
+                preln_ops::clear_grad(&w).expect("live tensor");
             });
             let gf = 2.0 * (m * k * n) as f64 / 1e9;
             row += &format!(

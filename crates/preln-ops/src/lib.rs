@@ -1,10 +1,13 @@
 //! libtorch operations that `tch 0.24` does not bind, through a small C++ shim
 //! (`csrc/preln_ops.cpp`): bfloat16 autocast on the CPU (and CUDA), the fused Adam / AdamW
-//! kernels, setting a gradient to None, and an fp32 linear layer on oneDNN.
+//! kernels, setting a gradient to None, and an fp32 linear layer on oneDNN. Which fast paths
+//! this machine can take is probed once per process ([`caps`]); where one is missing, or fails
+//! at run time, the operation falls back to libtorch's own op.
+
+pub mod caps;
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_double, c_int};
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Kind, Tensor};
@@ -44,6 +47,7 @@ extern "C" {
     fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
     fn preln_residual_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, y: *mut C_tensor, p: c_double) -> c_int;
     fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
+    fn preln_grad_fn_name(t: *mut C_tensor, buf: *mut c_char, len: c_int) -> c_int;
 }
 
 /// libtorch's operator profiler, recording every ATen operator (forward and backward) of this
@@ -82,8 +86,10 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu || !matches!(x.kind(), Kind::Float | Kind::Double | Kind::BFloat16) || p >= 1.0 {
         return x.dropout(p, train);
     }
+    caps::init();
     // SAFETY: plain call into the shim with live tensors.
-    new_tensor(|out| unsafe { preln_hash_dropout(out, ptr(x), p) }).expect("dropout")
+    new_tensor(|out| unsafe { preln_hash_dropout(out, ptr(x), p) })
+        .unwrap_or_else(|e| fell_back("hash dropout", &e, || x.dropout(p, train)))
 }
 
 /// `x + dropout(y, p, train)`, the residual add of a sublayer. On the CPU, for an fp32 `x` and an
@@ -102,8 +108,21 @@ pub fn residual_dropout(x: &Tensor, y: &Tensor, p: f64, train: bool) -> Tensor {
     if !fused {
         return x + dropout(y, p, train);
     }
+    caps::init();
     // SAFETY: plain call into the shim with live tensors.
-    new_tensor(|out| unsafe { preln_residual_dropout(out, ptr(x), ptr(y), p) }).expect("residual dropout")
+    new_tensor(|out| unsafe { preln_residual_dropout(out, ptr(x), ptr(y), p) })
+        .unwrap_or_else(|e| fell_back("residual dropout", &e, || x + y.dropout(p, train)))
+}
+
+static FELL_BACK: AtomicBool = AtomicBool::new(false);
+
+/// A fast path failed at run time although its probe passed: says so once per process and
+/// computes the result with libtorch's op instead (which reports a genuine input error itself).
+fn fell_back(what: &str, e: &OpError, libtorch: impl FnOnce() -> Tensor) -> Tensor {
+    if !FELL_BACK.swap(true, Ordering::Relaxed) {
+        eprintln!("preln: {what} failed ({e}); using libtorch's op instead");
+    }
+    libtorch()
 }
 
 /// A tensor that a shim call writes to its out-pointer on success; tch takes ownership.
@@ -153,25 +172,12 @@ pub fn smoothed_ce(logits: &Tensor, target: &Tensor, epsilon: f64, ignore: i64) 
     Ok(unsafe { (Tensor::from_ptr(loss), Tensor::from_ptr(nll)) })
 }
 
-static DNNL_LINEAR: AtomicBool = AtomicBool::new(true);
-static DNNL_FROM_ENV: std::sync::Once = std::sync::Once::new();
-
-/// Chooses the backend of [`linear`] for fp32 on the CPU: oneDNN (`true`, the default) or
-/// libtorch's own `linear` (MKL), for every thread of the process.
-pub fn set_dnnl_linear(on: bool) {
-    DNNL_FROM_ENV.call_once(|| ());
-    DNNL_LINEAR.store(on, Ordering::Relaxed);
-}
-
-/// Whether [`linear`] uses oneDNN for fp32 on the CPU.
-/// `PRELN_LINEAR=libtorch` in the environment turns it off at start.
-pub fn dnnl_linear_enabled() -> bool {
-    DNNL_FROM_ENV.call_once(|| {
-        if std::env::var("PRELN_LINEAR").is_ok_and(|v| v == "libtorch") {
-            DNNL_LINEAR.store(false, Ordering::Relaxed);
-        }
-    });
-    DNNL_LINEAR.load(Ordering::Relaxed)
+/// Turns the oneDNN fp32 linear off for the rest of the process (every fast path off:
+/// [`caps::force_fallback`]), e.g. to compare it with libtorch's in a benchmark.
+pub fn set_fast_paths(on: bool) {
+    if !on {
+        caps::force_fallback();
+    }
 }
 
 /// Whether autograd records operations in this thread (false inside `tch::no_grad`).
@@ -181,27 +187,30 @@ pub fn grad_enabled() -> bool {
 }
 
 /// `x @ w^T + b`, as `torch.nn.functional.linear`. In training (autograd recording), for fp32
-/// tensors on the CPU outside autocast, the three matrix products of a step (forward, input
-/// gradient, weight gradient) run in oneDNN, which is faster than the MKL `sgemm` PyTorch uses
-/// on this project's AMD EPYC (1.2-1.6x a product, `cargo run --release -p preln-ops --example
-/// linear_speed`). Inference, other devices, dtypes and autocast go to libtorch, so decoding
-/// gives the same tokens whatever the batch (oneDNN's blocking depends on the row count).
+/// tensors on the CPU outside autocast, and where the probe found it working
+/// ([`caps::dnnl_linear`]), the three matrix products of a step (forward, input gradient,
+/// weight gradient) run in oneDNN, which is faster than the MKL `sgemm` PyTorch uses on AMD
+/// EPYC CPUs with AVX-512 (1.2-1.6x a product, `cargo run --release -p preln-ops --example
+/// linear_speed`). libtorch's oneDNN entry refuses CPUs without AVX-512 BW/VL/DQ; there, and for
+/// inference, other devices, dtypes and autocast, it is libtorch's linear, so decoding gives the
+/// same tokens whatever the batch (oneDNN's blocking depends on the row count).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-    let dnnl = dnnl_linear_enabled()
-        && x.device() == Device::Cpu
+    let dnnl = x.device() == Device::Cpu
         && x.kind() == Kind::Float
         && w.kind() == Kind::Float
         && b.is_none_or(|b| b.kind() == Kind::Float)
+        && caps::dnnl_linear_on()
         && !autocast_enabled(Device::Cpu)
         && grad_enabled();
     if !dnnl {
         return x.linear(w, b);
     }
-    dnnl_linear(x, w, b).expect("oneDNN linear")
+    dnnl_linear(x, w, b).unwrap_or_else(|e| fell_back("oneDNN linear", &e, || x.linear(w, b)))
 }
 
-/// `x @ w^T + b` through the oneDNN autograd function, unconditionally (fp32 CPU tensors).
-fn dnnl_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, OpError> {
+/// `x @ w^T + b` through the oneDNN autograd function, unconditionally (fp32 CPU tensors): an
+/// error where libtorch's oneDNN entry refuses this CPU. [`linear`] takes it only where it works.
+pub fn dnnl_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, OpError> {
     let bias = b.map_or(std::ptr::null_mut(), ptr);
     // SAFETY: plain call into the shim with live tensors (or a null bias).
     new_tensor(|out| unsafe { preln_dnnl_linear(out, ptr(x), ptr(w), bias) })
@@ -223,9 +232,13 @@ fn check(rc: c_int) -> Result<c_int, OpError> {
     if rc >= 0 {
         return Ok(rc);
     }
+    Err(OpError(last_error()))
+}
+
+/// The message of the last exception the shim caught in this thread.
+fn last_error() -> String {
     // SAFETY: the shim returns a pointer to a thread-local NUL-terminated string.
-    let msg = unsafe { CStr::from_ptr(preln_last_error()) }.to_string_lossy().into_owned();
-    Err(OpError(msg))
+    unsafe { CStr::from_ptr(preln_last_error()) }.to_string_lossy().into_owned()
 }
 
 fn ptr(t: &Tensor) -> *mut C_tensor {
@@ -235,13 +248,13 @@ fn ptr(t: &Tensor) -> *mut C_tensor {
 /// Runs `f` with bfloat16 autocast on `device` (as `torch.autocast(device, torch.bfloat16)`):
 /// matrix products and attention run in bf16, while ops libtorch lists as fp32-only stay fp32.
 /// With `enabled` false, just runs `f`.
-pub fn autocast_bf16<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> T {
+pub fn autocast_bf16<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> Result<T, OpError> {
     if !enabled {
-        return f();
+        return Ok(f());
     }
     let cuda = c_int::from(device.is_cuda());
     // SAFETY: plain calls into the shim; errors are reported through the return code.
-    let was = check(unsafe { preln_autocast_enter(cuda) }).expect("entering autocast");
+    let was = check(unsafe { preln_autocast_enter(cuda) })?;
     struct Exit(c_int, c_int);
     impl Drop for Exit {
         fn drop(&mut self) {
@@ -250,7 +263,7 @@ pub fn autocast_bf16<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) ->
         }
     }
     let _exit = Exit(cuda, was);
-    f()
+    Ok(f())
 }
 
 /// Whether autocast is on for `device` in this thread.
@@ -307,9 +320,20 @@ pub fn fused_adam(
 }
 
 /// Sets the gradient of `t` to None (undefined), as `zero_grad(set_to_none=True)`.
-pub fn clear_grad(t: &Tensor) {
-    // SAFETY: `t` is a live tensor; resetting its grad cannot fail for a valid tensor.
-    check(unsafe { preln_clear_grad(ptr(t)) }).expect("clearing a gradient");
+pub fn clear_grad(t: &Tensor) -> Result<(), OpError> {
+    // SAFETY: `t` is a live tensor.
+    check(unsafe { preln_clear_grad(ptr(t)) })?;
+    Ok(())
+}
+
+/// The name of the autograd node that produced `t` (`""` for a leaf): which op a path recorded,
+/// e.g. `AddmmBackward0` for libtorch's linear.
+pub fn grad_fn_name(t: &Tensor) -> Result<String, OpError> {
+    let mut buf = [0 as c_char; 256];
+    // SAFETY: the shim writes a NUL-terminated string of at most `len` bytes.
+    check(unsafe { preln_grad_fn_name(ptr(t), buf.as_mut_ptr(), buf.len() as c_int) })?;
+    // SAFETY: NUL-terminated by snprintf.
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -323,14 +347,15 @@ mod tests {
         assert!(!autocast_enabled(Device::Cpu));
         let (inside, nested) = autocast_bf16(Device::Cpu, true, || {
             let c = a.matmul(&b);
-            let nested = autocast_bf16(Device::Cpu, true, || autocast_enabled(Device::Cpu));
+            let nested = autocast_bf16(Device::Cpu, true, || autocast_enabled(Device::Cpu)).unwrap();
             (c.kind(), nested && autocast_enabled(Device::Cpu))
-        });
+        })
+        .unwrap();
         assert_eq!(inside, Kind::BFloat16);
         assert!(nested);
         assert!(!autocast_enabled(Device::Cpu));
         assert_eq!(a.matmul(&b).kind(), Kind::Float);
-        assert_eq!(autocast_bf16(Device::Cpu, false, || a.matmul(&b).kind()), Kind::Float);
+        assert_eq!(autocast_bf16(Device::Cpu, false, || a.matmul(&b).kind()).unwrap(), Kind::Float);
     }
 
     #[test]
@@ -338,7 +363,7 @@ mod tests {
         let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         (&w * 2.0).sum(Kind::Float).backward();
         assert!(w.grad().defined());
-        clear_grad(&w);
+        clear_grad(&w).unwrap();
         assert!(!w.grad().defined());
         (&w * 3.0).sum(Kind::Float).backward();
         assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![3.0; 3]);
@@ -365,7 +390,7 @@ mod tests {
             let up = Tensor::randn([4, 5, 6], opts);
             let run = |dnnl: bool| {
                 for t in [&x, &w, &b] {
-                    clear_grad(t);
+                    clear_grad(t).unwrap();
                 }
                 let y =
                     if dnnl { dnnl_linear(&x, &w, bias.then(|| &b)).unwrap() } else { x.linear(&w, bias.then(|| &b)) };
@@ -390,7 +415,8 @@ mod tests {
         assert_eq!(linear(&x, &w, None).kind(), Kind::Double);
         assert!(grad_enabled());
         assert!(!tch::no_grad(grad_enabled));
-        let y = autocast_bf16(Device::Cpu, true, || linear(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float), None));
+        let y = autocast_bf16(Device::Cpu, true, || linear(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float), None))
+            .unwrap();
         assert_eq!(y.kind(), Kind::BFloat16);
     }
 

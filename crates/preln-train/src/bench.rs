@@ -25,6 +25,7 @@ pub fn time_steps(
     precision: Precision,
     device: Device,
 ) -> Result<Vec<f64>, TrainError> {
+    crate::trainer::check_precision(precision, device)?;
     let vs = VarStore::new(device);
     let model = seeded(0, || Seq2Seq::new(&vs.root(), model_cfg))?;
     let mut opt = Optimizer::new(optimizer.clone(), parameters(&vs));
@@ -47,10 +48,10 @@ pub fn time_steps(
         let loss = preln_ops::autocast_bf16(device, precision.is_bf16(), || {
             let (_, dec) = model.forward(&src, &prev, true);
             label_smoothed_nll(&dec.logits, &target, label_smoothing, model_cfg.pad_id).mean_loss()
-        });
+        })?;
         loss.backward();
-        opt.step(5e-4);
-        opt.zero_grad();
+        opt.step(5e-4)?;
+        opt.zero_grad()?;
         sync(device);
         if step >= warmup {
             times.push(t0.elapsed().as_secs_f64());

@@ -295,7 +295,7 @@ impl Trainer<Classification> {
         dev: &[PairExample],
         run_dir: &Path,
     ) -> Result<Trainer<Classification>, TrainError> {
-        let device = resolve_device(&cfg.train.device)?;
+        let device = resolve_device(&cfg.train)?;
         prepare_run_dir(run_dir, false)?;
         let max_len = bert_cfg.max_positions as usize;
         let encode = |xs: &[PairExample]| -> Result<Vec<(Vec<i64>, Vec<i64>, i64)>, TrainError> {

@@ -29,6 +29,8 @@ pub enum TrainError {
     Io(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Model(#[from] preln_model::ModelError),
+    #[error(transparent)]
+    Op(#[from] preln_ops::OpError),
 }
 
 impl From<config::ConfigError> for TrainError {

@@ -185,7 +185,7 @@ impl Trainer<MaskedLm> {
                 cfg.model.max_positions
             )));
         }
-        let device = resolve_device(&cfg.train.device)?;
+        let device = resolve_device(&cfg.train)?;
         prepare_run_dir(run_dir, resume)?;
         let resolved = PretrainConfig {
             model: BertConfig { vocab_size: vocab_size as i64, pad_id: 0, ..cfg.model.clone() },

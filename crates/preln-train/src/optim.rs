@@ -141,10 +141,11 @@ impl Optimizer {
 
     /// Drops every gradient (sets it to None, as `zero_grad(set_to_none=True)`): the next
     /// backward writes fresh gradients instead of adding into zero-filled ones.
-    pub fn zero_grad(&mut self) {
+    pub fn zero_grad(&mut self) -> Result<(), preln_ops::OpError> {
         for (_, p) in &self.params {
-            preln_ops::clear_grad(p);
+            preln_ops::clear_grad(p)?;
         }
+        Ok(())
     }
 
     /// Whether Adam / AdamW updates go through libtorch's fused multi-tensor kernel (the
@@ -155,14 +156,14 @@ impl Optimizer {
 
     /// Adam / AdamW through libtorch's fused kernel over every parameter with a gradient.
     /// Returns false (nothing done) for other optimizers or when fusing is off.
-    fn fused_step(&mut self, lr: f64) -> bool {
+    fn fused_step(&mut self, lr: f64) -> Result<bool, preln_ops::OpError> {
         let (betas, eps, wd, decoupled) = match self.cfg {
             OptimizerConfig::Adam { betas, eps, weight_decay } => (betas, eps, weight_decay, false),
             OptimizerConfig::AdamW { betas, eps, weight_decay } => (betas, eps, weight_decay, true),
-            _ => return false,
+            _ => return Ok(false),
         };
         if !self.fused || self.params.is_empty() {
-            return false;
+            return Ok(false);
         }
         let (mut ps, mut gs, mut ms, mut vs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((_, p), st) in self.params.iter().zip(&self.state) {
@@ -176,16 +177,15 @@ impl Optimizer {
         }
         let device = self.params[0].1.device();
         let step = Tensor::from(self.step as f32).to_device(device);
-        tch::no_grad(|| preln_ops::fused_adam(&ps, &gs, &ms, &vs, &step, lr, betas, wd, eps, decoupled))
-            .expect("fused Adam update");
-        true
+        tch::no_grad(|| preln_ops::fused_adam(&ps, &gs, &ms, &vs, &step, lr, betas, wd, eps, decoupled))?;
+        Ok(true)
     }
 
     /// One update with learning rate `lr`, from the gradients in `.grad()`.
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) -> Result<(), preln_ops::OpError> {
         self.step += 1;
-        if self.fused_step(lr) {
-            return;
+        if self.fused_step(lr)? {
+            return Ok(());
         }
         let t = self.step as i32;
         let cfg = self.cfg.clone();
@@ -224,6 +224,7 @@ impl Optimizer {
                 }
             }
         });
+        Ok(())
     }
 
     /// The state as named tensors: `optimizer.{slot}.{parameter path}`.

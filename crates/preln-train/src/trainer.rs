@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TrainSection;
+use crate::config::{Precision, TrainSection};
 use crate::metrics::Metrics;
 use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
 use crate::schedule::Schedule;
@@ -85,12 +85,33 @@ pub fn best_checkpoint(run_dir: &Path) -> PathBuf {
     checkpoint_dir(run_dir).join("best.safetensors")
 }
 
-pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(TrainError::Config("train.device = cuda but libtorch sees no CUDA device".into())),
-        _ => Ok(Device::cuda_if_available()),
+/// The device of `train.device`, checked against `train.precision`.
+pub fn resolve_device(t: &TrainSection) -> Result<Device, TrainError> {
+    let device = match t.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => return Err(TrainError::Config("train.device = cuda but libtorch sees no CUDA device".into())),
+        _ => Device::cuda_if_available(),
+    };
+    check_precision(t.precision, device)?;
+    Ok(device)
+}
+
+/// Refuses bf16 on a CPU without fast bf16 matrix products (where libtorch emulates them tens
+/// of times slower than fp32), naming the missing CPU features, before anything runs.
+pub fn check_precision(precision: Precision, device: Device) -> Result<(), TrainError> {
+    if !precision.is_bf16() || device != Device::Cpu {
+        return Ok(());
+    }
+    match preln_ops::caps::cpu_bf16() {
+        preln_ops::caps::PathState::On => Ok(()),
+        preln_ops::caps::PathState::Unsupported(why) | preln_ops::caps::PathState::Off(why) => {
+            Err(TrainError::Config(format!(
+                "train.precision = \"bf16\" on the CPU: {why} ({}); bf16 would run tens of times slower than fp32 \
+                 here. Use train.precision = \"fp32\" (or train.device = \"cuda\")",
+                preln_ops::caps::cpu_info().model
+            )))
+        }
     }
 }
 
@@ -358,7 +379,7 @@ impl<T: Task> Trainer<T> {
                 for (k, b) in batches.iter().enumerate() {
                     tch::manual_seed(dropout_seed(t.seed, step, k) as i64);
                     let want_hidden = diag_now && k + 1 == batches.len();
-                    let (s, h) = preln_ops::autocast_bf16(self.device, bf16, || self.task.loss(b, want_hidden))?;
+                    let (s, h) = preln_ops::autocast_bf16(self.device, bf16, || self.task.loss(b, want_hidden))??;
                     (&s.loss / tokens.max(1) as f64).backward();
                     loss_sum += s.loss.detach();
                     nll_sum += s.nll.detach();
@@ -391,8 +412,8 @@ impl<T: Task> Trainer<T> {
                     clip_grads(&self.params, norm, t.clip_norm);
                 }
                 let lr = self.cfg.schedule.lr_at(t.lr, step, self.state.epoch);
-                self.opt.step(lr);
-                self.opt.zero_grad();
+                self.opt.step(lr)?;
+                self.opt.zero_grad()?;
                 self.state.step = step;
                 self.state.batch_in_epoch += group.len();
                 epoch_loss += loss * tokens as f64;

@@ -162,7 +162,7 @@ impl Trainer<Translation> {
         if train.is_empty() {
             return Err(TrainError::Config("the training split is empty".into()));
         }
-        let device = resolve_device(&cfg.train.device)?;
+        let device = resolve_device(&cfg.train)?;
         prepare_run_dir(run_dir, resume)?;
         let mcfg = model_config(cfg, vocab_size);
         let vs = VarStore::new(device);

@@ -21,14 +21,14 @@ fn replay_with(name: &str, cfg: OptimizerConfig, fused: bool) {
     let mut opt = Optimizer::new(cfg, params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
     opt.set_fused(fused);
     for k in 1..=10i64 {
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         for (_, p) in &params {
             let idx = Tensor::arange(p.numel() as i64, (Kind::Double, p.device())).reshape(p.size());
             let grad = tch::no_grad(|| p * 0.5 + (idx + k as f64).cos() * 0.1);
             // d/dp sum(p * grad) = grad
             (p * grad).sum(Kind::Double).backward();
         }
-        opt.step(0.01 * (1 + k % 3) as f64);
+        opt.step(0.01 * (1 + k % 3) as f64).unwrap();
         for (pname, p) in &params {
             let want = &g[&format!("{name}.{k}.{pname}")];
             let err = (p - want).abs().max().double_value(&[]);
