@@ -4,7 +4,7 @@ optimizer, timed in plain PyTorch eager.
 
 Written independently of the Rust code (nn.Module layers, F.scaled_dot_product_attention,
 torch.optim.Adam with its fastest CPU/CUDA implementation). Reads a JSON spec as the first
-argument, prints one JSON line: per-step seconds, peak resident memory (MiB), versions.
+argument (or from standard input when that is "-"), prints one JSON line: per-step seconds, peak resident memory (MiB), versions.
 """
 
 import json
@@ -114,7 +114,9 @@ def loss_fn(logits, target, eps, pad):
 
 
 def main():
-    spec = json.loads(sys.argv[1])
+    # The spec on standard input ("-"; a large batch exceeds the limit of one argument) or as
+    # the first argument.
+    spec = json.loads(sys.stdin.read() if sys.argv[1] == "-" else sys.argv[1])
     torch.manual_seed(0)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

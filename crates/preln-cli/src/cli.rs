@@ -165,8 +165,9 @@ pub struct BenchTrainArgs {
     pub python: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// Precisions to time: `fp32`, and `bf16` (forward and loss under bfloat16 autocast, on both sides).
-    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    /// Precisions to time: `fp32`, and `bf16` (forward and loss under bfloat16 autocast, on both
+    /// sides). Default: both, but on a CPU without fast bf16 (`preln info`) only fp32.
+    #[arg(long, value_delimiter = ',')]
     pub precisions: Vec<PrecisionArg>,
     /// Internal: time one precision in this process and print JSON (each measurement runs in a
     /// fresh process, so that peak memory is its own).

@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     preln_ops::keep_freed_memory();
     report_panics_as_errors();
+    // Which fast paths this machine can take, probed once before any command runs.
+    preln_ops::caps::init();
     match std::panic::catch_unwind(|| commands::run(cli)) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
@@ -43,10 +45,15 @@ fn report_panics_as_errors() {
 /// libtorch's exception text up to its C++ stack trace ("Exception raised from ..."), with tch's
 /// `Torch("...")` wrapper and escaped newlines undone.
 fn without_cpp_backtrace(msg: &str) -> String {
+    const TCH: &str = "called `Result::unwrap()` on an `Err` value: Torch(\"";
     let msg = msg.replace("\\n", "\n");
-    let msg = msg.split("\nException raised from").next().unwrap_or(&msg);
-    let msg = msg.replace("called `Result::unwrap()` on an `Err` value: Torch(\"", "libtorch: ");
-    msg.trim_end_matches(['"', ')', '\n']).trim().to_string()
+    let (body, wrapped) = match msg.strip_prefix(TCH) {
+        Some(body) => (body, true),
+        None => (msg.as_str(), false),
+    };
+    let body = body.split("\nException raised from").next().unwrap_or(body).trim_end();
+    let body = if wrapped { body.strip_suffix("\")").unwrap_or(body) } else { body };
+    format!("{}{}", if wrapped { "libtorch: " } else { "" }, body.trim())
 }
 
 #[cfg(test)]
@@ -59,6 +66,8 @@ mod tests {
                    (3x4 and 5x6)\\nException raised from meta at /pytorch/aten/src/ATen/native/LinearAlgebra.cpp:197 \
                    (most recent call first):\\nframe #0: c10::Error::Error(...)\\n\")";
         assert_eq!(without_cpp_backtrace(tch), "libtorch: mat1 and mat2 shapes cannot be multiplied (3x4 and 5x6)");
-        assert_eq!(without_cpp_backtrace("plain message"), "plain message");
+        assert_eq!(without_cpp_backtrace("plain message (x)"), "plain message (x)");
+        let short = "called `Result::unwrap()` on an `Err` value: Torch(\"index 7 is out of bounds (size 3)\")";
+        assert_eq!(without_cpp_backtrace(short), "libtorch: index 7 is out of bounds (size 3)");
     }
 }

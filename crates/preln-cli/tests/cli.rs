@@ -354,3 +354,87 @@ fn bleu_reads_stdin_and_prints_sacrebleu_forms() {
     let out = run(&[], "a b c d\n");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has 2"));
 }
+
+/// `preln` with extra environment variables.
+fn preln_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_preln")).envs(env.iter().copied()).args(args).output().expect("preln runs")
+}
+
+#[test]
+fn info_names_the_cpu_its_flags_libtorch_and_every_path() {
+    let out = preln(&["info"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "CPU: ",
+        "CPU flags: avx2",
+        "avx512_bf16",
+        "libtorch: 2.11.0",
+        "path: fp32 linear in training (CPU): ",
+        "path: dropout, residual dropout, label-smoothed loss (CPU): ",
+        "path: bf16 autocast (CPU): ",
+        "path: attention in training (CPU): ",
+    ] {
+        assert!(text.contains(want), "`{want}` missing from\n{text}");
+    }
+    let off = preln_env(&[("PRELN_FAST_PATHS", "off")], &["info"]);
+    let text = String::from_utf8_lossy(&off.stdout);
+    assert!(text.contains("libtorch's linear (MKL) (PRELN_FAST_PATHS=off)"), "{text}");
+    assert!(text.contains("shim kernels, portable (PRELN_FAST_PATHS=off)") || text.contains("lacks AVX2"), "{text}");
+}
+
+/// A CPU whose libtorch oneDNN refuses its matmul entry, as an AVX2-only CPU does (issue 14's
+/// panic). `ONEDNN_MAX_CPU_ISA=AVX2` caps oneDNN at AVX2, so this machine behaves so whatever it
+/// has: every command that trains takes another path for its fp32 products, and bf16 on the CPU
+/// is refused at start with the reason, never a crash.
+#[test]
+fn avx2_only_cpu_trains_on_the_fallback_and_refuses_cpu_bf16_at_start() {
+    let avx2 = [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")];
+    let info = String::from_utf8_lossy(&preln_env(&avx2, &["info"]).stdout).to_string();
+    // oneDNN's matmul entry is refused; its inner product (or, failing that, libtorch's linear)
+    // takes the fp32 products.
+    let linear = info.lines().find(|l| l.starts_with("path: fp32 linear in training (CPU): ")).unwrap_or_default();
+    assert!(
+        linear.ends_with("oneDNN inner product (probed against libtorch)")
+            || linear.contains("libtorch's linear (MKL) (oneDNN matmul: mkldnn_matmul"),
+        "{info}"
+    );
+    assert!(info.contains("path: bf16 autocast (CPU): refused"), "{info}");
+
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path(), 60);
+    let run = |name: &str, precision: &str| {
+        let out = d.path().join(name);
+        let args = [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.max_updates=3",
+            "--set",
+            "train.device=\"cpu\"",
+            "--set",
+            &format!("train.precision=\"{precision}\""),
+        ];
+        (preln_env(&avx2, &args), out)
+    };
+    let (fp32, dir) = run("fp32", "fp32");
+    let stderr = String::from_utf8_lossy(&fp32.stderr);
+    assert!(fp32.status.success(), "{stderr}");
+    assert!(dir.join("checkpoints/last.safetensors").exists());
+
+    let (bf16, dir) = run("bf16", "bf16");
+    let stderr = String::from_utf8_lossy(&bf16.stderr);
+    assert_eq!(bf16.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("train.precision = \"bf16\" on the CPU") && stderr.contains("avx512_bf16"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("frame #"), "{stderr}");
+    assert!(!dir.join("metrics.jsonl").exists(), "bf16 was refused after training started");
+
+    let init = d.path().join("init");
+    let out = preln_env(&avx2, &[&["analyze", "init", "--seeds", "1", "--out", init.to_str().unwrap()], &TINY[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -21,12 +21,19 @@
 #include <string>
 #include <vector>
 
-// libtorch's oneDNN matrix product (aten/src/ATen/native/mkldnn/Matmul.cpp), exported by
-// libtorch_cpu but not in the installed headers: result = beta * result + alpha * mat1 @ mat2,
-// for fp32, bf16 and fp16 tensors with any strides.
+// libtorch's oneDNN entries, exported by libtorch_cpu but not in the installed headers:
+// - mkldnn_matmul (aten/src/ATen/native/mkldnn/Matmul.cpp): result = beta * result + alpha *
+//   mat1 @ mat2 for fp32, bf16 and fp16 tensors with any strides; it refuses CPUs without
+//   AVX-512 BW/VL/DQ (or avx_ne_convert) whatever the dtype;
+// - mkldnn_linear_pointwise (aten/src/ATen/native/mkldnn/Linear.cpp): x @ w^T + b as oneDNN's
+//   inner product on dense tensors, which runs on AVX2 CPUs too.
 namespace at::native {
 TORCH_API void mkldnn_matmul(const Tensor &mat1, const Tensor &mat2, const Tensor &result, float beta, float alpha);
-}
+TORCH_API Tensor mkldnn_linear_pointwise(const Tensor &input_t, const Tensor &weight_t,
+                                         const std::optional<Tensor> &bias_opt, std::string_view attr,
+                                         c10::List<std::optional<c10::Scalar>> scalars,
+                                         std::optional<std::string_view> algorithm);
+} // namespace at::native
 
 // tch hands tensors over as pointers to at::Tensor.
 typedef at::Tensor *tensor;
@@ -48,32 +55,42 @@ template <typename F> static int guarded(F f) {
 
 static at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
 
-static at::Tensor dnnl_mm(const at::Tensor &a, const at::Tensor &b) {
-  auto r = at::empty({a.size(0), b.size(1)}, a.options());
-  at::native::mkldnn_matmul(a, b, r, 0.0f, 1.0f);
-  return r;
+// Which oneDNN entry the linear layer's products use.
+enum class DnnlEntry : int64_t { Matmul = 0, InnerProduct = 1 };
+
+// x @ w^T (+ b) for 2-d x through the chosen entry.
+static at::Tensor dnnl_linear2d(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, DnnlEntry entry) {
+  if (entry == DnnlEntry::InnerProduct) {
+    std::optional<at::Tensor> bias = b.defined() ? std::optional<at::Tensor>(b) : std::nullopt;
+    return at::native::mkldnn_linear_pointwise(x, w, bias, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+  }
+  at::Tensor y;
+  if (b.defined()) {
+    y = b.expand({x.size(0), w.size(0)}).contiguous();
+    at::native::mkldnn_matmul(x, w.t(), y, 1.0f, 1.0f);
+  } else {
+    y = at::empty({x.size(0), w.size(0)}, x.options());
+    at::native::mkldnn_matmul(x, w.t(), y, 0.0f, 1.0f);
+  }
+  return y;
 }
 
 // y = x @ w^T + b with every matrix product (forward, input and weight gradients) by oneDNN.
 // PyTorch sends fp32 products on the CPU to MKL, which is slower on some CPUs (AMD EPYC here).
 struct DnnlLinear : public torch::autograd::Function<DnnlLinear> {
   // Without bias (an undefined tensor cannot be an autograd input).
-  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w) {
-    return forward(ctx, x, w, at::Tensor());
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w,
+                            int64_t entry) {
+    return forward(ctx, x, w, at::Tensor(), entry);
   }
 
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &w,
-                            const at::Tensor &b) {
+                            const at::Tensor &b, int64_t entry) {
     auto x2 = x.reshape({-1, x.size(-1)});
-    at::Tensor y;
-    if (b.defined()) {
-      y = b.expand({x2.size(0), w.size(0)}).contiguous();
-      at::native::mkldnn_matmul(x2, w.t(), y, 1.0f, 1.0f);
-    } else {
-      y = dnnl_mm(x2, w.t());
-    }
+    auto y = dnnl_linear2d(x2, w, b, static_cast<DnnlEntry>(entry));
     ctx->save_for_backward({x2, w});
     ctx->saved_data["has_bias"] = b.defined();
+    ctx->saved_data["entry"] = entry;
     auto shape = x.sizes().vec();
     shape.back() = w.size(0);
     return y.view(shape);
@@ -84,24 +101,28 @@ struct DnnlLinear : public torch::autograd::Function<DnnlLinear> {
     auto saved = ctx->get_saved_variables();
     auto &x2 = saved[0];
     auto &w = saved[1];
+    auto e = static_cast<DnnlEntry>(ctx->saved_data["entry"].toInt());
     auto g = grads[0].reshape({-1, w.size(0)});
     bool has_bias = ctx->saved_data["has_bias"].toBool();
     at::Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) {
+      // g @ w = g @ (w^T)^T
       auto shape = grads[0].sizes().vec();
       shape.back() = w.size(1);
-      gx = dnnl_mm(g, w).view(shape);
+      gx = dnnl_linear2d(g, w.t(), at::Tensor(), e).view(shape);
     }
     if (ctx->needs_input_grad(1)) {
-      gw = dnnl_mm(g.t(), x2);
+      // g^T @ x2 = g^T @ (x2^T)^T. The inner product would copy g^T first (it takes a dense
+      // input), which makes it slower than libtorch's product here (examples/linear_speed).
+      gw = e == DnnlEntry::InnerProduct ? at::mm(g.t(), x2) : dnnl_linear2d(g.t(), x2.t(), at::Tensor(), e);
     }
     if (!has_bias) {
-      return {gx, gw};
+      return {gx, gw, at::Tensor()};
     }
     if (ctx->needs_input_grad(2)) {
       gb = g.sum(0);
     }
-    return {gx, gw, gb};
+    return {gx, gw, gb, at::Tensor()};
   }
 };
 
@@ -617,10 +638,12 @@ int preln_clear_grad(tensor t) {
   });
 }
 
-// *out = x @ w^T + b (b may be null) through oneDNN, differentiable.
-int preln_dnnl_linear(tensor *out, tensor x, tensor w, tensor b) {
+// *out = x @ w^T + b (b may be null) through oneDNN, differentiable; entry 0 = matmul,
+// 1 = inner product (DnnlEntry).
+int preln_dnnl_linear(tensor *out, tensor x, tensor w, tensor b, int entry) {
   return guarded([&] {
-    *out = new at::Tensor(b ? DnnlLinear::apply(*x, *w, *b) : DnnlLinear::apply(*x, *w));
+    int64_t e = entry;
+    *out = new at::Tensor(b ? DnnlLinear::apply(*x, *w, *b, e) : DnnlLinear::apply(*x, *w, e));
     return 0;
   });
 }
@@ -719,6 +742,16 @@ int preln_grad_fn_name(tensor t, char *buf, int len) {
     auto fn = t->grad_fn();
     std::snprintf(buf, static_cast<size_t>(len), "%s", fn ? fn->name().c_str() : "");
     return 0;
+  });
+}
+
+// Allows (1) or forbids (0) libtorch's cuDNN kernel for scaled_dot_product_attention on CUDA;
+// returns whether it was allowed before.
+int preln_set_sdp_cudnn(int on) {
+  return guarded([&] {
+    bool was = at::globalContext().userEnabledCuDNNSDP();
+    at::globalContext().setSDPUseCuDNN(on != 0);
+    return was ? 1 : 0;
   });
 }
 }

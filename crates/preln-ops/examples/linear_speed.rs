@@ -1,11 +1,12 @@
-//! Times the oneDNN linear (`preln_ops::dnnl_linear`) against libtorch's `linear` (MKL) for the
-//! shapes of the paper's IWSLT14 model: forward, input gradient and weight gradient of one layer.
+//! Times the oneDNN linear (`preln_ops::dnnl_linear`, both entries: matmul and inner product)
+//! against libtorch's `linear` (MKL) for the shapes of the paper's IWSLT14 model: forward, input gradient and weight gradient of one layer.
 //! Prints the CPU and the paths first; where libtorch's oneDNN entry refuses the CPU, says so.
 //! `cargo run --release -p preln-ops --example linear_speed [threads]`
 
 #[path = "common/timing.rs"]
 mod timing;
 
+use preln_ops::DnnlEntry;
 use tch::{Device, Kind, Tensor};
 
 fn main() {
@@ -18,16 +19,14 @@ fn main() {
         let w = Tensor::randn([n, k], opts).set_requires_grad(true);
         let g = Tensor::randn([m, n], opts);
         let mut row = format!("{m}x{k} @ {k}x{n}:");
-        for dnnl in [false, true] {
-            let linear = |x: &Tensor, w: &Tensor| {
-                if dnnl {
-                    preln_ops::dnnl_linear(x, w, None)
-                } else {
-                    Ok(x.linear(w, None::<&Tensor>))
-                }
+        for entry in [None, Some(DnnlEntry::Matmul), Some(DnnlEntry::InnerProduct)] {
+            let name = entry.map_or("libtorch", DnnlEntry::name);
+            let linear = |x: &Tensor, w: &Tensor| match entry {
+                Some(entry) => preln_ops::dnnl_linear(x, w, None, entry),
+                None => Ok(x.linear(w, None::<&Tensor>)),
             };
             if let Err(e) = linear(&x, &w) {
-                row += &format!("  oneDNN: not on this machine ({})", e.0.lines().next().unwrap_or(""));
+                row += &format!("  {name}: not on this machine ({})", e.0.lines().next().unwrap_or(""));
                 continue;
             }
             let fwd = timing::median_time(&|| {
@@ -41,8 +40,7 @@ fn main() {
             });
             let gf = 2.0 * (m * k * n) as f64 / 1e9;
             row += &format!(
-                "  {}: fwd {:.0} GFLOP/s, fwd+bwd {:.0} GFLOP/s",
-                if dnnl { "oneDNN" } else { "libtorch" },
+                "  {name}: fwd {:.0} GFLOP/s, fwd+bwd {:.0} GFLOP/s",
                 gf / fwd,
                 3.0 * gf / both
             );

@@ -5,8 +5,12 @@
 //! libtorch's op. The environment can only turn paths off:
 //!
 //! - `PRELN_FAST_PATHS=off`: every fast path off (the oneDNN linear, the AVX2 kernels);
-//! - `PRELN_LINEAR=libtorch`: the oneDNN linear off;
-//! - `PRELN_KERNELS=portable`: the shim's element-wise and loss kernels without AVX2.
+//! - `PRELN_LINEAR=libtorch`: the oneDNN linear off; `PRELN_LINEAR=matmul` or `inner-product`:
+//!   only that oneDNN entry is probed (to compare them);
+//! - `PRELN_KERNELS=portable`: the shim's element-wise and loss kernels without AVX2;
+//! - `PRELN_SDP_CUDNN=on`: allows libtorch's cuDNN attention kernel on CUDA, which preln turns
+//!   off: it builds a graph for every new shape (on an H200, 11 s of a 13 s first epoch of
+//!   Multi30k in bf16, where the flash / memory-efficient kernels took 2 s).
 //!
 //! [`force_fallback`] does the same from code (tests run the fallback on any machine with it).
 
@@ -17,12 +21,15 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::DnnlEntry;
+
 extern "C" {
     fn preln_probe_vector_kernels() -> c_int;
     fn preln_set_vector_kernels(on: c_int) -> c_int;
     fn preln_kernel_calls(avx2: *mut i64, portable: *mut i64);
     fn preln_mkldnn_bf16_supported() -> c_int;
     fn preln_libtorch_build(buf: *mut c_char, len: c_int) -> c_int;
+    fn preln_set_sdp_cudnn(on: c_int) -> c_int;
 }
 
 /// A fast path's state on this machine: taken, or not and why.
@@ -77,13 +84,14 @@ struct Probed {
     cpu: Cpu,
     libtorch: String,
     dnnl_linear: PathState,
+    /// The oneDNN entry the linear layer uses where `dnnl_linear` is on.
+    dnnl_entry: Option<DnnlEntry>,
     vector_kernels: PathState,
     bf16: PathState,
 }
 
 static PROBED: OnceLock<Probed> = OnceLock::new();
 static FORCED_OFF: AtomicBool = AtomicBool::new(false);
-static BF16_FORCED_OFF: AtomicBool = AtomicBool::new(false);
 
 fn env_is(name: &str, value: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == value)
@@ -93,12 +101,24 @@ fn probed() -> &'static Probed {
     PROBED.get_or_init(|| {
         let cpu = cpu();
         let all_off = env_is("PRELN_FAST_PATHS", "off");
-        let dnnl_linear = if all_off {
-            PathState::Off("PRELN_FAST_PATHS=off".into())
-        } else if env_is("PRELN_LINEAR", "libtorch") {
-            PathState::Off("PRELN_LINEAR=libtorch".into())
+        let linear_env = std::env::var("PRELN_LINEAR").unwrap_or_default();
+        let (dnnl_linear, dnnl_entry) = if all_off {
+            (PathState::Off("PRELN_FAST_PATHS=off".into()), None)
+        } else if linear_env == "libtorch" {
+            (PathState::Off("PRELN_LINEAR=libtorch".into()), None)
         } else {
-            probe_dnnl_linear()
+            let entries: &[DnnlEntry] = match linear_env.as_str() {
+                "matmul" => &[DnnlEntry::Matmul],
+                "inner-product" => &[DnnlEntry::InnerProduct],
+                // The matmul entry first: faster where it works (AVX-512), see linear_speed.
+                other => {
+                    if !other.is_empty() {
+                        eprintln!("preln: PRELN_LINEAR={other} is none of libtorch, matmul, inner-product; ignored");
+                    }
+                    &[DnnlEntry::Matmul, DnnlEntry::InnerProduct]
+                }
+            };
+            probe_dnnl_linear(entries)
         };
         let vector_kernels = probe_vector_kernels(if all_off {
             Some("PRELN_FAST_PATHS=off")
@@ -108,7 +128,9 @@ fn probed() -> &'static Probed {
             None
         });
         let bf16 = probe_bf16(&cpu);
-        Probed { libtorch: libtorch_build(), cpu, dnnl_linear, vector_kernels, bf16 }
+        // SAFETY: a plain setter.
+        unsafe { preln_set_sdp_cudnn(c_int::from(env_is("PRELN_SDP_CUDNN", "on"))) };
+        Probed { libtorch: libtorch_build(), cpu, dnnl_linear, dnnl_entry, vector_kernels, bf16 }
     })
 }
 
@@ -127,11 +149,6 @@ pub fn force_fallback() {
     unsafe { preln_set_vector_kernels(0) };
 }
 
-/// Makes this process behave as on a CPU without fast bf16 (for tests of that refusal).
-pub fn force_no_bf16() {
-    BF16_FORCED_OFF.store(true, Ordering::SeqCst);
-}
-
 /// The state of the oneDNN fp32 linear on this machine.
 pub fn dnnl_linear() -> PathState {
     if FORCED_OFF.load(Ordering::Relaxed) {
@@ -140,9 +157,12 @@ pub fn dnnl_linear() -> PathState {
     probed().dnnl_linear.clone()
 }
 
-/// Whether [`crate::linear`] may use oneDNN (cheap: read on every call).
-pub(crate) fn dnnl_linear_on() -> bool {
-    !FORCED_OFF.load(Ordering::Relaxed) && probed().dnnl_linear.is_on()
+/// The oneDNN entry [`crate::linear`] uses, if any (cheap: read on every call).
+pub fn dnnl_entry() -> Option<DnnlEntry> {
+    if FORCED_OFF.load(Ordering::Relaxed) {
+        return None;
+    }
+    probed().dnnl_entry
 }
 
 /// The state of the shim's AVX2 kernels (dropout, residual dropout, the fused loss).
@@ -157,9 +177,6 @@ pub fn vector_kernels() -> PathState {
 /// `precision = "bf16"` pays on the CPU. Where it is not, libtorch emulates bf16 products tens
 /// of times slower than fp32.
 pub fn cpu_bf16() -> PathState {
-    if BF16_FORCED_OFF.load(Ordering::Relaxed) {
-        return PathState::Off("forced off".into());
-    }
     probed().bf16.clone()
 }
 
@@ -192,15 +209,27 @@ fn libtorch_build() -> String {
     unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }
 
-/// Runs the oneDNN linear (forward and both gradients) on a small input and compares it with
-/// a float64 reference.
-fn probe_dnnl_linear() -> PathState {
-    let result = tch::with_grad(|| -> Result<(), String> {
+/// The first of `entries` whose oneDNN linear works here, by [`probe_entry`].
+fn probe_dnnl_linear(entries: &[DnnlEntry]) -> (PathState, Option<DnnlEntry>) {
+    let mut refusals = Vec::new();
+    for &entry in entries {
+        match probe_entry(entry) {
+            Ok(()) => return (PathState::On, Some(entry)),
+            Err(why) => refusals.push(format!("{}: {}", entry.name(), first_line(&why))),
+        }
+    }
+    (PathState::Unsupported(refusals.join("; ")), None)
+}
+
+/// Runs the oneDNN linear (forward and both gradients) through `entry` on a small input and
+/// compares it with a float64 reference.
+fn probe_entry(entry: DnnlEntry) -> Result<(), String> {
+    tch::with_grad(|| -> Result<(), String> {
         let opts = (Kind::Float, Device::Cpu);
         let x = Tensor::arange(2 * 3 * 5, opts).view([2, 3, 5]).sin().set_requires_grad(true);
         let w = Tensor::arange(4 * 5, opts).view([4, 5]).cos().set_requires_grad(true);
         let b = Tensor::arange(4, opts).set_requires_grad(true);
-        let y = crate::dnnl_linear(&x, &w, Some(&b)).map_err(|e| e.0)?;
+        let y = crate::dnnl_linear(&x, &w, Some(&b), entry).map_err(|e| e.0)?;
         let up = Tensor::arange(2 * 3 * 4, opts).view([2, 3, 4]).tanh();
         (&y * &up).sum(Kind::Float).backward();
         let d = |t: &Tensor| t.detach().to_kind(Kind::Double);
@@ -220,11 +249,7 @@ fn probe_dnnl_linear() -> PathState {
             }
         }
         Ok(())
-    });
-    match result {
-        Ok(()) => PathState::On,
-        Err(why) => PathState::Unsupported(first_line(&why)),
-    }
+    })
 }
 
 fn probe_vector_kernels(off: Option<&str>) -> PathState {
@@ -317,13 +342,14 @@ pub fn summary() -> String {
     let cpu = cpu_info();
     let threads = tch::get_num_threads();
     let state = |s: PathState, on: &str, off: &str| if s.is_on() { on.to_string() } else { off.to_string() };
+    let linear = dnnl_entry().map_or("libtorch", DnnlEntry::name);
     format!(
         "CPU: {} ({} threads; {}); libtorch {}; fp32 linear: {}; kernels: {}; CPU bf16: {}",
         cpu.model,
         threads,
         cpu.present().join(" "),
         libtorch(),
-        state(dnnl_linear(), "oneDNN", "libtorch"),
+        linear,
         state(vector_kernels(), "AVX2", "portable"),
         state(cpu_bf16(), "native", "emulated (slow)"),
     )
@@ -344,12 +370,8 @@ pub fn report() -> Vec<String> {
         None => format!("path: {op}: {on}"),
         Some(why) => format!("path: {op}: {off} ({why})"),
     };
-    lines.push(line(
-        "fp32 linear in training (CPU)",
-        dnnl_linear(),
-        "oneDNN (probed against libtorch)",
-        "libtorch's linear (MKL)",
-    ));
+    let linear_on = format!("{} (probed against libtorch)", dnnl_entry().map_or("", DnnlEntry::name));
+    lines.push(line("fp32 linear in training (CPU)", dnnl_linear(), &linear_on, "libtorch's linear (MKL)"));
     lines.push(line(
         "dropout, residual dropout, label-smoothed loss (CPU)",
         vector_kernels(),
@@ -363,6 +385,10 @@ pub fn report() -> Vec<String> {
         "refused: train.precision = \"bf16\" stops at start on this CPU",
     ));
     lines.push("path: attention in training (CPU): three steps up to 128 keys (512 in bf16), libtorch's fused kernel beyond; inference and CUDA: fused kernel".into());
+    lines.push(format!(
+        "path: attention on CUDA: flash / memory-efficient kernels, cuDNN's {}",
+        if env_is("PRELN_SDP_CUDNN", "on") { "allowed (PRELN_SDP_CUDNN=on)" } else { "off (a graph build per new shape)" }
+    ));
     lines
 }
 

@@ -46,7 +46,13 @@ extern "C" {
     ) -> c_int;
     fn preln_hash_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, p: c_double) -> c_int;
     fn preln_residual_dropout(out: *mut *mut C_tensor, x: *mut C_tensor, y: *mut C_tensor, p: c_double) -> c_int;
-    fn preln_dnnl_linear(out: *mut *mut C_tensor, x: *mut C_tensor, w: *mut C_tensor, b: *mut C_tensor) -> c_int;
+    fn preln_dnnl_linear(
+        out: *mut *mut C_tensor,
+        x: *mut C_tensor,
+        w: *mut C_tensor,
+        b: *mut C_tensor,
+        entry: c_int,
+    ) -> c_int;
     fn preln_grad_fn_name(t: *mut C_tensor, buf: *mut c_char, len: c_int) -> c_int;
 }
 
@@ -199,21 +205,44 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         && x.kind() == Kind::Float
         && w.kind() == Kind::Float
         && b.is_none_or(|b| b.kind() == Kind::Float)
-        && caps::dnnl_linear_on()
         && !autocast_enabled(Device::Cpu)
         && grad_enabled();
-    if !dnnl {
-        return x.linear(w, b);
+    match caps::dnnl_entry() {
+        Some(entry) if dnnl => {
+            dnnl_linear(x, w, b, entry).unwrap_or_else(|e| fell_back("oneDNN linear", &e, || x.linear(w, b)))
+        }
+        _ => x.linear(w, b),
     }
-    dnnl_linear(x, w, b).unwrap_or_else(|e| fell_back("oneDNN linear", &e, || x.linear(w, b)))
+}
+
+/// libtorch's two oneDNN entries for the products of a linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnnlEntry {
+    /// `mkldnn_matmul`: refuses CPUs without AVX-512 BW/VL/DQ (or avx_ne_convert).
+    Matmul,
+    /// `mkldnn_linear_pointwise`, oneDNN's inner product on dense tensors: runs on AVX2 too.
+    InnerProduct,
+}
+
+impl DnnlEntry {
+    pub fn name(self) -> &'static str {
+        match self {
+            DnnlEntry::Matmul => "oneDNN matmul",
+            DnnlEntry::InnerProduct => "oneDNN inner product",
+        }
+    }
 }
 
 /// `x @ w^T + b` through the oneDNN autograd function, unconditionally (fp32 CPU tensors): an
 /// error where libtorch's oneDNN entry refuses this CPU. [`linear`] takes it only where it works.
-pub fn dnnl_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, OpError> {
+pub fn dnnl_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, entry: DnnlEntry) -> Result<Tensor, OpError> {
     let bias = b.map_or(std::ptr::null_mut(), ptr);
+    let entry = match entry {
+        DnnlEntry::Matmul => 0,
+        DnnlEntry::InnerProduct => 1,
+    };
     // SAFETY: plain call into the shim with live tensors (or a null bias).
-    new_tensor(|out| unsafe { preln_dnnl_linear(out, ptr(x), ptr(w), bias) })
+    new_tensor(|out| unsafe { preln_dnnl_linear(out, ptr(x), ptr(w), bias, entry) })
 }
 
 /// An exception thrown inside libtorch, with its message.
@@ -378,12 +407,19 @@ mod tests {
     }
 
     /// Forward value and all three gradients of the oneDNN linear against libtorch's, for a
-    /// 3-d input, with and without bias, and through transposed (non-contiguous) inputs.
+    /// 3-d input, with and without bias, and through transposed (non-contiguous) inputs, where
+    /// this machine supports it; where it does not, the call is an error, not a crash.
     #[test]
-    fn dnnl_linear_matches_libtorch_forward_and_backward() {
+    fn dnnl_linear_matches_libtorch_forward_and_backward_where_supported() {
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
-        for bias in [true, false] {
+        for (entry, bias) in [DnnlEntry::Matmul, DnnlEntry::InnerProduct].into_iter().flat_map(|e| [(e, true), (e, false)]) {
+            let probe = dnnl_linear(&Tensor::randn([4, 7], opts), &Tensor::randn([6, 7], opts), None, entry);
+            if let Err(e) = probe {
+                // Refused here (matmul on a CPU without AVX-512): an error, and the probe agrees.
+                assert_ne!(caps::dnnl_entry(), Some(entry), "{} refused ({e}) but chosen", entry.name());
+                continue;
+            }
             let x = Tensor::randn([5, 4, 7], opts).transpose(0, 1).set_requires_grad(true);
             let w = Tensor::randn([6, 7], opts).set_requires_grad(true);
             let b = Tensor::randn([6], opts).set_requires_grad(true);
@@ -393,7 +429,7 @@ mod tests {
                     clear_grad(t).unwrap();
                 }
                 let y =
-                    if dnnl { dnnl_linear(&x, &w, bias.then(|| &b)).unwrap() } else { x.linear(&w, bias.then(|| &b)) };
+                    if dnnl { dnnl_linear(&x, &w, bias.then(|| &b), entry).unwrap() } else { x.linear(&w, bias.then(|| &b)) };
                 (&y * &up).sum(Kind::Float).backward();
                 let gb = if bias { b.grad().copy() } else { Tensor::zeros([6], opts) };
                 (y.detach(), x.grad().copy(), w.grad().copy(), gb)
@@ -403,9 +439,23 @@ mod tests {
             assert_eq!(y1.size(), vec![4, 5, 6]);
             for (a, e, what) in [(y1, y0, "y"), (gx1, gx0, "dx"), (gw1, gw0, "dw"), (gb1, gb0, "db")] {
                 let err = (&a - &e).abs().max().double_value(&[]);
-                assert!(err < 1e-4, "bias {bias}: {what} differs by {err}");
+                assert!(err < 1e-4, "{} bias {bias}: {what} differs by {err}", entry.name());
             }
         }
+    }
+
+    /// The probe decides: `linear` in training records the oneDNN node exactly when the probe
+    /// reported the path on, and libtorch's otherwise.
+    #[test]
+    fn linear_takes_the_onednn_path_exactly_when_the_probe_allows_it() {
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([6, 5], opts).set_requires_grad(true);
+        let w = Tensor::randn([4, 5], opts).set_requires_grad(true);
+        let node = grad_fn_name(&linear(&x, &w, None)).unwrap();
+        assert_eq!(node.contains("DnnlLinear"), caps::dnnl_linear().is_on(), "node {node}, {:?}", caps::dnnl_linear());
+        // Outside training it is always libtorch's op.
+        let y = tch::no_grad(|| linear(&x, &w, None));
+        assert!(!y.requires_grad());
     }
 
     #[test]

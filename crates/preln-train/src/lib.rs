@@ -31,6 +31,8 @@ pub enum TrainError {
     Model(#[from] preln_model::ModelError),
     #[error(transparent)]
     Op(#[from] preln_ops::OpError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
 }
 
 impl From<config::ConfigError> for TrainError {

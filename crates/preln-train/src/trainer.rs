@@ -393,8 +393,7 @@ impl<T: Task> Trainer<T> {
                     Tensor::stack(&[loss_sum / denom, nll_sum / denom, norm_t.to_kind(Kind::Float)], 0)
                         .to_kind(Kind::Double)
                         .to_device(Device::Cpu),
-                )
-                .expect("three scalars");
+                )?;
                 let (loss, nll, norm) = (host[0], host[1], host[2]);
                 if !loss.is_finite() || !norm.is_finite() {
                     bar.abandon();

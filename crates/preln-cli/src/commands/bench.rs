@@ -9,6 +9,7 @@ use preln_data::{Batch, Specials};
 use preln_train::bench::{median, peak_rss_mib, time_steps};
 use preln_train::config::{config_text, resolve, Precision};
 use serde_json::json;
+use tch::Device;
 
 use crate::cli::{BenchTrainArgs, BenchTranslateArgs, PrecisionArg};
 use crate::commands::translate::load_run;
@@ -37,6 +38,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     model.vocab_size = args.vocab;
     model.pad_id = Specials::DEFAULT.pad;
     let device = super::device(args.device)?;
+    let precisions = bench_precisions(&args.precisions, device)?;
     let mut rng = SplitMix64::new(1);
     let words = args.len - 1;
     let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..args.sentences)
@@ -58,7 +60,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         "src": rows(&batch.src), "prev": rows(&batch.prev), "target": rows(&batch.target),
     });
     if args.worker {
-        let [precision] = args.precisions.as_slice() else { bail!("--worker times exactly one precision") };
+        let [precision] = precisions.as_slice() else { bail!("--worker times exactly one precision") };
         let precision = if *precision == PrecisionArg::Bf16 { Precision::Bf16 } else { Precision::Fp32 };
         let t = time_steps(
             &model,
@@ -86,13 +88,17 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         cfg.optimizer.name(),
         tch::get_num_threads()
     );
+    eprintln!("{}", preln_ops::caps::summary());
+    if let Device::Cuda(i) = device {
+        eprintln!("GPU: {}", gpu_name(i));
+    }
     // One fresh process per measurement, alternating sides and precisions round by round.
-    let mut ours: Vec<(PrecisionArg, Vec<f64>, f64)> = args.precisions.iter().map(|&p| (p, Vec::new(), 0.0)).collect();
+    let mut ours: Vec<(PrecisionArg, Vec<f64>, f64)> = precisions.iter().map(|&p| (p, Vec::new(), 0.0)).collect();
     let mut theirs = ours.clone();
     let mut torch_version = String::new();
     let exe = std::path::Path::new("/proc/self/exe");
     for round in 1..=args.rounds {
-        for (k, &precision) in args.precisions.iter().enumerate() {
+        for (k, &precision) in precisions.iter().enumerate() {
             let mut cmd = Command::new(if exe.exists() { exe.to_path_buf() } else { std::env::current_exe()? });
             if let Some(t) = threads {
                 cmd.arg("--threads").arg(t.to_string());
@@ -105,7 +111,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
             cmd.args(["--vocab", &args.vocab.to_string(), "--steps", &args.steps.to_string()]);
             cmd.args(["--warmup", &args.warmup.to_string(), "--precisions", precision.name()]);
             cmd.args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
-            let v = run_json(&mut cmd, "preln bench worker")?;
+            let v = run_json(&mut cmd, "preln bench worker", None)?;
             let t = steps_of(&v)?;
             eprintln!("round {round}: preln   {:4} median {:.3} s/step", precision.name(), median(&t));
             ours[k].1.extend(t);
@@ -115,8 +121,8 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
                 let mut spec = spec.clone();
                 spec["precision"] = json!(precision.name());
                 let mut cmd = Command::new(&py);
-                cmd.arg(&script).arg(spec.to_string());
-                let v = run_json(&mut cmd, &format!("{} {}", py.display(), script.display()))?;
+                cmd.arg(&script).arg("-");
+                let v = run_json(&mut cmd, &format!("{} {}", py.display(), script.display()), Some(&spec.to_string()))?;
                 let t = steps_of(&v)?;
                 eprintln!("round {round}: PyTorch {:4} median {:.3} s/step", precision.name(), median(&t));
                 theirs[k].1.extend(t);
@@ -159,8 +165,43 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     Ok(())
 }
 
-fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
+/// The precisions to time: those asked for (bf16 on a CPU without fast bf16 is refused, with
+/// the reason), else fp32 and, where it is fast, bf16.
+fn bench_precisions(asked: &[PrecisionArg], device: Device) -> Result<Vec<PrecisionArg>> {
+    let bf16_ok = preln_train::trainer::check_precision(Precision::Bf16, device);
+    if asked.is_empty() {
+        if let Err(e) = &bf16_ok {
+            eprintln!("timing fp32 only: {e}");
+            return Ok(vec![PrecisionArg::Fp32]);
+        }
+        return Ok(vec![PrecisionArg::Fp32, PrecisionArg::Bf16]);
+    }
+    if asked.contains(&PrecisionArg::Bf16) {
+        bf16_ok?;
+    }
+    Ok(asked.to_vec())
+}
+
+/// The GPU's name, from `nvidia-smi` where it is installed.
+fn gpu_name(index: usize) -> String {
+    Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader", &format!("--id={index}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| format!("CUDA device {index}"))
+}
+
+/// Runs `cmd` (with `input` on its standard input) and reads the JSON of its last output line.
+fn run_json(cmd: &mut Command, what: &str, input: Option<&str>) -> Result<serde_json::Value> {
+    use std::process::Stdio;
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("running {what}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::io::Write::write_all(&mut stdin, text.as_bytes()).with_context(|| format!("writing to {what}"))?;
+    }
+    let out = child.wait_with_output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }

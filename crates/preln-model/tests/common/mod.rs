@@ -1,6 +1,8 @@
 //! Helpers shared by the model's integration tests.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::path::PathBuf;
 
 use tch::{Device, Kind, Tensor};
