@@ -369,8 +369,16 @@ pub fn grad_fn_name(t: &Tensor) -> Result<String, OpError> {
 mod tests {
     use super::*;
 
+    /// Tests that draw from libtorch's global generator hold this lock: a draw in another test
+    /// thread between `manual_seed` and a dropout would change the mask (seen under emulation).
+    fn rng() -> std::sync::MutexGuard<'static, ()> {
+        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        RNG.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn autocast_runs_matmul_in_bf16_and_restores_the_state() {
+        let _rng = rng();
         let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
         assert!(!autocast_enabled(Device::Cpu));
@@ -411,6 +419,7 @@ mod tests {
     /// this machine supports it; where it does not, the call is an error, not a crash.
     #[test]
     fn dnnl_linear_matches_libtorch_forward_and_backward_where_supported() {
+        let _rng = rng();
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
         for (entry, bias) in [DnnlEntry::Matmul, DnnlEntry::InnerProduct].into_iter().flat_map(|e| [(e, true), (e, false)]) {
@@ -448,6 +457,7 @@ mod tests {
     /// reported the path on, and libtorch's otherwise.
     #[test]
     fn linear_takes_the_onednn_path_exactly_when_the_probe_allows_it() {
+        let _rng = rng();
         let opts = (Kind::Float, Device::Cpu);
         let x = Tensor::randn([6, 5], opts).set_requires_grad(true);
         let w = Tensor::randn([4, 5], opts).set_requires_grad(true);
@@ -460,6 +470,7 @@ mod tests {
 
     #[test]
     fn linear_falls_back_to_libtorch_outside_fp32_cpu() {
+        let _rng = rng();
         let x = Tensor::randn([3, 4], (Kind::Double, Device::Cpu));
         let w = Tensor::randn([2, 4], (Kind::Double, Device::Cpu));
         assert_eq!(linear(&x, &w, None).kind(), Kind::Double);
@@ -472,6 +483,7 @@ mod tests {
 
     #[test]
     fn hash_dropout_keeps_1_minus_p_scales_and_backpropagates_through_the_same_mask() {
+        let _rng = rng();
         for kind in [Kind::Float, Kind::BFloat16] {
             tch::manual_seed(11);
             let x = (Tensor::rand([400, 500], (kind, Device::Cpu)) + 1.0).set_requires_grad(true);
@@ -509,6 +521,7 @@ mod tests {
 
     #[test]
     fn hash_dropout_vector_kernels_give_the_scalar_mask_and_rounding() {
+        let _rng = rng();
         // fp64 runs the scalar loop; fp32 and bf16 run 8 lanes at a time with scalar heads and
         // tails (an odd length split across threads exercises both).
         let n = 50_001;
@@ -531,6 +544,7 @@ mod tests {
 
     #[test]
     fn residual_dropout_is_x_plus_dropout_in_one_pass() {
+        let _rng = rng();
         for kind in [Kind::Float, Kind::BFloat16] {
             tch::manual_seed(7);
             let opts = (Kind::Float, Device::Cpu);

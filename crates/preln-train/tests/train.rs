@@ -143,6 +143,16 @@ fn bf16_training_follows_fp32_closely() {
     let _one = serial();
     let d = tempfile::tempdir().unwrap();
     let (train, valid) = data();
+    if let preln_ops::caps::PathState::Unsupported(why) = preln_ops::caps::cpu_bf16() {
+        // A CPU without fast bf16 (an AVX2-only one): bf16 is refused before training, with the
+        // reason; there is no bf16 run to compare.
+        let cfg = tiny(&["train.precision=\"bf16\""]);
+        let run = d.path().join("bf16");
+        let e = Trainer::new(&cfg, train, valid, VOCAB, &run, false).err().expect("bf16 refused on this CPU");
+        assert!(e.to_string().contains(&why) && e.to_string().contains("train.precision = \"fp32\""), "{e}");
+        assert!(!run.join("metrics.jsonl").exists());
+        return;
+    }
     let mut valid_losses = Vec::new();
     for precision in ["fp32", "bf16"] {
         let cfg = tiny(&[&format!("train.precision=\"{precision}\"")]);
