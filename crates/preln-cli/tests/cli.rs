@@ -435,6 +435,7 @@ fn avx2_only_cpu_trains_on_the_fallback_and_refuses_cpu_bf16_at_start() {
     assert!(!dir.join("metrics.jsonl").exists(), "bf16 was refused after training started");
 
     let init = d.path().join("init");
-    let out = preln_env(&avx2, &[&["analyze", "init", "--seeds", "1", "--out", init.to_str().unwrap()], &TINY[..]].concat());
+    let out =
+        preln_env(&avx2, &[&["analyze", "init", "--seeds", "1", "--out", init.to_str().unwrap()], &TINY[..]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -39,11 +39,7 @@ fn main() {
                 preln_ops::clear_grad(&w).expect("live tensor");
             });
             let gf = 2.0 * (m * k * n) as f64 / 1e9;
-            row += &format!(
-                "  {name}: fwd {:.0} GFLOP/s, fwd+bwd {:.0} GFLOP/s",
-                gf / fwd,
-                3.0 * gf / both
-            );
+            row += &format!("  {name}: fwd {:.0} GFLOP/s, fwd+bwd {:.0} GFLOP/s", gf / fwd, 3.0 * gf / both);
         }
         println!("{row}");
     }

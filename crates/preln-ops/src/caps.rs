@@ -56,8 +56,18 @@ impl PathState {
 }
 
 /// The CPU features that decide the fast paths, as `/proc/cpuinfo` names them.
-pub const CPU_FLAGS: [&str; 10] =
-    ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile", "avx_ne_convert"];
+pub const CPU_FLAGS: [&str; 10] = [
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_tile",
+    "avx_ne_convert",
+];
 
 /// The CPU: its model name and which of [`CPU_FLAGS`] it has (read by `cpuid`, so an emulated
 /// CPU reports what it emulates).
@@ -238,11 +248,12 @@ fn probe_entry(entry: DnnlEntry) -> Result<(), String> {
         let want_gx = up.matmul(&d(&w));
         let want_gw = up.reshape([-1, 4]).transpose(0, 1).matmul(&d(&x).reshape([-1, 5]));
         let want_gb = up.reshape([-1, 4]).sum_dim_intlist(0, false, Kind::Double);
-        for (got, want, what) in
-            [(d(&y), want, "output"), (d(&x.grad()), want_gx, "input gradient"), (d(&w.grad()), want_gw, "weight gradient")]
-                .into_iter()
-                .chain([(d(&b.grad()), want_gb, "bias gradient")])
-        {
+        for (got, want, what) in [
+            (d(&y), want, "output"),
+            (d(&x.grad()), want_gx, "input gradient"),
+            (d(&w.grad()), want_gw, "weight gradient"),
+            (d(&b.grad()), want_gb, "bias gradient"),
+        ] {
             let err = (got - &want).abs().max().double_value(&[]);
             if !(err < 1e-4) {
                 return Err(format!("wrong {what} (off by {err:e})"));
@@ -327,13 +338,22 @@ fn cpu() -> Cpu {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn cpu() -> Cpu {
-    Cpu { model: proc_cpuinfo_model(), arch: std::env::consts::ARCH, flags: CPU_FLAGS.iter().map(|&f| (f, false)).collect() }
+    Cpu {
+        model: proc_cpuinfo_model(),
+        arch: std::env::consts::ARCH,
+        flags: CPU_FLAGS.iter().map(|&f| (f, false)).collect(),
+    }
 }
 
 fn proc_cpuinfo_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
@@ -362,7 +382,11 @@ pub fn report() -> Vec<String> {
         format!("CPU: {} ({})", cpu.model, cpu.arch),
         format!(
             "CPU flags: {}",
-            cpu.flags.iter().map(|(f, on)| format!("{f}{}", if *on { "" } else { " (no)" })).collect::<Vec<_>>().join(", ")
+            cpu.flags
+                .iter()
+                .map(|(f, on)| format!("{f}{}", if *on { "" } else { " (no)" }))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         format!("libtorch: {} (version, ATen CPU kernels, BLAS / oneDNN)", libtorch()),
     ];
@@ -387,7 +411,11 @@ pub fn report() -> Vec<String> {
     lines.push("path: attention in training (CPU): three steps up to 128 keys (512 in bf16), libtorch's fused kernel beyond; inference and CUDA: fused kernel".into());
     lines.push(format!(
         "path: attention on CUDA: flash / memory-efficient kernels, cuDNN's {}",
-        if env_is("PRELN_SDP_CUDNN", "on") { "allowed (PRELN_SDP_CUDNN=on)" } else { "off (a graph build per new shape)" }
+        if env_is("PRELN_SDP_CUDNN", "on") {
+            "allowed (PRELN_SDP_CUDNN=on)"
+        } else {
+            "off (a graph build per new shape)"
+        }
     ));
     lines
 }

@@ -178,14 +178,6 @@ pub fn smoothed_ce(logits: &Tensor, target: &Tensor, epsilon: f64, ignore: i64) 
     Ok(unsafe { (Tensor::from_ptr(loss), Tensor::from_ptr(nll)) })
 }
 
-/// Turns the oneDNN fp32 linear off for the rest of the process (every fast path off:
-/// [`caps::force_fallback`]), e.g. to compare it with libtorch's in a benchmark.
-pub fn set_fast_paths(on: bool) {
-    if !on {
-        caps::force_fallback();
-    }
-}
-
 /// Whether autograd records operations in this thread (false inside `tch::no_grad`).
 pub fn grad_enabled() -> bool {
     // SAFETY: a plain query.
@@ -193,13 +185,13 @@ pub fn grad_enabled() -> bool {
 }
 
 /// `x @ w^T + b`, as `torch.nn.functional.linear`. In training (autograd recording), for fp32
-/// tensors on the CPU outside autocast, and where the probe found it working
-/// ([`caps::dnnl_linear`]), the three matrix products of a step (forward, input gradient,
-/// weight gradient) run in oneDNN, which is faster than the MKL `sgemm` PyTorch uses on AMD
-/// EPYC CPUs with AVX-512 (1.2-1.6x a product, `cargo run --release -p preln-ops --example
-/// linear_speed`). libtorch's oneDNN entry refuses CPUs without AVX-512 BW/VL/DQ; there, and for
-/// inference, other devices, dtypes and autocast, it is libtorch's linear, so decoding gives the
-/// same tokens whatever the batch (oneDNN's blocking depends on the row count).
+/// tensors on the CPU outside autocast, the matrix products of a step (forward, input gradient,
+/// weight gradient) run in oneDNN through the entry the probe found working
+/// ([`caps::dnnl_entry`]): its matmul on CPUs with AVX-512 (1.2-1.6x MKL's `sgemm` a product on
+/// this project's AMD EPYC, `cargo run --release -p preln-ops --example linear_speed`), its inner
+/// product where the matmul entry refuses the CPU (AVX2). Where neither works, and for inference,
+/// other devices, dtypes and autocast, it is libtorch's linear, so decoding gives the same tokens
+/// whatever the batch (oneDNN's blocking depends on the row count).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     let dnnl = x.device() == Device::Cpu
         && x.kind() == Kind::Float
@@ -422,7 +414,9 @@ mod tests {
         let _rng = rng();
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
-        for (entry, bias) in [DnnlEntry::Matmul, DnnlEntry::InnerProduct].into_iter().flat_map(|e| [(e, true), (e, false)]) {
+        for (entry, bias) in
+            [DnnlEntry::Matmul, DnnlEntry::InnerProduct].into_iter().flat_map(|e| [(e, true), (e, false)])
+        {
             let probe = dnnl_linear(&Tensor::randn([4, 7], opts), &Tensor::randn([6, 7], opts), None, entry);
             if let Err(e) = probe {
                 // Refused here (matmul on a CPU without AVX-512): an error, and the probe agrees.
@@ -437,8 +431,11 @@ mod tests {
                 for t in [&x, &w, &b] {
                     clear_grad(t).unwrap();
                 }
-                let y =
-                    if dnnl { dnnl_linear(&x, &w, bias.then(|| &b), entry).unwrap() } else { x.linear(&w, bias.then(|| &b)) };
+                let y = if dnnl {
+                    dnnl_linear(&x, &w, bias.then(|| &b), entry).unwrap()
+                } else {
+                    x.linear(&w, bias.then(|| &b))
+                };
                 (&y * &up).sum(Kind::Float).backward();
                 let gb = if bias { b.grad().copy() } else { Tensor::zeros([6], opts) };
                 (y.detach(), x.grad().copy(), w.grad().copy(), gb)

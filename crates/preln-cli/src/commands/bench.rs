@@ -196,7 +196,9 @@ fn gpu_name(index: usize) -> String {
 /// Runs `cmd` (with `input` on its standard input) and reads the JSON of its last output line.
 fn run_json(cmd: &mut Command, what: &str, input: Option<&str>) -> Result<serde_json::Value> {
     use std::process::Stdio;
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {what}"))?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         std::io::Write::write_all(&mut stdin, text.as_bytes()).with_context(|| format!("writing to {what}"))?;

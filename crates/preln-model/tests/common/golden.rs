@@ -34,7 +34,11 @@ impl ModelKind {
 
 /// Builds the model, loads the golden weights by path, runs forward and backward in `kind`,
 /// and returns logits and loss with the golden values.
-pub fn run(model: ModelKind, placement: NormPlacement, kind: Kind) -> (VarStore, Tensor, Tensor, HashMap<String, Tensor>) {
+pub fn run(
+    model: ModelKind,
+    placement: NormPlacement,
+    kind: Kind,
+) -> (VarStore, Tensor, Tensor, HashMap<String, Tensor>) {
     let base = super::golden_dir().join(format!("{}_{}", model.name(), placement.name()));
     let weights = base.with_extension("weights.safetensors");
     let golden_path = base.with_extension("golden.safetensors");
@@ -120,4 +124,3 @@ pub fn check(model: ModelKind, placement: NormPlacement, kind: Kind, tol: f64) {
     assert!(worst.1 <= tol, "{case}: {} differs by {:.3e} relative (tolerance {tol:.0e})", worst.0, worst.1);
     eprintln!("{case}: {} tensors match, worst {} at {:.2e}", report.len(), worst.0, worst.1);
 }
-
