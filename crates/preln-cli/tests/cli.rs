@@ -355,9 +355,14 @@ fn bleu_reads_stdin_and_prints_sacrebleu_forms() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has 2"));
 }
 
-/// `preln` with extra environment variables.
+/// `preln` with extra environment variables, and without the caller's path overrides (so the
+/// probe decides unless `env` sets one).
 fn preln_env(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_preln")).envs(env.iter().copied()).args(args).output().expect("preln runs")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_preln"));
+    for var in ["PRELN_FAST_PATHS", "PRELN_LINEAR", "PRELN_KERNELS"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).args(args).output().expect("preln runs")
 }
 
 #[test]
