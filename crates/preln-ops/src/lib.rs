@@ -170,6 +170,8 @@ pub fn keep_freed_memory() -> bool {
 /// definition (target `1 - eps`, every other class `eps / (V - 1)`). Differentiable in the
 /// logits. Two passes over the logits forward and one backward, with fp32 statistics.
 pub fn smoothed_ce(logits: &Tensor, target: &Tensor, epsilon: f64, ignore: i64) -> Result<(Tensor, Tensor), OpError> {
+    // The kernel build (AVX2 or portable) is the probe's choice, as for dropout.
+    caps::init();
     let mut loss: *mut C_tensor = std::ptr::null_mut();
     let mut nll: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: on success the shim writes two new heap tensors; tch takes ownership of both.
