@@ -11,14 +11,14 @@ use crate::plot::{draw, Panel, Series, GREY, POST_COLOR, PRE_COLOR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
 }
 
 fn write(path: &Path, text: &str) -> Result<(), ReportError> {
-    std::fs::write(path, text).map_err(|source| ReportError::Io { path: path.into(), source })
+    std::fs::write(path, text).map_err(|error| ReportError::Io { path: path.into(), error })
 }
 
 fn color(p: NormPlacement) -> plotters::style::RGBColor {
@@ -30,7 +30,7 @@ fn color(p: NormPlacement) -> plotters::style::RGBColor {
 
 /// The files written, for the caller to list.
 pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    std::fs::create_dir_all(out).map_err(|source| ReportError::Io { path: out.into(), source })?;
+    std::fs::create_dir_all(out).map_err(|error| ReportError::Io { path: out.into(), error })?;
     let files = [
         "init.json",
         "init_grad_norms.csv",
@@ -263,7 +263,7 @@ fn init_markdown(report: &InitReport, shape: &str) -> String {
 }
 
 pub fn write_depth(report: &DepthReport, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    std::fs::create_dir_all(out).map_err(|source| ReportError::Io { path: out.into(), source })?;
+    std::fs::create_dir_all(out).map_err(|error| ReportError::Io { path: out.into(), error })?;
     let files = ["depth.json", "depth.csv", "depth_w2.png", "depth.md"].map(|f| out.join(f));
     write(&files[0], &serde_json::to_string_pretty(report).expect("report serializes"))?;
     let mut csv = String::from("placement,layers,stack,grad_norm_mean,grad_norm_std,seeds\n");

@@ -233,6 +233,22 @@ pub struct SearchArgs {
     pub max_len_b: i64,
 }
 
+impl SearchArgs {
+    /// The search of these options with `beam`, checked.
+    pub fn config(&self, beam: usize, no_cache: bool) -> anyhow::Result<preln_eval::SearchConfig> {
+        let cfg = preln_eval::SearchConfig {
+            beam,
+            lenpen: self.lenpen,
+            max_len_a: self.max_len_a,
+            max_len_b: self.max_len_b,
+            specials: preln_data::Specials::DEFAULT,
+            no_cache,
+        };
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        Ok(cfg)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct BleuArgs {
     /// Reference file, one segment a line; repeat for several references.
@@ -290,6 +306,10 @@ pub struct FetchArgs {
     /// Download from this base URL instead of the data set's home (a mirror).
     #[arg(long)]
     pub base_url: Option<String>,
+    /// Write into an existing non-empty --out folder, replacing only the files of the same
+    /// names (nothing else there is touched).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -318,7 +338,8 @@ pub struct PrepareArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace an existing output folder.
+    /// Write into an existing non-empty output folder, replacing only our files there
+    /// (nothing else is touched).
     #[arg(long)]
     pub force: bool,
 }
@@ -384,7 +405,8 @@ pub struct PrepareMlmArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace an existing output folder.
+    /// Write into an existing non-empty output folder, replacing only our files there
+    /// (nothing else is touched).
     #[arg(long)]
     pub force: bool,
 }

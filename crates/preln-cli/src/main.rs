@@ -11,11 +11,17 @@ fn main() -> std::process::ExitCode {
     report_panics_as_errors();
     // Which fast paths this machine can take, probed once before any command runs.
     preln_ops::caps::init();
+    // Ctrl-C and SIGTERM: training finishes its update, saves and stops; a second one ends at once.
+    preln_train::interrupt::install();
     match std::panic::catch_unwind(|| commands::run(cli)) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Stopped by a signal: the status a shell expects (130 for Ctrl-C, 143 for SIGTERM).
+            match preln_train::interrupt::requested() {
+                Some(sig) => std::process::ExitCode::from(preln_train::interrupt::exit_code(sig) as u8),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
         // The hook has printed the message.
         Err(_) => std::process::ExitCode::FAILURE,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_error, DataError, Result};
-use crate::prepare::{ids_file, verify, Manifest, MANIFEST, TOKENIZER};
+use crate::prepare::{check_ids, ids_file, verify, Manifest, MANIFEST, TOKENIZER};
 use crate::store;
 use crate::tokenizer::Bpe;
 
@@ -32,6 +32,7 @@ impl Dataset {
         let tok_bytes = std::fs::read(&tok_path).map_err(io_error(&tok_path))?;
         verify(dir, &manifest, TOKENIZER, &tok_bytes)?;
         let tokenizer = Bpe::load(&tok_path)?;
+        manifest.check(&path, tokenizer.vocab_size())?;
         Ok(Dataset { dir: dir.into(), manifest, tokenizer })
     }
 
@@ -52,7 +53,9 @@ impl Dataset {
             let path = self.dir.join(&file);
             let bytes = std::fs::read(&path).map_err(io_error(&path))?;
             verify(&self.dir, &self.manifest, &file, &bytes)?;
-            store::decode(&bytes, &path)
+            let sentences = store::decode(&bytes, &path)?;
+            check_ids(&sentences, self.manifest.vocab_size, &path)?;
+            Ok(sentences)
         };
         let (src, tgt) = (side(&self.manifest.source_lang)?, side(&self.manifest.target_lang)?);
         let widen = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<i64>>();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_error, DataError, Result};
+use crate::publish::{check_out, publish, staging};
 
 /// Multi30k task 1, raw (github.com/multi30k/dataset, data/task1/raw), gzipped there.
 pub const MULTI30K_BASE_URL: &str = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw";
@@ -69,8 +70,11 @@ fn fetch_one(source: &Source, name: &str) -> Result<Vec<u8>> {
 }
 
 /// Fetches `files` (name, SHA-256 of the text) from `source` into `out`. Every file is checked
-/// before anything is written; `out` appears complete or not at all.
-pub fn fetch(files: &[(&str, &str)], source: &Source, out: &Path, mut progress: impl FnMut(&str)) -> Result<()> {
+/// before anything is written; a new `out` appears complete or not at all. An existing
+/// non-empty `out` is refused unless `force`, and then only the fetched files in it are
+/// replaced (see [`crate::publish`]).
+pub fn fetch(files: &[(&str, &str)], source: &Source, out: &Path, force: bool, mut progress: impl FnMut(&str)) -> Result<()> {
+    check_out(out, force)?;
     let mut fetched = Vec::new();
     for (name, sha) in files {
         let bytes = fetch_one(source, name)?;
@@ -84,17 +88,14 @@ pub fn fetch(files: &[(&str, &str)], source: &Source, out: &Path, mut progress: 
         progress(&format!("{name}: {} bytes, checksum ok", bytes.len()));
         fetched.push((name, bytes));
     }
-    let mut tmp_name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = out.with_file_name(tmp_name);
-    std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+    let tmp = staging(out)?;
     for (name, bytes) in &fetched {
-        std::fs::write(tmp.join(name), bytes).map_err(io_error(tmp.join(name)))?;
+        if let Err(e) = std::fs::write(tmp.join(name), bytes) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(io_error(tmp.join(name))(e));
+        }
     }
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(io_error(out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io_error(out))
+    publish(&tmp, out, force, None)
 }
 
 #[cfg(test)]
@@ -153,7 +154,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("m30k");
         let mut lines = Vec::new();
-        fetch(&table, &Source::Url(url), &out, |l| lines.push(l.to_string())).unwrap();
+        fetch(&table, &Source::Url(url), &out, false, |l| lines.push(l.to_string())).unwrap();
         assert_eq!(std::fs::read(out.join("x.de")).unwrap(), a);
         assert_eq!(std::fs::read(out.join("x.en")).unwrap(), b);
         assert_eq!(lines.len(), 2);
@@ -166,11 +167,11 @@ mod tests {
         let url = serve(vec![("/raw/x.de.gz".into(), gz(&a))], 2);
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("m30k");
-        let e = fetch(&table, &Source::Url(url.clone()), &out, |_| {}).unwrap_err().to_string();
+        let e = fetch(&table, &Source::Url(url.clone()), &out, false, |_| {}).unwrap_err().to_string();
         assert!(e.starts_with("x.de: SHA-256") && e.contains("does not match"), "{e}");
         assert!(!out.exists());
         let good = sha256_hex(&a);
-        let e = fetch(&[("x.de", good.as_str()), ("y.de", "1111")], &Source::Url(url), &out, |_| {})
+        let e = fetch(&[("x.de", good.as_str()), ("y.de", "1111")], &Source::Url(url), &out, false, |_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains("y.de.gz") && e.contains("download failed"), "{e}");
@@ -185,9 +186,9 @@ mod tests {
         std::fs::write(d.path().join("x.en.gz"), gz(&b)).unwrap();
         let (sa, sb) = (sha256_hex(&a), sha256_hex(&b));
         let out = d.path().join("copy");
-        fetch(&[("x.de", sa.as_str()), ("x.en", sb.as_str())], &Source::Dir(d.path().into()), &out, |_| {}).unwrap();
+        fetch(&[("x.de", sa.as_str()), ("x.en", sb.as_str())], &Source::Dir(d.path().into()), &out, false, |_| {}).unwrap();
         assert_eq!(std::fs::read(out.join("x.en")).unwrap(), b);
-        let e = fetch(&[("z.de", sa.as_str())], &Source::Dir(d.path().into()), &out, |_| {}).unwrap_err().to_string();
+        let e = fetch(&[("z.de", sa.as_str())], &Source::Dir(d.path().into()), &out, true, |_| {}).unwrap_err().to_string();
         assert!(e.contains("z.de") && e.contains("missing"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod download;
 pub mod error;
 pub mod mlm;
 pub mod prepare;
+pub mod publish;
 pub mod store;
 pub mod synthetic;
 pub mod text;

@@ -13,6 +13,8 @@ use tch::{Device, Tensor};
 
 use crate::batch::Specials;
 use crate::error::{io_error, DataError, Result};
+use crate::prepare::{check_ids, check_manifest, manifest_digest};
+use crate::publish::{check_out, publish, staging};
 use crate::store;
 use crate::synthetic::SplitMix64;
 use crate::text::read_lines;
@@ -47,6 +49,9 @@ pub struct MlmManifest {
     pub special_tokens: Vec<String>,
     pub splits: Vec<MlmSplitInfo>,
     pub sha256: BTreeMap<String, String>,
+    /// SHA-256 of this manifest written without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,9 +111,7 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     if spec.max_len < 8 {
         return Err(invalid(format!("max_len must be at least 8, got {}", spec.max_len)));
     }
-    if spec.out.exists() && !spec.force {
-        return Err(invalid("already exists (pass --force to replace it)".into()));
-    }
+    check_out(&spec.out, spec.force)?;
     // Read everything first: a bad file fails before anything is written.
     let mut texts: Vec<(String, Vec<(PathBuf, Vec<String>)>)> = Vec::new();
     for (name, files) in &spec.splits {
@@ -132,58 +135,66 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
         return Err(DataError::Tokenizer(format!("{MASK_TOKEN} must have id {MASK_ID}")));
     }
     progress(&format!("BPE: {} entries", bpe.vocab_size()));
-    let tmp = spec.out.with_extension("tmp-prepare");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
-    bpe.save(&tmp.join(TOKENIZER))?;
-    let mut splits = Vec::new();
-    for (name, files) in &texts {
-        let mut lines_n = 0;
-        let mut encoded: Vec<Option<Vec<u32>>> = Vec::new();
-        for (_, lines) in files {
-            for l in lines {
-                let l = l.trim();
-                if l.is_empty() {
-                    continue;
+    let tmp = staging(&spec.out)?;
+    let written = (|| -> Result<MlmManifest> {
+        bpe.save(&tmp.join(TOKENIZER))?;
+        let mut splits = Vec::new();
+        for (name, files) in &texts {
+            let mut lines_n = 0;
+            let mut encoded: Vec<Option<Vec<u32>>> = Vec::new();
+            for (_, lines) in files {
+                for l in lines {
+                    let l = l.trim();
+                    if l.is_empty() {
+                        continue;
+                    }
+                    lines_n += 1;
+                    encoded.push(Some(bpe.encode(l)?));
                 }
-                lines_n += 1;
-                encoded.push(Some(bpe.encode(l)?));
+                encoded.push(None);
             }
-            encoded.push(None);
+            let segments = pack(encoded, spec.max_len - 2);
+            let tokens = segments.iter().map(Vec::len).sum();
+            progress(&format!("{name}: {lines_n} lines -> {} segments, {tokens} tokens", segments.len()));
+            let path = tmp.join(split_file(name));
+            std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
+            splits.push(MlmSplitInfo {
+                name: name.clone(),
+                files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
+                lines: lines_n,
+                segments: segments.len(),
+                tokens,
+            });
         }
-        let segments = pack(encoded, spec.max_len - 2);
-        let tokens = segments.iter().map(Vec::len).sum();
-        progress(&format!("{name}: {lines_n} lines -> {} segments, {tokens} tokens", segments.len()));
-        let path = tmp.join(split_file(name));
-        std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
-        splits.push(MlmSplitInfo {
-            name: name.clone(),
-            files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
-            lines: lines_n,
-            segments: segments.len(),
-            tokens,
-        });
+        let mut sha256 = BTreeMap::new();
+        for f in std::iter::once(TOKENIZER.to_string()).chain(splits.iter().map(|s| split_file(&s.name))) {
+            let bytes = std::fs::read(tmp.join(&f)).map_err(io_error(tmp.join(&f)))?;
+            sha256.insert(f, format!("{:x}", Sha256::digest(&bytes)));
+        }
+        let mut manifest = MlmManifest {
+            format: 1,
+            vocab_size: bpe.vocab_size(),
+            max_len: spec.max_len,
+            special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MASK_TOKEN].map(String::from).to_vec(),
+            splits,
+            sha256,
+            manifest_sha256: None,
+        };
+        manifest.manifest_sha256 = Some(manifest_digest(&manifest));
+        let m = tmp.join(MANIFEST);
+        std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(io_error(&m))?;
+        Ok(manifest)
+    })();
+    match written {
+        Ok(manifest) => {
+            publish(&tmp, &spec.out, spec.force, Some(MANIFEST))?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
     }
-    let mut sha256 = BTreeMap::new();
-    for f in std::iter::once(TOKENIZER.to_string()).chain(splits.iter().map(|s| split_file(&s.name))) {
-        let bytes = std::fs::read(tmp.join(&f)).map_err(io_error(tmp.join(&f)))?;
-        sha256.insert(f, format!("{:x}", Sha256::digest(&bytes)));
-    }
-    let manifest = MlmManifest {
-        format: 1,
-        vocab_size: bpe.vocab_size(),
-        max_len: spec.max_len,
-        special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MASK_TOKEN].map(String::from).to_vec(),
-        splits,
-        sha256,
-    };
-    let m = tmp.join(MANIFEST);
-    std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(io_error(&m))?;
-    if spec.out.exists() {
-        std::fs::remove_dir_all(&spec.out).map_err(io_error(&spec.out))?;
-    }
-    std::fs::rename(&tmp, &spec.out).map_err(io_error(&spec.out))?;
-    Ok(manifest)
 }
 
 /// A prepared MLM folder.
@@ -205,7 +216,13 @@ impl MlmDataset {
         let text = std::fs::read_to_string(&m).map_err(io_error(&m))?;
         let manifest: MlmManifest =
             serde_json::from_str(&text).map_err(|e| DataError::Invalid { path: m.clone(), reason: e.to_string() })?;
-        let tokenizer = Bpe::load(&dir.join(TOKENIZER))?;
+        let tok_path = dir.join(TOKENIZER);
+        let tok_bytes = std::fs::read(&tok_path).map_err(io_error(&tok_path))?;
+        if manifest.sha256.get(TOKENIZER).is_some_and(|want| *want != format!("{:x}", Sha256::digest(&tok_bytes))) {
+            return Err(DataError::Invalid { path: tok_path, reason: "checksum differs from the manifest".into() });
+        }
+        let tokenizer = Bpe::load(&tok_path)?;
+        check_manifest(&manifest, &m, manifest.manifest_sha256.as_deref(), manifest.vocab_size, tokenizer.vocab_size())?;
         Ok(MlmDataset { dir: dir.into(), manifest, tokenizer })
     }
 
@@ -224,7 +241,9 @@ impl MlmDataset {
         if format!("{:x}", Sha256::digest(&bytes)) != *want {
             return Err(DataError::Invalid { path, reason: "checksum differs from the manifest".into() });
         }
-        store::decode(&bytes, &self.dir.join(&file))
+        let segments = store::decode(&bytes, &path)?;
+        check_ids(&segments, self.manifest.vocab_size, &path)?;
+        Ok(segments)
     }
 }
 

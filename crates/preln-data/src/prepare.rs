@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_error, DataError, Result};
+use crate::publish::{check_out, publish, staging};
 use crate::store;
 use crate::text::{lang_file, read_parallel, ParallelText};
 use crate::tokenizer::{Bpe, SPECIAL_TOKENS};
@@ -45,6 +46,9 @@ pub struct Manifest {
     pub splits: Vec<SplitInfo>,
     /// SHA-256 of every file in the folder but the manifest.
     pub sha256: BTreeMap<String, String>,
+    /// SHA-256 of this manifest written without this field: an edited manifest is caught.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,6 +68,18 @@ pub struct SplitInfo {
 }
 
 impl Manifest {
+    /// This manifest with its own checksum filled in.
+    pub fn sealed(mut self) -> Manifest {
+        self.manifest_sha256 = Some(manifest_digest(&self));
+        self
+    }
+
+    /// Checks the manifest's own checksum (folders written before it existed have none) and
+    /// its vocabulary size against the tokenizer's.
+    pub fn check(&self, path: &Path, tokenizer_vocab: usize) -> Result<()> {
+        check_manifest(self, path, self.manifest_sha256.as_deref(), self.vocab_size, tokenizer_vocab)
+    }
+
     pub fn split(&self, name: &str) -> Option<&SplitInfo> {
         self.splits.iter().find(|s| s.name == name)
     }
@@ -73,7 +89,7 @@ pub fn ids_file(split: &str, lang: &str) -> String {
     format!("{split}.{lang}.bin")
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -82,12 +98,7 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
     if spec.splits.first().map(|s| s.0.as_str()) != Some("train") {
         return Err(DataError::Invalid { path: spec.out.clone(), reason: "the first split must be `train`".into() });
     }
-    if spec.out.exists() && !spec.force {
-        return Err(DataError::Invalid {
-            path: spec.out.clone(),
-            reason: "already exists (pass --force to replace it)".into(),
-        });
-    }
+    check_out(&spec.out, spec.force)?;
     if spec.vocab_size <= SPECIAL_TOKENS.len() {
         return Err(DataError::Invalid {
             path: spec.out.clone(),
@@ -145,11 +156,7 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
         splits.push(info);
     }
 
-    let tmp = tmp_sibling(&spec.out, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+    let tmp = staging(&spec.out)?;
     let result = (|| {
         bpe.save(&tmp.join(TOKENIZER))?;
         let tok_bytes = std::fs::read(tmp.join(TOKENIZER)).map_err(io_error(tmp.join(TOKENIZER)))?;
@@ -167,16 +174,23 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
             max_len: spec.max_len,
             splits,
             sha256,
-        };
+            manifest_sha256: None,
+        }
+        .sealed();
         let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
         std::fs::write(tmp.join(MANIFEST), json).map_err(io_error(tmp.join(MANIFEST)))?;
-        replace_dir(&tmp, &spec.out)?;
         Ok(manifest)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    match result {
+        Ok(manifest) => {
+            publish(&tmp, &spec.out, spec.force, Some(MANIFEST))?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
     }
-    result
 }
 
 /// The 1-based line number of the `k`-th kept pair (before length filtering).
@@ -190,25 +204,54 @@ fn line_of_pair(text: &ParallelText, k: usize) -> usize {
     line
 }
 
-fn tmp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{tag}-{}", std::process::id()));
-    path.with_file_name(name)
+/// One checksum for a whole data folder: the SHA-256 of its files' checksums (file names
+/// included), so that the same data prepared again (or moved) has the same fingerprint.
+pub fn fingerprint(sha256: &BTreeMap<String, String>) -> String {
+    sha256_hex(serde_json::to_string(sha256).expect("serializes").as_bytes())
 }
 
-/// Moves `new` to `dest`, replacing what was there only once `new` is complete.
-fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
-    if dest.exists() {
-        let old = tmp_sibling(dest, "old");
-        std::fs::rename(dest, &old).map_err(io_error(dest))?;
-        std::fs::rename(new, dest).map_err(io_error(dest))?;
-        std::fs::remove_dir_all(&old).map_err(io_error(&old))
-    } else {
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-        }
-        std::fs::rename(new, dest).map_err(io_error(dest))
+/// The SHA-256 of a manifest as JSON without its `manifest_sha256` field.
+pub(crate) fn manifest_digest<T: Serialize>(manifest: &T) -> String {
+    let mut v = serde_json::to_value(manifest).expect("manifest serializes");
+    if let Some(m) = v.as_object_mut() {
+        m.remove("manifest_sha256");
     }
+    sha256_hex(serde_json::to_string(&v).expect("serializes").as_bytes())
+}
+
+/// Checks a manifest's own checksum (folders written before it existed have none) and its
+/// vocabulary size against the tokenizer's.
+pub(crate) fn check_manifest<T: Serialize>(
+    manifest: &T,
+    path: &Path,
+    own_sha256: Option<&str>,
+    vocab_size: usize,
+    tokenizer_vocab: usize,
+) -> Result<()> {
+    let bad = |reason: String| DataError::Invalid { path: path.into(), reason };
+    if own_sha256.is_some_and(|want| manifest_digest(manifest) != want) {
+        return Err(bad(
+            "its content does not match its checksum `manifest_sha256` (edited or corrupt); prepare the folder again"
+                .into(),
+        ));
+    }
+    if vocab_size != tokenizer_vocab {
+        return Err(bad(format!("`vocab_size` is {vocab_size} but tokenizer.json has {tokenizer_vocab} entries")));
+    }
+    Ok(())
+}
+
+/// Checks that every id of a split file lies in the vocabulary.
+pub(crate) fn check_ids(sentences: &[Vec<u32>], vocab_size: usize, path: &Path) -> Result<()> {
+    for (i, s) in sentences.iter().enumerate() {
+        if let Some(&id) = s.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(DataError::Invalid {
+                path: path.into(),
+                reason: format!("sentence {} holds token id {id}, outside the vocabulary of {vocab_size}", i + 1),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a file of the folder against the manifest's checksum.

@@ -37,6 +37,30 @@ impl Default for SearchConfig {
     }
 }
 
+impl SearchConfig {
+    /// The longest `max_len_a` accepted: outputs 1000 times longer than their source.
+    pub const MAX_LEN_A: f64 = 1000.0;
+    /// The largest `max_len_b` accepted.
+    pub const MAX_LEN_B: i64 = 1_000_000;
+
+    /// Checks the options, naming the one at fault (as the command line spells it).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.beam < 1 {
+            return Err(format!("--beam must be at least 1, got {}", self.beam));
+        }
+        if !self.lenpen.is_finite() {
+            return Err(format!("--lenpen must be a finite number, got {}", self.lenpen));
+        }
+        if !(self.max_len_a.is_finite() && (0.0..=Self::MAX_LEN_A).contains(&self.max_len_a)) {
+            return Err(format!("--max-len-a must lie in [0, {}], got {}", Self::MAX_LEN_A, self.max_len_a));
+        }
+        if !(0..=Self::MAX_LEN_B).contains(&self.max_len_b) {
+            return Err(format!("--max-len-b must lie in [0, {}], got {}", Self::MAX_LEN_B, self.max_len_b));
+        }
+        Ok(())
+    }
+}
+
 /// A finished translation: regular token ids (no BOS/EOS) and its normalized score.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hypothesis {

@@ -96,20 +96,7 @@ pub fn encode_safetensors(tensors: &[(String, Tensor)], metadata: &BTreeMap<Stri
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that
-/// an interrupted write never leaves a truncated file behind.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
-}
+pub use crate::fsio::write_file_atomic;
 
 /// Writes `tensors` (and `metadata`) as safetensors to `path`, atomically.
 pub fn write_atomic(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>, path: &Path) -> Result<()> {
@@ -120,7 +107,7 @@ pub fn write_atomic(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, St
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     use std::io::Read;
     let bad = |reason: String| checkpoint_error(path, reason);
-    let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let mut f = std::fs::File::open(path).map_err(|error| ModelError::Io { path: path.to_path_buf(), error })?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let len = u64::from_le_bytes(len);

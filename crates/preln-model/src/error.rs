@@ -10,8 +10,8 @@ pub enum ModelError {
     Checkpoint { path: PathBuf, reason: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -296,7 +296,7 @@ impl Trainer<Classification> {
         run_dir: &Path,
     ) -> Result<Trainer<Classification>, TrainError> {
         let device = resolve_device(&cfg.train)?;
-        prepare_run_dir(run_dir, false)?;
+        let lock = prepare_run_dir(run_dir, false)?;
         let max_len = bert_cfg.max_positions as usize;
         let encode = |xs: &[PairExample]| -> Result<Vec<(Vec<i64>, Vec<i64>, i64)>, TrainError> {
             xs.iter()
@@ -329,7 +329,7 @@ impl Trainer<Classification> {
             toml: toml::to_string_pretty(cfg).expect("config serializes"),
         };
         let task = Classification { cfg: cfg.clone(), device, vs, bert, pooler, classifier, train, dev, batches };
-        Trainer::with_task(task, loop_cfg, run_dir, false)
+        Trainer::with_task(task, loop_cfg, run_dir, false, lock)
     }
 }
 

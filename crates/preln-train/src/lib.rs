@@ -4,9 +4,11 @@
 pub mod bench;
 pub mod config;
 pub mod finetune;
+pub mod interrupt;
 pub mod metrics;
 pub mod mlm;
 pub mod optim;
+pub mod rundir;
 pub mod schedule;
 pub mod state;
 pub mod trainer;
@@ -25,6 +27,12 @@ pub enum TrainError {
     Diverged(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{} is in use by {holder}, which trains there now (a second process would mix their checkpoints and metrics); wait for it to finish or stop it", dir.display())]
+    Busy { dir: std::path::PathBuf, holder: String },
+    #[error("stopped by {}: update {step} is saved in {}; continue with --resume", crate::interrupt::signal_name(*signal), checkpoint.display())]
+    Interrupted { signal: i32, step: u64, checkpoint: std::path::PathBuf },
     #[error("{0}: {1}")]
     Io(std::path::PathBuf, std::io::Error),
     #[error(transparent)]

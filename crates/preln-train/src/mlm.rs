@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{parse_with_overrides, ConfigError, TrainSection};
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{check_memory, prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
 use crate::translation::layer_sq_norms;
 use crate::TrainError;
 
@@ -186,11 +186,12 @@ impl Trainer<MaskedLm> {
             )));
         }
         let device = resolve_device(&cfg.train)?;
-        prepare_run_dir(run_dir, resume)?;
         let resolved = PretrainConfig {
             model: BertConfig { vocab_size: vocab_size as i64, pad_id: 0, ..cfg.model.clone() },
             ..cfg.clone()
         };
+        check_memory("BERT", &preln_model::memory::bert(&resolved.model, cfg.train.max_tokens as f64), device)?;
+        let lock = prepare_run_dir(run_dir, resume)?;
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Bert::new(&vs.root(), &resolved.model))?;
         let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
@@ -201,7 +202,7 @@ impl Trainer<MaskedLm> {
             toml: resolved.to_toml(),
         };
         let task = MaskedLm { cfg: resolved, device, vs, model, train, valid, batches };
-        Trainer::with_task(task, loop_cfg, run_dir, resume)
+        Trainer::with_task(task, loop_cfg, run_dir, resume, lock)
     }
 }
 

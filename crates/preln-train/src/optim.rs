@@ -228,6 +228,11 @@ impl Optimizer {
     }
 
     /// The state as named tensors: `optimizer.{slot}.{parameter path}`.
+    /// The optimizer's kind (`adam`, `adamw`, `sgd`, `radam`).
+    pub fn kind(&self) -> &'static str {
+        self.cfg.name()
+    }
+
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let slots = self.cfg.slots();
         let mut out = Vec::new();

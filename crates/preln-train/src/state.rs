@@ -23,9 +23,18 @@ pub struct TrainState {
     pub epoch: u64,
     /// Batches of the current epoch already consumed.
     pub batch_in_epoch: usize,
-    /// Best validation loss so far and its epoch.
+    /// Best validation loss so far, its epoch and its update (`best.safetensors` holds the
+    /// model of that update).
     pub best_valid_loss: Option<f64>,
     pub best_epoch: Option<u64>,
+    #[serde(default)]
+    pub best_step: Option<u64>,
+    /// Token-weighted training loss summed over the current epoch so far, and its tokens (the
+    /// `train_loss` of validation lines, exact across a resume).
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
+    #[serde(default)]
+    pub epoch_tokens: i64,
     /// Training wall time so far, seconds.
     pub wall_s: f64,
     /// Whether the run has finished.
@@ -33,18 +42,27 @@ pub struct TrainState {
 }
 
 const STATE_KEY: &str = "preln.train_state";
+const OPTIMIZER_KEY: &str = "preln.optimizer";
 
+/// Saves model, optimizer and position to `path`, then its readable copy `path.json`. The
+/// safetensors file is the truth; the JSON copy is rewritten from it on every resume.
 pub fn save(path: &Path, vs: &VarStore, opt: &Optimizer, state: &TrainState) -> Result<(), TrainError> {
     let mut tensors = parameters(vs);
     tensors.extend(opt.state_tensors());
     let json = serde_json::to_string(state).expect("state serializes");
-    let meta =
-        BTreeMap::from([(STATE_KEY.to_string(), json.clone()), ("format".to_string(), "preln-train-1".to_string())]);
+    let meta = BTreeMap::from([
+        (STATE_KEY.to_string(), json.clone()),
+        (OPTIMIZER_KEY.to_string(), opt.kind().to_string()),
+        ("format".to_string(), "preln-train-1".to_string()),
+    ]);
     checkpoint::write_atomic(&tensors, &meta, path)?;
-    checkpoint::write_file_atomic(
-        &path.with_extension("json"),
-        serde_json::to_string_pretty(state).expect("state serializes").as_bytes(),
-    )?;
+    write_state_json(path, state)
+}
+
+/// Writes `path.json`, the readable copy of the position stored in `path`.
+pub fn write_state_json(path: &Path, state: &TrainState) -> Result<(), TrainError> {
+    let json = serde_json::to_string_pretty(state).expect("state serializes");
+    checkpoint::write_file_atomic(&path.with_extension("json"), json.as_bytes())?;
     Ok(())
 }
 
@@ -62,9 +80,19 @@ pub fn split(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, Hash
     tensors.into_iter().partition(|(k, _)| !k.starts_with("optimizer."))
 }
 
-/// Restores model, optimizer and position from `path`.
+/// Restores model, optimizer and position from `path`. Refuses optimizer state of another
+/// kind (Adam's moments are not RAdam's or SGD's momentum).
 pub fn load(path: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<TrainState, TrainError> {
     let state = read_state(path)?;
+    if let Some(saved) = read_metadata(path)?.get(OPTIMIZER_KEY).filter(|k| k.as_str() != opt.kind()) {
+        return Err(TrainError::Config(format!(
+            "{}: the checkpoint holds {saved}'s optimizer state but the config asks for optimizer.kind = \"{}\"; \
+             resuming would feed one optimizer the other's moments. Resume with optimizer.kind = \"{saved}\", or \
+             start a new run with the new optimizer",
+            path.display(),
+            opt.kind()
+        )));
+    }
     let (model, optim) = split(checkpoint::read(path)?);
     checkpoint::load_from(vs, model, path)?;
     opt.load_state(&optim, state.step).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;

@@ -23,6 +23,8 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{Precision, TrainSection};
 use crate::metrics::Metrics;
 use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
+pub use crate::rundir::{best_checkpoint, checkpoint_dir, last_checkpoint, prepare_run_dir};
+use crate::rundir::RunLock;
 use crate::schedule::Schedule;
 use crate::state::{self, TrainState};
 use crate::TrainError;
@@ -73,18 +75,6 @@ pub trait Task {
     fn var_store_mut(&mut self) -> &mut VarStore;
 }
 
-pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoints")
-}
-
-pub fn last_checkpoint(run_dir: &Path) -> PathBuf {
-    checkpoint_dir(run_dir).join("last.safetensors")
-}
-
-pub fn best_checkpoint(run_dir: &Path) -> PathBuf {
-    checkpoint_dir(run_dir).join("best.safetensors")
-}
-
 /// The device of `train.device`, checked against `train.precision`.
 pub fn resolve_device(t: &TrainSection) -> Result<Device, TrainError> {
     let device = match t.device.as_str() {
@@ -112,6 +102,18 @@ pub fn check_precision(precision: Precision, device: Device) -> Result<(), Train
                 preln_ops::caps::cpu_info().model
             )))
         }
+    }
+}
+
+/// Refuses, before anything is allocated, a model whose training cannot fit in this machine's
+/// memory (on the CPU; a GPU's own memory is left to CUDA's allocator to report).
+pub fn check_memory(what: &str, need: &preln_model::memory::Need, device: Device) -> Result<(), TrainError> {
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    match preln_model::memory::host_available_bytes() {
+        Some(available) => Ok(preln_model::memory::check_fits(what, need, available)?),
+        None => Ok(()),
     }
 }
 
@@ -168,19 +170,37 @@ pub struct LoopConfig {
     pub toml: String,
 }
 
-/// Checks the run folder: a new run must not overwrite one, a resumed run needs a checkpoint.
-pub fn prepare_run_dir(run_dir: &Path, resume: bool) -> Result<(), TrainError> {
-    let last = last_checkpoint(run_dir);
-    if resume && !last.exists() {
-        return Err(TrainError::Config(format!("--resume: no checkpoint at {}", last.display())));
+/// Makes sure `best.safetensors` holds the best model `state` records. A run killed between
+/// saving `last` (which records a new best) and publishing `best` left `best` older or absent:
+/// `last` is then that best model, and becomes `best`.
+fn repair_best(run_dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+    let Some(want) = state.best_step else { return Ok(()) };
+    let best = best_checkpoint(run_dir);
+    match state::read_state(&best) {
+        Ok(b) if b.step == want => Ok(()),
+        found if state.step == want => {
+            let what = match found {
+                Ok(b) => format!("holds update {}", b.step),
+                Err(e) => format!("is unreadable ({e})"),
+            };
+            eprintln!(
+                "repairing {}: it {what} but the best validation loss was at update {want}, which {} holds",
+                best.display(),
+                last_checkpoint(run_dir).display()
+            );
+            preln_model::fsio::publish_copy(&last_checkpoint(run_dir), &best)?;
+            Ok(())
+        }
+        Ok(b) => Err(TrainError::Checkpoint(format!(
+            "{}: holds update {} but the run's best model was update {want}, which no checkpoint holds any more",
+            best.display(),
+            b.step
+        ))),
+        Err(e) => Err(TrainError::Checkpoint(format!(
+            "{}: the run's best model (update {want}) is lost ({e}); no other checkpoint holds it",
+            best.display()
+        ))),
     }
-    if !resume && last.exists() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run (pass --resume to continue it, or choose another --out)",
-            run_dir.display()
-        )));
-    }
-    std::fs::create_dir_all(checkpoint_dir(run_dir)).map_err(|e| TrainError::Io(run_dir.into(), e))
 }
 
 pub struct Trainer<T: Task> {
@@ -191,19 +211,32 @@ pub struct Trainer<T: Task> {
     opt: Optimizer,
     params: Vec<(String, Tensor)>,
     state: TrainState,
+    /// Held while the trainer lives: no second process trains in this folder.
+    _lock: RunLock,
 }
 
 impl<T: Task> Trainer<T> {
     /// Wraps `task` (whose model is freshly initialized); with `resume`, restores model and
-    /// optimizer from the last checkpoint. Call [`prepare_run_dir`] before building the task.
-    pub fn with_task(mut task: T, cfg: LoopConfig, run_dir: &Path, resume: bool) -> Result<Trainer<T>, TrainError> {
+    /// optimizer from the last checkpoint and repairs what a kill may have left behind (the best
+    /// checkpoint, `last.json`). Call [`prepare_run_dir`] before building the task and pass its
+    /// lock.
+    pub fn with_task(
+        mut task: T,
+        cfg: LoopConfig,
+        run_dir: &Path,
+        resume: bool,
+        lock: RunLock,
+    ) -> Result<Trainer<T>, TrainError> {
         let device = task.var_store().device();
         let params = parameters(task.var_store());
         let mut opt =
             Optimizer::new(cfg.optimizer.clone(), params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
         let last = last_checkpoint(run_dir);
         let mut state = if resume {
-            state::load(&last, task.var_store_mut(), &mut opt)?
+            let state = state::load(&last, task.var_store_mut(), &mut opt)?;
+            state::write_state_json(&last, &state)?;
+            repair_best(run_dir, &state)?;
+            state
         } else {
             TrainState { epoch: 1, ..Default::default() }
         };
@@ -219,10 +252,12 @@ impl<T: Task> Trainer<T> {
                 } else {
                     state.epoch += 1;
                     state.batch_in_epoch = 0;
+                    state.epoch_loss_sum = 0.0;
+                    state.epoch_tokens = 0;
                 }
             }
         }
-        Ok(Trainer { cfg, run_dir: run_dir.into(), device, task, opt, params, state })
+        Ok(Trainer { cfg, run_dir: run_dir.into(), device, task, opt, params, state, _lock: lock })
     }
 
     pub fn state(&self) -> &TrainState {
@@ -252,6 +287,7 @@ impl<T: Task> Trainer<T> {
         if improved {
             self.state.best_valid_loss = Some(v.loss);
             self.state.best_epoch = Some(self.state.epoch);
+            self.state.best_step = Some(self.state.step);
         }
         let mut line = json!({
             "kind": "valid", "step": self.state.step, "epoch": self.state.epoch, "loss": v.loss, "nll": v.nll,
@@ -289,14 +325,36 @@ impl<T: Task> Trainer<T> {
             if !self.state.done {
                 self.state.epoch += 1;
                 self.state.batch_in_epoch = 0;
+                self.state.epoch_loss_sum = 0.0;
+                self.state.epoch_tokens = 0;
             }
         }
         self.save_last()?;
         if improved {
-            std::fs::copy(last_checkpoint(&self.run_dir), best_checkpoint(&self.run_dir))
-                .map_err(|e| TrainError::Io(best_checkpoint(&self.run_dir), e))?;
+            preln_model::fsio::publish_copy(&last_checkpoint(&self.run_dir), &best_checkpoint(&self.run_dir))?;
         }
         Ok(v.loss)
+    }
+
+    /// The token-weighted training loss of the epoch so far.
+    fn epoch_train_loss(&self) -> f64 {
+        self.state.epoch_loss_sum / self.state.epoch_tokens.max(1) as f64
+    }
+
+    /// Saves the update just finished and logs why the run stops.
+    fn interrupted(&mut self, metrics: &mut Metrics, signal: i32) -> TrainError {
+        let checkpoint = last_checkpoint(&self.run_dir);
+        if let Err(e) = self.save_last() {
+            return e;
+        }
+        let line = json!({
+            "kind": "interrupted", "step": self.state.step, "epoch": self.state.epoch,
+            "signal": crate::interrupt::signal_name(signal), "wall_s": self.state.wall_s,
+        });
+        if let Err(e) = metrics.write(&line) {
+            return e;
+        }
+        TrainError::Interrupted { signal, step: self.state.step, checkpoint }
     }
 
     fn diverged(&mut self, metrics: &mut Metrics, loss: f64, norm: f64) -> TrainError {
@@ -352,7 +410,6 @@ impl<T: Task> Trainer<T> {
             );
             bar.set_prefix(self.state.epoch.to_string());
             bar.set_position(self.state.batch_in_epoch as u64);
-            let (mut epoch_loss, mut epoch_tokens) = (0.0, 0i64);
             while self.state.batch_in_epoch < order.len() {
                 if opts.stop_at_step.is_some_and(|s| self.state.step >= s) {
                     bar.abandon();
@@ -415,8 +472,8 @@ impl<T: Task> Trainer<T> {
                 self.opt.zero_grad()?;
                 self.state.step = step;
                 self.state.batch_in_epoch += group.len();
-                epoch_loss += loss * tokens as f64;
-                epoch_tokens += tokens;
+                self.state.epoch_loss_sum += loss * tokens as f64;
+                self.state.epoch_tokens += tokens;
                 window_tokens += tokens;
                 if step % t.log_every == 0 {
                     let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
@@ -437,16 +494,19 @@ impl<T: Task> Trainer<T> {
                 let end_of_epoch = self.state.batch_in_epoch >= order.len();
                 if t.valid_every > 0 && step % t.valid_every == 0 && !end_of_epoch {
                     bar.suspend(|| -> Result<(), TrainError> {
-                        last_valid =
-                            Some(self.validate(&mut metrics, epoch_loss / epoch_tokens.max(1) as f64, false)?);
+                        last_valid = Some(self.validate(&mut metrics, self.epoch_train_loss(), false)?);
                         Ok(())
                     })?;
                 } else if t.save_every > 0 && step % t.save_every == 0 {
                     self.save_last()?;
                 }
+                if let Some(signal) = crate::interrupt::requested() {
+                    bar.abandon();
+                    return Err(self.interrupted(&mut metrics, signal));
+                }
             }
             bar.finish_and_clear();
-            last_valid = Some(self.validate(&mut metrics, epoch_loss / epoch_tokens.max(1) as f64, true)?);
+            last_valid = Some(self.validate(&mut metrics, self.epoch_train_loss(), true)?);
         }
         Ok(Summary { state: self.state.clone(), last_valid_loss: last_valid, run_dir: self.run_dir.clone() })
     }

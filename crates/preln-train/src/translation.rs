@@ -14,7 +14,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
-use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{check_memory, prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
 use crate::TrainError;
 
 /// The model config a data set implies: its vocabulary, pad id 0.
@@ -162,9 +162,18 @@ impl Trainer<Translation> {
         if train.is_empty() {
             return Err(TrainError::Config("the training split is empty".into()));
         }
+        if valid.is_empty() {
+            return Err(TrainError::Config(format!(
+                "the validation split `{}` is empty: validation loss and the best checkpoint would mean nothing \
+                 (prepare the data with --validpref, or set train.valid_split)",
+                cfg.train.valid_split
+            )));
+        }
         let device = resolve_device(&cfg.train)?;
-        prepare_run_dir(run_dir, resume)?;
         let mcfg = model_config(cfg, vocab_size);
+        let need = preln_model::memory::seq2seq(&mcfg, cfg.train.max_tokens as f64);
+        check_memory("the encoder-decoder", &need, device)?;
+        let lock = prepare_run_dir(run_dir, resume)?;
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
         let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
@@ -176,7 +185,7 @@ impl Trainer<Translation> {
             toml: resolved.to_toml(),
         };
         let task = Translation { cfg: resolved, device, vs, model, train, valid, batches, tokenizer: None };
-        Trainer::with_task(task, loop_cfg, run_dir, resume)
+        Trainer::with_task(task, loop_cfg, run_dir, resume, lock)
     }
 
     /// Enables validation BLEU (`train.valid_bleu_beam > 0`): hypotheses and references are

@@ -14,7 +14,7 @@ use tch::Device;
 use crate::cli::{BenchTrainArgs, BenchTranslateArgs, PrecisionArg};
 use crate::commands::translate::load_run;
 use preln_data::text::read_lines;
-use preln_eval::{beam_search, SearchConfig};
+use preln_eval::beam_search;
 
 fn python(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(p) = arg {
@@ -237,13 +237,7 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
         tch::get_num_threads()
     );
     for &beam in &args.beams {
-        let search = SearchConfig {
-            beam,
-            lenpen: args.search.lenpen,
-            max_len_a: args.search.max_len_a,
-            max_len_b: args.search.max_len_b,
-            ..Default::default()
-        };
+        let search = args.search.config(beam, false)?;
         let t0 = std::time::Instant::now();
         let mut ours = Vec::new();
         for b in &batches {

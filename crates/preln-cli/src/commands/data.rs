@@ -17,7 +17,7 @@ fn multi30k(args: FetchArgs) -> Result<()> {
         (None, Some(url)) => Source::Url(url.clone()),
         (None, None) => Source::Url(MULTI30K_BASE_URL.to_string()),
     };
-    fetch(&MULTI30K_FILES, &source, &args.out, |line| eprintln!("{line}"))?;
+    fetch(&MULTI30K_FILES, &source, &args.out, args.force, |line| eprintln!("{line}"))?;
     eprintln!(
         "next: preln prepare -s de -t en --trainpref {0}/train --validpref {0}/val --testpref {0}/test_2016_flickr --out DATA_DIR",
         args.out.display()

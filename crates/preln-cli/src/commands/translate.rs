@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use preln_data::{Batch, Bpe, Specials};
-use preln_eval::{beam_search, SearchConfig};
+use preln_eval::beam_search;
 use preln_model::Seq2Seq;
 use preln_train::config::resolve;
 use preln_train::state;
@@ -18,6 +18,7 @@ use crate::cli::TranslateArgs;
 fn tokenizer(run: &Path) -> Result<Bpe> {
     let own = run.join("tokenizer.json");
     if own.exists() {
+        super::train::check_run_tokenizer(run)?;
         return Ok(Bpe::load(&own)?);
     }
     let run_json = run.join("run.json");
@@ -58,6 +59,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     if args.beam < 1 || args.search.batch_size < 1 {
         bail!("--beam and --batch-size must be at least 1");
     }
+    args.search.config(args.beam, args.no_cache)?;
     let device = super::device(args.device)?;
     let LoadedRun { model, bpe, .. } = load_run(&args.run.checkpoint, &args.run.which, device)?;
 
@@ -71,14 +73,7 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         }
     }
     encoded.sort_by_key(|(i, ids)| (ids.len(), *i));
-    let search = SearchConfig {
-        beam: args.beam,
-        lenpen: args.search.lenpen,
-        max_len_a: args.search.max_len_a,
-        max_len_b: args.search.max_len_b,
-        specials: Specials::DEFAULT,
-        no_cache: args.no_cache,
-    };
+    let search = args.search.config(args.beam, args.no_cache)?;
     let bar = ProgressBar::new(encoded.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("translating [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")?.progress_chars("=> "),
