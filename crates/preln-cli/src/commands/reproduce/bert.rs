@@ -170,11 +170,17 @@ pub fn run(
             if out.join("summary.json").exists() {
                 continue;
             }
+            if let Some(sig) = preln_train::interrupt::requested() {
+                bail!(
+                    "stopped by {}: fine-tuning is not finished; run the same command again to continue",
+                    preln_train::interrupt::signal_name(sig)
+                );
+            }
             eprintln!("bert/{}: fine-tuning on {folder}, {} seeds", r.name, scale.seeds);
             let log = out.with_extension("log");
             std::fs::create_dir_all(&r.dir)?;
             let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            let status = Command::new("/proc/self/exe")
+            let mut child = Command::new("/proc/self/exe")
                 .args(["--threads", &cores.to_string(), "finetune", "--task", task])
                 .arg("--data")
                 .arg(glue.join(folder))
@@ -185,8 +191,9 @@ pub fn run(
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)
-                .status()
+                .spawn()
                 .context("starting preln finetune")?;
+            let status = super::grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
             if !status.success() {
                 failures
                     .push((format!("bert/{} {task}", r.name), format!("preln finetune failed: see {}", log.display())));

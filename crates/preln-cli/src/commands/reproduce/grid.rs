@@ -238,6 +238,9 @@ pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result
                     i
                 };
                 let Some(run) = todo.get(i) else { break };
+                if preln_train::interrupt::requested().is_some() {
+                    break;
+                }
                 let outcome = train_one(run, data, threads, i + 1, total);
                 match outcome {
                     Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
@@ -247,7 +250,33 @@ pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result
             });
         }
     });
+    if let Some(sig) = preln_train::interrupt::requested() {
+        bail!(
+            "stopped by {}: the runs in progress saved their last update; run the same command again to continue",
+            preln_train::interrupt::signal_name(sig)
+        );
+    }
     Ok(failures.into_inner().expect("lock"))
+}
+
+/// Waits for a child `preln`, passing on a SIGINT or SIGTERM this process receives (a Ctrl-C in
+/// a terminal reaches the children anyway; a `kill` of this process alone does not), so that the
+/// child saves its last update and stops.
+pub fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    let mut forwarded = false;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if let (Some(sig), false) = (preln_train::interrupt::requested(), forwarded) {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+            forwarded = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
@@ -282,7 +311,8 @@ fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> 
         .with_context(|| format!("starting preln {} for {}", run.command, run.name))?;
     let pid_file = run.dir.join(PID_FILE);
     std::fs::write(&pid_file, child.id().to_string()).with_context(|| format!("writing {}", pid_file.display()))?;
-    let status_code = child.wait().with_context(|| format!("waiting for preln {} of {}", run.command, run.name))?;
+    let status_code =
+        wait_forwarding_signals(&mut child).with_context(|| format!("waiting for preln {} of {}", run.command, run.name))?;
     let _ = std::fs::remove_file(&pid_file);
     let secs = t.elapsed().as_secs_f64();
     let summary = last_valid(&run.dir).unwrap_or_default();
