@@ -1,18 +1,11 @@
 //! The `preln` binary end to end on tiny models: files written, JSON schema, error messages.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn preln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_preln")).args(args).output().expect("preln runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = preln(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "preln {args:?} failed:\n{stderr}");
-    stderr
-}
+use common::{ok, preln, tiny_data};
 
 const TINY: [&str; 14] = [
     "--layers",
@@ -168,33 +161,6 @@ fn bad_input_fails_with_a_message_naming_it() {
     assert!(!out.status.success() && err.contains("`heads`"), "{err}");
     let out = preln(&["analyze", "init", "--preset", "huge", "--out", p.join("x").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset `huge`"));
-}
-
-/// Small parallel De-En text (train 200, valid 20 pairs), prepared with a BPE of `vocab`.
-fn tiny_data(p: &Path, vocab: usize) -> std::path::PathBuf {
-    let de: Vec<String> = (0..200).map(|i| format!("der Hund {} läuft nach Hause", i % 13)).collect();
-    let en: Vec<String> = (0..200).map(|i| format!("the dog {} runs home", i % 13)).collect();
-    for (split, n) in [("train", 200), ("valid", 20)] {
-        std::fs::write(p.join(format!("{split}.de")), de[..n].join("\n")).unwrap();
-        std::fs::write(p.join(format!("{split}.en")), en[..n].join("\n")).unwrap();
-    }
-    let data = p.join("data");
-    ok(&[
-        "prepare",
-        "-s",
-        "de",
-        "-t",
-        "en",
-        "--trainpref",
-        p.join("train").to_str().unwrap(),
-        "--validpref",
-        p.join("valid").to_str().unwrap(),
-        "--vocab-size",
-        &vocab.to_string(),
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    data
 }
 
 #[test]

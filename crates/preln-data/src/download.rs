@@ -73,7 +73,13 @@ fn fetch_one(source: &Source, name: &str) -> Result<Vec<u8>> {
 /// before anything is written; a new `out` appears complete or not at all. An existing
 /// non-empty `out` is refused unless `force`, and then only the fetched files in it are
 /// replaced (see [`crate::publish`]).
-pub fn fetch(files: &[(&str, &str)], source: &Source, out: &Path, force: bool, mut progress: impl FnMut(&str)) -> Result<()> {
+pub fn fetch(
+    files: &[(&str, &str)],
+    source: &Source,
+    out: &Path,
+    force: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<()> {
     check_out(out, force)?;
     let mut fetched = Vec::new();
     for (name, sha) in files {
@@ -179,6 +185,24 @@ mod tests {
     }
 
     #[test]
+    fn an_existing_folder_is_refused_or_written_into_never_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let text = b"eins\n".to_vec();
+        std::fs::write(d.path().join("x.de"), &text).unwrap();
+        let sha = sha256_hex(&text);
+        let out = d.path().join("mine");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let table = [("x.de", sha.as_str())];
+        let e = fetch(&table, &Source::Dir(d.path().into()), &out, false, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+        assert!(!out.join("x.de").exists());
+        fetch(&table, &Source::Dir(d.path().into()), &out, true, |_| {}).unwrap();
+        assert_eq!(std::fs::read(out.join("x.de")).unwrap(), text);
+        assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    }
+
+    #[test]
     fn copies_from_a_local_folder_plain_or_gzipped() {
         let d = tempfile::tempdir().unwrap();
         let (a, b) = (b"eins\n".to_vec(), b"one\n".to_vec());
@@ -186,9 +210,11 @@ mod tests {
         std::fs::write(d.path().join("x.en.gz"), gz(&b)).unwrap();
         let (sa, sb) = (sha256_hex(&a), sha256_hex(&b));
         let out = d.path().join("copy");
-        fetch(&[("x.de", sa.as_str()), ("x.en", sb.as_str())], &Source::Dir(d.path().into()), &out, false, |_| {}).unwrap();
+        fetch(&[("x.de", sa.as_str()), ("x.en", sb.as_str())], &Source::Dir(d.path().into()), &out, false, |_| {})
+            .unwrap();
         assert_eq!(std::fs::read(out.join("x.en")).unwrap(), b);
-        let e = fetch(&[("z.de", sa.as_str())], &Source::Dir(d.path().into()), &out, true, |_| {}).unwrap_err().to_string();
+        let e =
+            fetch(&[("z.de", sa.as_str())], &Source::Dir(d.path().into()), &out, true, |_| {}).unwrap_err().to_string();
         assert!(e.contains("z.de") && e.contains("missing"), "{e}");
     }
 }

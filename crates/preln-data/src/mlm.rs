@@ -182,7 +182,8 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
         };
         manifest.manifest_sha256 = Some(manifest_digest(&manifest));
         let m = tmp.join(MANIFEST);
-        std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(io_error(&m))?;
+        std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes"))
+            .map_err(io_error(&m))?;
         Ok(manifest)
     })();
     match written {
@@ -222,7 +223,13 @@ impl MlmDataset {
             return Err(DataError::Invalid { path: tok_path, reason: "checksum differs from the manifest".into() });
         }
         let tokenizer = Bpe::load(&tok_path)?;
-        check_manifest(&manifest, &m, manifest.manifest_sha256.as_deref(), manifest.vocab_size, tokenizer.vocab_size())?;
+        check_manifest(
+            &manifest,
+            &m,
+            manifest.manifest_sha256.as_deref(),
+            manifest.vocab_size,
+            tokenizer.vocab_size(),
+        )?;
         Ok(MlmDataset { dir: dir.into(), manifest, tokenizer })
     }
 

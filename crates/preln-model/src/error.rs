@@ -6,6 +6,9 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("invalid model config: `{key}` {reason}")]
     InvalidConfig { key: &'static str, reason: String },
+    /// A model whose training cannot fit in the memory there is.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error(transparent)]

@@ -54,9 +54,9 @@ fn parse_fault(s: &str) -> Option<Fault> {
 /// The fault planned for this write to a file named like `path`, if any.
 fn planned(path: &Path) -> Option<Action> {
     let name = path.file_name()?.to_str()?;
-    faults().iter().find_map(|f| {
-        (f.name == name && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth).then_some(f.action)
-    })
+    faults()
+        .iter()
+        .find_map(|f| (f.name == name && f.seen.fetch_add(1, Ordering::SeqCst) + 1 == f.nth).then_some(f.action))
 }
 
 /// Kills this process now, as a power cut or `kill -9` would: no destructor, no flush.

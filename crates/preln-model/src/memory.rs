@@ -32,7 +32,12 @@ impl Need {
 
     fn new(parameters: f64, tensors: f64, activation_bytes: f64) -> Need {
         // Weights, gradients, two moments: four copies of every tensor.
-        Need { parameters, tensors, state_bytes: 4.0 * (parameters * FP32 + tensors * PER_TENSOR_BYTES), activation_bytes }
+        Need {
+            parameters,
+            tensors,
+            state_bytes: 4.0 * (parameters * FP32 + tensors * PER_TENSOR_BYTES),
+            activation_bytes,
+        }
     }
 }
 
@@ -109,10 +114,8 @@ pub fn check_fits(what: &str, need: &Need, available: f64) -> Result<()> {
     if need.total_bytes() <= available {
         return Ok(());
     }
-    Err(ModelError::InvalidConfig {
-        key: "model",
-        reason: format!(
-            "is too large to train here: {what} has {:.3e} parameters in {:.0} tensors; training needs at least {} \
+    Err(ModelError::TooLarge(format!(
+            "the model is too large to train here: {what} has {:.3e} parameters in {:.0} tensors; training needs at least {} \
              ({} for parameters, gradients and Adam's moments, {} for the activations of one batch) but this \
              machine has {} available",
             need.parameters,
@@ -121,8 +124,7 @@ pub fn check_fits(what: &str, need: &Need, available: f64) -> Result<()> {
             human_bytes(need.state_bytes),
             human_bytes(need.activation_bytes),
             human_bytes(available)
-        ),
-    })
+    )))
 }
 
 #[cfg(test)]

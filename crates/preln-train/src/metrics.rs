@@ -53,12 +53,8 @@ impl Metrics {
         } else if std::fs::symlink_metadata(path).is_ok() {
             std::fs::remove_file(path).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io)?;
+        let file =
+            OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
         Ok(Metrics { path: path.to_path_buf(), file })
     }
 

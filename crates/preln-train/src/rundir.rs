@@ -43,7 +43,8 @@ impl RunLock {
             .ok()
             .filter(|m| m.file_type().is_symlink())
             .map(|_| std::fs::remove_file(&path));
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         // SAFETY: flock on a descriptor we own; LOCK_NB makes it return at once.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = std::io::Error::last_os_error();

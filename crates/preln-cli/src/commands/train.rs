@@ -44,9 +44,9 @@ fn config_source(args: &TrainArgs, presets: &[(&str, &str)]) -> Result<(String, 
 fn data_source(args: &TrainArgs, what: &str) -> Result<PathBuf> {
     match (&args.data, args.resume) {
         (Some(d), _) => Ok(d.clone()),
-        (None, true) => Ok(PathBuf::from(
-            read_run_json(&args.out)?["data"].as_str().context("run.json has no `data`")?,
-        )),
+        (None, true) => {
+            Ok(PathBuf::from(read_run_json(&args.out)?["data"].as_str().context("run.json has no `data`")?))
+        }
         (None, false) => bail!("--data is required: a folder made by `preln {what}`"),
     }
 }

@@ -311,8 +311,8 @@ fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> 
         .with_context(|| format!("starting preln {} for {}", run.command, run.name))?;
     let pid_file = run.dir.join(PID_FILE);
     std::fs::write(&pid_file, child.id().to_string()).with_context(|| format!("writing {}", pid_file.display()))?;
-    let status_code =
-        wait_forwarding_signals(&mut child).with_context(|| format!("waiting for preln {} of {}", run.command, run.name))?;
+    let status_code = wait_forwarding_signals(&mut child)
+        .with_context(|| format!("waiting for preln {} of {}", run.command, run.name))?;
     let _ = std::fs::remove_file(&pid_file);
     let secs = t.elapsed().as_secs_f64();
     let summary = last_valid(&run.dir).unwrap_or_default();
@@ -361,6 +361,17 @@ fn last_valid(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_reads_past_a_torn_last_metrics_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let metrics = d.join("metrics.jsonl");
+        std::fs::write(&metrics, "{\"kind\":\"train\",\"step\":1}\n{\"kind\":\"tra").unwrap();
+        assert_eq!(status(d).unwrap(), RunStatus::NotStarted);
+        std::fs::write(&metrics, "{\"kind\":\"diverged\",\"step\":7}\n{\"kind\":\"tra").unwrap();
+        assert_eq!(status(d).unwrap(), RunStatus::Diverged { step: 7 });
+    }
 
     #[test]
     fn warmup_scales_with_run_length() {
