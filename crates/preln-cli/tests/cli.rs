@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{ok, preln, tiny_data};
+use common::{ok, preln, prepare, tiny_data};
 
 const TINY: [&str; 14] = [
     "--layers",
@@ -140,17 +140,7 @@ fn bad_input_fails_with_a_message_naming_it() {
     let p = d.path();
     std::fs::write(p.join("t.de"), "a\nb\n").unwrap();
     std::fs::write(p.join("t.en"), "a\n").unwrap();
-    let out = preln(&[
-        "prepare",
-        "-s",
-        "de",
-        "-t",
-        "en",
-        "--trainpref",
-        p.join("t").to_str().unwrap(),
-        "--out",
-        p.join("o").to_str().unwrap(),
-    ]);
+    let out = prepare(p, "t", None, 10_000, &p.join("o"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("t.de has 2 lines") && err.contains("t.en has 1"), "{err}");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, preln, tiny_data};
+use common::{assert_ok, fails, ok, preln, prepare, tiny_data};
 use serde_json::Value;
 
 /// `preln train` of the tiny preset on `data` into `run`, with `extra` arguments.
@@ -103,22 +103,7 @@ fn data_out_never_deletes_a_users_folder() {
     // prepare --force into it writes our files beside the user's and replaces only ours.
     tiny_data(d.path(), 60);
     for _ in 0..2 {
-        ok(&[
-            "prepare",
-            "-s",
-            "de",
-            "-t",
-            "en",
-            "--trainpref",
-            d.path().join("train").to_str().unwrap(),
-            "--validpref",
-            d.path().join("valid").to_str().unwrap(),
-            "--vocab-size",
-            "60",
-            "--out",
-            mine.to_str().unwrap(),
-            "--force",
-        ]);
+        assert_ok(&prepare(d.path(), "train", Some("valid"), 60, &mine, &["--force"]), "prepare --force");
     }
     assert_eq!(std::fs::read_to_string(mine.join("thesis.tex")).unwrap(), "three years of work");
     let run = d.path().join("run");
@@ -430,21 +415,7 @@ fn small_things_empty_validation_bad_search_options_and_errors_said_once() {
     std::fs::write(d.path().join("empty.de"), "\n\n").unwrap();
     std::fs::write(d.path().join("empty.en"), "\n\n").unwrap();
     let data = d.path().join("data2");
-    ok(&[
-        "prepare",
-        "-s",
-        "de",
-        "-t",
-        "en",
-        "--trainpref",
-        d.path().join("train").to_str().unwrap(),
-        "--validpref",
-        d.path().join("empty").to_str().unwrap(),
-        "--vocab-size",
-        "60",
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    assert_ok(&prepare(d.path(), "train", Some("empty"), 60, &data, &[]), "prepare with an empty validation split");
     let e = fails(&strs(&train_args(&data, &d.path().join("run"), &[])));
     assert!(e.contains("validation split `valid` is empty"), "{e}");
     for (flag, value, expect) in

@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 use crate::batch::Specials;
 use crate::error::{io_error, DataError, Result};
 use crate::prepare::{check_ids, check_manifest, manifest_digest};
-use crate::publish::{check_out, publish, staging};
+use crate::publish::{check_out, publish_if_ok, staging};
 use crate::store;
 use crate::synthetic::SplitMix64;
 use crate::text::read_lines;
@@ -186,16 +186,7 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
             .map_err(io_error(&m))?;
         Ok(manifest)
     })();
-    match written {
-        Ok(manifest) => {
-            publish(&tmp, &spec.out, spec.force, Some(MANIFEST))?;
-            Ok(manifest)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    publish_if_ok(written, &tmp, &spec.out, spec.force, Some(MANIFEST))
 }
 
 /// A prepared MLM folder.

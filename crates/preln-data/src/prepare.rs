@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_error, DataError, Result};
-use crate::publish::{check_out, publish, staging};
+use crate::publish::{check_out, publish_if_ok, staging};
 use crate::store;
 use crate::text::{lang_file, read_parallel, ParallelText};
 use crate::tokenizer::{Bpe, SPECIAL_TOKENS};
@@ -181,16 +181,7 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
         std::fs::write(tmp.join(MANIFEST), json).map_err(io_error(tmp.join(MANIFEST)))?;
         Ok(manifest)
     })();
-    match result {
-        Ok(manifest) => {
-            publish(&tmp, &spec.out, spec.force, Some(MANIFEST))?;
-            Ok(manifest)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    publish_if_ok(result, &tmp, &spec.out, spec.force, Some(MANIFEST))
 }
 
 /// The 1-based line number of the `k`-th kept pair (before length filtering).

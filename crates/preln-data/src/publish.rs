@@ -97,6 +97,21 @@ pub fn publish(tmp: &Path, out: &Path, force: bool, manifest: Option<&str>) -> R
     result
 }
 
+/// Publishes `tmp` as `out` if `written` (the work of filling `tmp`) succeeded, else removes
+/// `tmp`; returns what the work returned.
+pub fn publish_if_ok<T>(written: Result<T>, tmp: &Path, out: &Path, force: bool, manifest: Option<&str>) -> Result<T> {
+    match written {
+        Ok(value) => {
+            publish(tmp, out, force, manifest)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(tmp);
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

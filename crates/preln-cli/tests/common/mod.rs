@@ -25,6 +25,24 @@ pub fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// `preln prepare -s de -t en` of the files `TRAIN.{de,en}` (and `VALID.{de,en}`) under `p`,
+/// with a BPE of `vocab`, into `out`; `extra` arguments last.
+pub fn prepare(p: &Path, train: &str, valid: Option<&str>, vocab: usize, out: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = ["prepare", "-s", "de", "-t", "en", "--trainpref"].map(String::from).to_vec();
+    args.push(p.join(train).display().to_string());
+    if let Some(v) = valid {
+        args.extend(["--validpref".to_string(), p.join(v).display().to_string()]);
+    }
+    args.extend(["--vocab-size".to_string(), vocab.to_string(), "--out".to_string(), out.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(env!("CARGO_BIN_EXE_preln")).args(&args).output().expect("preln runs")
+}
+
+/// Asserts that `out` succeeded.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Small parallel De-En text (train 200, valid 20 pairs) in `p`, prepared with a BPE of `vocab`
 /// into `p/data`.
 pub fn tiny_data(p: &Path, vocab: usize) -> PathBuf {
@@ -35,20 +53,6 @@ pub fn tiny_data(p: &Path, vocab: usize) -> PathBuf {
         std::fs::write(p.join(format!("{split}.en")), en[..n].join("\n")).unwrap();
     }
     let data = p.join("data");
-    ok(&[
-        "prepare",
-        "-s",
-        "de",
-        "-t",
-        "en",
-        "--trainpref",
-        p.join("train").to_str().unwrap(),
-        "--validpref",
-        p.join("valid").to_str().unwrap(),
-        "--vocab-size",
-        &vocab.to_string(),
-        "--out",
-        data.to_str().unwrap(),
-    ]);
+    assert_ok(&prepare(p, "train", Some("valid"), vocab, &data, &[]), "preln prepare");
     data
 }
