@@ -206,6 +206,23 @@ fn ctrl_c_saves_the_update_in_progress_logs_it_and_resume_continues() {
 }
 
 #[test]
+fn a_second_ctrl_c_ends_the_process_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let data = tiny_data(d.path(), 60);
+    let run = d.path().join("run");
+    // Updates and saves of a model this size take long enough for two signals to meet one.
+    let big = ["--set", "model.d_model=512", "--set", "model.ffn_dim=2048", "--set", "model.heads=8"];
+    let mut child = spawn(&train_args(&data, &run, &[&LONG[..], &big[..]].concat()));
+    wait_for_lines(&run, 1, &mut child);
+    signal(child.id(), "-INT");
+    std::thread::sleep(Duration::from_millis(30));
+    signal(child.id(), "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(metrics(&run).iter().all(|v| v["kind"] != "interrupted"), "it did not wait to save");
+}
+
+#[test]
 fn sigterm_to_reproduce_reaches_its_training_child_which_saves() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("rep");
@@ -276,10 +293,14 @@ fn crafted_data_and_oversized_models_get_errors_not_panics() {
     std::fs::write(&manifest_path, &original).unwrap();
     std::fs::write(&bin, &original_bin).unwrap();
     // Models no machine here can hold: refused before allocating, saying what they need.
-    for (key, value) in [("model.d_model", "2000000"), ("model.encoder_layers", "100000")] {
+    for (key, value, expect) in [
+        ("model.d_model", "2000000", "too large to train here"),
+        ("model.encoder_layers", "8000", "too large to train here"),
+        ("model.encoder_layers", "100000", "must be at most 10000"),
+    ] {
         let set = format!("{key}={value}");
-        let e = train("r4", &["--set", &set]);
-        assert!(e.contains("too large to train here") && e.contains("available"), "{set}: {e}");
+        let e = train("r4", &["--set", &set, "--set", "model.ffn_dim=100000"]);
+        assert!(e.contains(expect), "{set}: {e}");
         assert!(!d.path().join("r4").exists(), "nothing is written for a refused model");
     }
 }
