@@ -8,5 +8,6 @@ pub mod probe;
 pub mod report;
 pub mod stats;
 
-pub use probe::{grad_norms, probe, sq_norms_over_d, Probe};
+pub use preln_model::diagnostics::{grad_norms, sq_norms_over_d};
+pub use probe::{probe, Probe};
 pub use stats::{LineFit, Stat};

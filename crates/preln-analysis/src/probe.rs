@@ -2,12 +2,12 @@
 //! parameter and the squared norm of the hidden state after every layer.
 
 use preln_data::Batch;
-use preln_model::checkpoint::parameters;
+use preln_model::diagnostics::{grad_norms, sq_norms_over_d};
 use preln_model::init::seeded;
 use preln_model::stack::StackOut;
 use preln_model::{label_smoothed_nll, Result, Seq2Seq, Seq2SeqConfig};
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// What one seed of one model shows at initialization.
 #[derive(Clone, Debug)]
@@ -27,49 +27,6 @@ pub struct HiddenNorms {
     pub input: f64,
     /// After each layer: its last residual sum before any norm (Post-LN `x5`, Pre-LN `x_{l+1}`).
     pub layers: Vec<f64>,
-}
-
-/// The Frobenius norm of every parameter's gradient, read back in one transfer.
-pub fn grad_norms(vs: &VarStore) -> Vec<(String, f64)> {
-    let params = parameters(vs);
-    let norms: Vec<Tensor> = params
-        .iter()
-        .map(|(_, p)| {
-            let g = p.grad();
-            if g.defined() {
-                g.to_kind(Kind::Float).norm()
-            } else {
-                Tensor::zeros([], (Kind::Float, p.device()))
-            }
-        })
-        .collect();
-    let values = Vec::<f64>::try_from(Tensor::stack(&norms, 0).to_kind(Kind::Double).to_device(Device::Cpu))
-        .expect("norms are a 1-d tensor");
-    params.into_iter().map(|(n, _)| n).zip(values).collect()
-}
-
-/// `E ||x||^2 / d` over the tokens where `keep` is true, for each tensor, in fp64 and read back
-/// in one transfer.
-///
-/// # Shapes
-/// each x: `[B, T, d]`; keep: `[B, T]` bool
-pub fn sq_norms_over_d(xs: &[&Tensor], keep: &Tensor) -> Vec<f64> {
-    if xs.is_empty() {
-        return Vec::new();
-    }
-    tch::no_grad(|| {
-        let keep = keep.to_kind(Kind::Double);
-        let count = keep.sum(Kind::Double);
-        let vals: Vec<Tensor> = xs
-            .iter()
-            .map(|x| {
-                let d = x.size()[2] as f64;
-                let per_token = x.to_kind(Kind::Double).square().sum_dim_intlist(-1, false, Kind::Double) / d;
-                (per_token * &keep).sum(Kind::Double) / &count
-            })
-            .collect();
-        Vec::<f64>::try_from(Tensor::stack(&vals, 0).to_device(Device::Cpu)).expect("norms are a 1-d tensor")
-    })
 }
 
 fn add_hidden(acc: &mut HiddenNorms, stack: &StackOut, keep: &Tensor, weight: f64) {

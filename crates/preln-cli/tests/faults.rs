@@ -168,7 +168,7 @@ fn the_best_checkpoint_survives_a_kill_while_it_is_published() {
     let recorded = checkpoint_state(&last(&run));
     assert_eq!(recorded["best_step"], recorded["step"]);
     let stderr = ok(&["train", "--resume", "--out", run.to_str().unwrap()]);
-    assert!(stderr.contains("repairing") && stderr.contains("best.safetensors"), "{stderr}");
+    assert!(stderr.contains("repaired") && stderr.contains("best.safetensors"), "{stderr}");
     let final_state = checkpoint_state(&last(&run));
     assert_eq!(checkpoint_state(&best)["step"], final_state["best_step"], "best holds the best update");
     let mut child = Command::new(env!("CARGO_BIN_EXE_preln"))

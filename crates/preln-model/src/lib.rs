@@ -8,6 +8,7 @@ pub mod attention;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+pub mod diagnostics;
 pub mod embedding;
 pub mod error;
 pub mod ffn;

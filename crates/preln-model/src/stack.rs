@@ -9,6 +9,9 @@ use crate::ffn::FeedForward;
 use crate::init::layer_norm;
 use crate::sublayer::{Residual, ResidualOut};
 
+/// The path segment under which a stack keeps its layers: `encoder.layers.3`.
+pub const LAYERS: &str = "layers";
+
 /// The output of a stack of layers.
 pub struct StackOut {
     /// `[B, T, d]`: the stack's input (the embedded tokens), the paper's `x_1`.
@@ -167,7 +170,7 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
-        let lp = &p / "layers";
+        let lp = &p / LAYERS;
         Encoder {
             layers: (0..layers).map(|i| EncoderLayer::new(&lp / i, cfg)).collect(),
             final_norm: final_norm(&p, cfg),
@@ -200,7 +203,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
-        let lp = &p / "layers";
+        let lp = &p / LAYERS;
         Decoder {
             layers: (0..layers).map(|i| DecoderLayer::new(&lp / i, cfg)).collect(),
             final_norm: final_norm(&p, cfg),

@@ -3,16 +3,20 @@
 
 pub mod bench;
 pub mod config;
-pub mod finetune;
+pub mod device;
 pub mod interrupt;
 pub mod metrics;
-pub mod mlm;
 pub mod optim;
+pub mod report;
 pub mod rundir;
 pub mod schedule;
+pub mod seeds;
 pub mod state;
+pub mod task;
+pub mod tasks;
 pub mod trainer;
-pub mod translation;
+
+pub use tasks::{finetune, mlm, translation};
 
 pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerConfig};
@@ -24,7 +28,7 @@ pub enum TrainError {
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
-    Diverged(String),
+    Diverged(Box<Divergence>),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("metrics: {0}")]
@@ -46,5 +50,34 @@ pub enum TrainError {
 impl From<config::ConfigError> for TrainError {
     fn from(e: config::ConfigError) -> Self {
         TrainError::Config(e.to_string())
+    }
+}
+
+/// Why a run stopped with a non-finite loss or gradient.
+#[derive(Debug)]
+pub struct Divergence {
+    /// What the metrics file records.
+    pub record: metrics::DivergedRecord,
+    /// The first parameters with a non-finite gradient.
+    pub non_finite: Vec<String>,
+    /// The last good checkpoint and its update, if one had been written.
+    pub kept: Option<(std::path::PathBuf, u64)>,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.record;
+        write!(
+            f,
+            "training diverged at step {} (epoch {}): loss {}, gradient norm {}; largest gradient: {} ({})",
+            r.step, r.epoch, r.loss, r.grad_norm, r.largest_grad, r.largest_grad_norm
+        )?;
+        if !self.non_finite.is_empty() {
+            write!(f, "; non-finite gradients in {}", self.non_finite.join(", "))?;
+        }
+        match &self.kept {
+            Some((path, step)) => write!(f, "; the last good checkpoint is {} (step {step})", path.display()),
+            None => write!(f, "; no checkpoint had been written yet"),
+        }
     }
 }

@@ -66,6 +66,72 @@ pub fn write_state_json(path: &Path, state: &TrainState) -> Result<(), TrainErro
     Ok(())
 }
 
+impl TrainState {
+    /// Closes the epoch just validated: the run is done after `max_epochs`, else the next
+    /// epoch starts with fresh loss sums.
+    pub fn next_epoch(&mut self, max_epochs: u64) {
+        if self.epoch >= max_epochs {
+            self.done = true;
+        }
+        if !self.done {
+            self.epoch += 1;
+            self.batch_in_epoch = 0;
+            self.epoch_loss_sum = 0.0;
+            self.epoch_tokens = 0;
+        }
+    }
+
+    /// A finished run resumed with larger limits (`max_epochs`, `max_updates`) continues where
+    /// it stopped; `batches` is the number of batches in an epoch.
+    pub fn extend_limits(&mut self, t: &crate::config::TrainSection, batches: usize) {
+        if !(self.done && self.epoch <= t.max_epochs && (t.max_updates == 0 || self.step < t.max_updates)) {
+            return;
+        }
+        self.done = false;
+        if self.batch_in_epoch >= batches {
+            if self.epoch == t.max_epochs {
+                self.done = true;
+            } else {
+                self.epoch += 1;
+                self.batch_in_epoch = 0;
+                self.epoch_loss_sum = 0.0;
+                self.epoch_tokens = 0;
+            }
+        }
+    }
+}
+
+/// Makes sure `best` holds the best model `state` (read from `last`) records. A run killed
+/// between saving `last` (which records a new best) and publishing `best` left `best` older or
+/// absent: `last` is then that best model, and becomes `best`. Returns what was repaired.
+pub fn repair_best(last: &Path, best: &Path, state: &TrainState) -> Result<Option<String>, TrainError> {
+    let Some(want) = state.best_step else { return Ok(None) };
+    match read_state(best) {
+        Ok(b) if b.step == want => Ok(None),
+        found if state.step == want => {
+            let what = match found {
+                Ok(b) => format!("holds update {}", b.step),
+                Err(e) => format!("is unreadable ({e})"),
+            };
+            preln_model::fsio::publish_copy(last, best)?;
+            Ok(Some(format!(
+                "repaired {}: it {what} but the best validation loss was at update {want}, which {} holds",
+                best.display(),
+                last.display()
+            )))
+        }
+        Ok(b) => Err(TrainError::Checkpoint(format!(
+            "{}: holds update {} but the run's best model was update {want}, which no checkpoint holds any more",
+            best.display(),
+            b.step
+        ))),
+        Err(e) => Err(TrainError::Checkpoint(format!(
+            "{}: the run's best model (update {want}) is lost ({e}); no other checkpoint holds it",
+            best.display()
+        ))),
+    }
+}
+
 /// Reads the position stored in a training checkpoint.
 pub fn read_state(path: &Path) -> Result<TrainState, TrainError> {
     let meta = read_metadata(path)?;

@@ -3,9 +3,9 @@
 
 use preln_data::{Pairs, SyntheticTask};
 use preln_train::config::{resolve, PRESETS};
-use preln_train::metrics::Metrics;
+use preln_train::metrics::{valid_records, Metrics, Record, ValidRecord};
 use preln_train::trainer::{last_checkpoint, RunOptions, Trainer};
-use preln_train::{state, TrainConfig};
+use preln_train::{state, TrainConfig, TrainError};
 
 const VOCAB: usize = 40;
 
@@ -28,12 +28,16 @@ fn tiny(overrides: &[&str]) -> TrainConfig {
     resolve("tiny", text, &o).unwrap()
 }
 
+/// (step, loss) of the `train` or `valid` records.
 fn losses(run: &std::path::Path, kind: &str) -> Vec<(u64, f64)> {
     Metrics::read(&run.join("metrics.jsonl"))
         .unwrap()
         .into_iter()
-        .filter(|v| v["kind"] == kind)
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .filter_map(|r| match (r, kind) {
+            (Record::Train(t), "train") => Some((t.step, t.loss)),
+            (Record::Valid(v), "valid") => Some((v.step, v.loss)),
+            _ => None,
+        })
         .collect()
 }
 
@@ -82,15 +86,24 @@ fn divergence_stops_with_a_diagnosis_and_keeps_the_last_checkpoint() {
     let cfg = tiny(&["optimizer={kind=\"sgd\"}", "train.lr=1e30", "train.save_every=1"]);
     let (train, valid) = data();
     let mut t = Trainer::new(&cfg, train, valid, VOCAB, &run, false).unwrap();
-    let err = t.run(&RunOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("diverged at step"), "{err}");
-    assert!(err.contains("largest gradient: ") && (err.contains(".weight") || err.contains(".bias")), "{err}");
-    assert!(err.contains("last good checkpoint"), "{err}");
+    let err = t.run(&RunOptions::default()).unwrap_err();
+    let TrainError::Diverged(why) = &err else { panic!("not a divergence: {err}") };
+    assert!(why.record.largest_grad.ends_with(".weight") || why.record.largest_grad.ends_with(".bias"), "{err}");
     let kept = state::read_state(&last_checkpoint(&run)).unwrap();
     assert!(kept.step >= 1);
-    let diverged =
-        Metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().find(|v| v["kind"] == "diverged").unwrap();
-    assert_eq!(diverged["step"].as_u64().unwrap(), kept.step + 1);
+    assert_eq!(why.kept, Some((last_checkpoint(&run), kept.step)), "the last good checkpoint is named");
+    let text = err.to_string();
+    assert!(text.contains("diverged at step") && text.contains("last good checkpoint"), "{text}");
+    let diverged = Metrics::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r {
+            Record::Diverged(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(diverged.step, kept.step + 1);
+    assert_eq!(format!("{diverged:?}"), format!("{:?}", why.record), "the metrics record what the error says");
 }
 
 #[test]
@@ -129,8 +142,10 @@ fn gradient_accumulation_takes_one_update_per_group_of_batches() {
     let tokens: Vec<u64> = Metrics::read(&double.join("metrics.jsonl"))
         .unwrap()
         .iter()
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["tokens"].as_u64().unwrap())
+        .filter_map(|r| match r {
+            Record::Train(t) => Some(t.tokens as u64),
+            _ => None,
+        })
         .collect();
     assert!(
         tokens.iter().take(tokens.len() - 1).all(|&t| t > 256),
@@ -181,15 +196,15 @@ fn validation_every_k_updates_as_well_as_at_epoch_ends() {
     let run = d.path().join("run");
     let cfg = tiny(&["train.max_epochs=1", "train.valid_every=4"]);
     Trainer::new(&cfg, train, valid, VOCAB, &run, false).unwrap().run(&RunOptions::default()).unwrap();
-    let lines: Vec<_> =
-        Metrics::read(&run.join("metrics.jsonl")).unwrap().into_iter().filter(|v| v["kind"] == "valid").collect();
-    let steps: Vec<u64> = lines.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    let records = Metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<&ValidRecord> = valid_records(&records).collect();
+    let steps: Vec<u64> = lines.iter().map(|v| v.step).collect();
     let last = *steps.last().unwrap();
-    assert!(lines.last().unwrap()["epoch_end"] == true && lines[0]["epoch_end"] == false);
+    assert!(lines.last().unwrap().epoch_end && !lines[0].epoch_end);
     let expected: Vec<u64> = (1..).map(|k| 4 * k).take_while(|&s| s < last).chain([last]).collect();
     assert_eq!(steps, expected);
     // The best checkpoint follows the best of all validations.
-    let best = lines.iter().map(|v| v["loss"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    let best = lines.iter().map(|v| v.loss).fold(f64::INFINITY, f64::min);
     let state = state::read_state(&run.join("checkpoints/best.safetensors")).unwrap();
     assert_eq!(state.best_valid_loss, Some(best));
 }

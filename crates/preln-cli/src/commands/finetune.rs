@@ -9,6 +9,7 @@ use preln_train::mlm::PretrainConfig;
 use preln_train::trainer::{best_checkpoint, last_checkpoint, RunOptions, Trainer};
 use serde_json::json;
 
+use super::progress::Progress;
 use crate::cli::{FinetuneArgs, GlueTaskArg};
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
@@ -66,13 +67,12 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         if dir.join("checkpoints/last.safetensors").exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
         }
-        let mut t = Trainer::finetune(&cfg, &pre.model, &ckpt, &data, &train, &dev, &dir)?;
+        let mut t =
+            Trainer::finetune(&cfg, &pre.model, &ckpt, &data, &train, &dev, &dir)?.with_reporter(Progress::boxed());
         t.run(&RunOptions::default())?;
         let lines = preln_train::metrics::Metrics::read(&dir.join("metrics.jsonl"))?;
-        let per_epoch: Vec<(f64, f64)> = lines
-            .iter()
-            .filter(|v| v["kind"] == "valid")
-            .map(|v| (v["accuracy"].as_f64().unwrap_or(f64::NAN), v["f1"].as_f64().unwrap_or(f64::NAN)))
+        let per_epoch: Vec<(f64, f64)> = preln_train::metrics::valid_records(&lines)
+            .map(|v| (v.metric("accuracy").unwrap_or(f64::NAN), v.metric("f1").unwrap_or(f64::NAN)))
             .collect();
         eprintln!(
             "seed {seed}: dev accuracy by epoch {}",

@@ -7,6 +7,7 @@ mod data;
 mod finetune;
 mod info;
 mod prepare;
+mod progress;
 mod reproduce;
 mod train;
 pub mod translate;
@@ -40,6 +41,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(Bench::Translate(args)) => bench::translate(args, cli.threads),
         Command::Reproduce(args) => reproduce::run(args, cli.threads),
     }
+}
+
+/// The records of a run's `metrics.jsonl`, warning of a torn last line (its writer was killed).
+pub fn read_metrics(path: &std::path::Path) -> Result<Vec<preln_train::metrics::Record>> {
+    let file = preln_train::metrics::Metrics::read_checked(path)?;
+    if let Some(line) = file.torn_last_line {
+        eprintln!("warning: {}:{line}: the last line is cut short (its writer was killed); skipped", path.display());
+    }
+    Ok(file.records)
 }
 
 /// Resolves `--device`; asking for CUDA without a GPU is an error, not a silent fallback.

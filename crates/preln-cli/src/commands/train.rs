@@ -12,6 +12,7 @@ use preln_train::mlm::{PretrainConfig, PRESETS as MLM_PRESETS};
 use preln_train::trainer::{RunOptions, Trainer};
 use serde_json::json;
 
+use super::progress::Progress;
 use crate::cli::TrainArgs;
 
 /// The config text of a run: the run's own config.toml with --resume, else --config (a preset
@@ -143,7 +144,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg.schedule
     );
     let vocab = ds.manifest.vocab_size;
-    let mut trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, args.resume)?.with_tokenizer(ds.tokenizer);
+    let mut trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, args.resume)?
+        .with_tokenizer(ds.tokenizer)
+        .with_reporter(Progress::boxed());
     remember(&args, &data_dir, &data_sha256)?;
     if args.resume {
         let s = trainer.state();
@@ -176,7 +179,8 @@ pub fn pretrain(args: TrainArgs) -> Result<()> {
         cfg.train.lr,
         cfg.schedule
     );
-    let mut trainer = Trainer::pretrain(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?;
+    let mut trainer = Trainer::pretrain(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?
+        .with_reporter(Progress::boxed());
     remember(&args, &data_dir, &data_sha256)?;
     if args.resume {
         let s = trainer.state();

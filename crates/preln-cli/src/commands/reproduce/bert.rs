@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
-use preln_train::metrics::Metrics;
+use preln_train::metrics::{valid_records, Metrics};
 use preln_train::mlm::PretrainConfig;
 use preln_train::schedule::Schedule;
 use serde_json::Value;
@@ -207,11 +207,7 @@ pub fn run(
 fn curve(dir: &Path) -> Vec<(u64, f64)> {
     let path = dir.join("metrics.jsonl");
     let lines = if path.exists() { Metrics::read(&path).unwrap_or_default() } else { Vec::new() };
-    lines
-        .iter()
-        .filter(|v| v["kind"] == "valid")
-        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
-        .collect()
+    valid_records(&lines).map(|v| (v.step, v.loss)).collect()
 }
 
 fn summary(dir: &Path, task: &str) -> Option<Value> {

@@ -11,10 +11,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use preln_data::Pairs;
 use preln_train::config::{resolve, TrainConfig};
-use preln_train::metrics::Metrics;
+use preln_train::metrics::{valid_records, Metrics, Record};
 use preln_train::state::read_state;
 use preln_train::trainer::{last_checkpoint, updates_per_epoch};
-use serde_json::Value;
 
 use super::scale::{schedule_overrides, ScaleSpec};
 
@@ -114,8 +113,11 @@ pub fn plan(spec: &ScaleSpec, train: &Pairs, out: &Path, only: &[String], user: 
 pub fn status(dir: &Path) -> Result<RunStatus> {
     let metrics = dir.join("metrics.jsonl");
     if metrics.exists() {
-        if let Some(d) = Metrics::read(&metrics)?.iter().find(|v| v["kind"] == "diverged") {
-            return Ok(RunStatus::Diverged { step: d["step"].as_u64().unwrap_or(0) });
+        if let Some(step) = crate::commands::read_metrics(&metrics)?.iter().find_map(|r| match r {
+            Record::Diverged(d) => Some(d.step),
+            _ => None,
+        }) {
+            return Ok(RunStatus::Diverged { step });
         }
     }
     let last = last_checkpoint(dir);
@@ -349,12 +351,12 @@ fn own_executable() -> Result<PathBuf> {
 /// ", epoch E: valid loss L, BLEU B" from a run's last validation line.
 fn last_valid(dir: &Path) -> Option<String> {
     let lines = Metrics::read(&dir.join("metrics.jsonl")).ok()?;
-    let v: &Value = lines.iter().rev().find(|v| v["kind"] == "valid")?;
+    let v = valid_records(&lines).last()?;
     Some(format!(
         ", epoch {}: valid loss {:.3}{}",
-        v["epoch"],
-        v["loss"].as_f64()?,
-        v["bleu"].as_f64().map(|b| format!(", BLEU {b:.2}")).unwrap_or_default()
+        v.epoch,
+        v.loss,
+        v.metric("bleu").map(|b| format!(", BLEU {b:.2}")).unwrap_or_default()
     ))
 }
 
@@ -367,10 +369,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         let metrics = d.join("metrics.jsonl");
-        std::fs::write(&metrics, "{\"kind\":\"train\",\"step\":1}\n{\"kind\":\"tra").unwrap();
-        assert_eq!(status(d).unwrap(), RunStatus::NotStarted);
-        std::fs::write(&metrics, "{\"kind\":\"diverged\",\"step\":7}\n{\"kind\":\"tra").unwrap();
+        let diverged = Record::Diverged(preln_train::metrics::DivergedRecord {
+            step: 7,
+            epoch: 1,
+            loss: f64::NAN,
+            grad_norm: f64::NAN,
+            largest_grad: "embed_tokens.weight".into(),
+            largest_grad_norm: f64::INFINITY,
+        });
+        let line = serde_json::to_string(&diverged).unwrap();
+        std::fs::write(&metrics, format!("{line}\n{}", &line[..line.len() / 2])).unwrap();
         assert_eq!(status(d).unwrap(), RunStatus::Diverged { step: 7 });
+        std::fs::write(&metrics, &line[..line.len() / 2]).unwrap();
+        assert_eq!(status(d).unwrap(), RunStatus::NotStarted);
     }
 
     #[test]

@@ -9,10 +9,9 @@ use preln_analysis::depth_study::DepthReport;
 use preln_analysis::init_study::InitReport;
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
 use preln_model::NormPlacement;
-use preln_train::metrics::Metrics;
+use preln_train::metrics::valid_records;
 use preln_train::optim::OptimizerConfig;
 use preln_train::schedule::Schedule;
-use serde_json::Value;
 
 use super::doc::{html, markdown, Block};
 use super::grid::{status, PlannedRun, RunStatus, PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
@@ -71,16 +70,9 @@ impl RunResult<'_> {
 
 pub fn read_run(run: &PlannedRun) -> Result<RunResult<'_>> {
     let path = run.dir.join("metrics.jsonl");
-    let lines = if path.exists() { Metrics::read(&path)? } else { Vec::new() };
-    let epochs = lines
-        .iter()
-        .filter(|v| v["kind"] == "valid")
-        .map(|v: &Value| EpochRow {
-            epoch: v["epoch"].as_u64().unwrap_or(0),
-            loss: v["loss"].as_f64().unwrap_or(f64::NAN),
-            bleu: v["bleu"].as_f64(),
-            wall_s: v["wall_s"].as_f64().unwrap_or(0.0),
-        })
+    let lines = if path.exists() { crate::commands::read_metrics(&path)? } else { Vec::new() };
+    let epochs = valid_records(&lines)
+        .map(|v| EpochRow { epoch: v.epoch, loss: v.loss, bleu: v.metric("bleu"), wall_s: v.wall_s })
         .collect();
     Ok(RunResult { run, status: status(&run.dir)?, epochs })
 }

@@ -9,14 +9,15 @@ use preln_data::token_batches;
 use preln_model::init::seeded;
 use preln_model::{label_smoothed_nll, Bert, BertConfig, LossSums};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{parse_with_overrides, ConfigError, TrainSection};
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{check_memory, prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{
+    check_memory, prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation,
+};
 use crate::translation::layer_sq_norms;
 use crate::TrainError;
 
@@ -45,7 +46,7 @@ impl Default for PretrainConfig {
 }
 
 /// Pre-training presets shipped in `configs/`.
-pub const PRESETS: &[(&str, &str)] = &[("bert-cpu", include_str!("../../../configs/bert-cpu.toml"))];
+pub const PRESETS: &[(&str, &str)] = &[("bert-cpu", include_str!("../../../../configs/bert-cpu.toml"))];
 
 impl PretrainConfig {
     /// Parses TOML with `key=value` overrides and validates.
@@ -142,18 +143,18 @@ impl Task for MaskedLm {
         batch.masked
     }
 
-    fn loss(&self, b: &MlmBatch, hidden: bool) -> Result<(LossSums, Option<Value>), TrainError> {
+    fn loss(&self, b: &MlmBatch, hidden: bool) -> Result<(LossSums, Option<HiddenNorms>), TrainError> {
         let pad = self.cfg.model.pad_id;
         let stack = self.model.encode(&b.tokens, &b.segments, true)?;
         let (logits, target) = masked_logits(&self.model, &stack.out, &b.target, pad);
         let s = label_smoothed_nll(&logits, &target, self.cfg.train.label_smoothing, pad);
-        let h = hidden.then(|| json!({"encoder": layer_sq_norms(&stack, &b.tokens.ne(pad))}));
+        let h = hidden.then(|| HiddenNorms::from([("encoder".to_string(), layer_sq_norms(&stack, &b.tokens.ne(pad)))]));
         Ok((s, h))
     }
 
     fn validate(&self) -> Result<Validation, TrainError> {
         let (loss, nll, acc) = self.evaluate();
-        Ok(Validation { loss, nll, extra: vec![("mlm_accuracy".into(), json!(acc))] })
+        Ok(Validation { loss, nll, extra: vec![("mlm_accuracy".into(), Some(acc))] })
     }
 
     fn var_store(&self) -> &VarStore {

@@ -3,18 +3,19 @@
 
 use std::path::Path;
 
-use preln_analysis::sq_norms_over_d;
 use preln_data::{token_batches, Batch, Bpe, Pairs, Specials};
 use preln_eval::{beam_search, corpus_bleu, BleuOptions, SearchConfig};
+use preln_model::diagnostics::sq_norms_over_d;
 use preln_model::init::seeded;
 use preln_model::stack::StackOut;
 use preln_model::{label_smoothed_nll, LossSums, Seq2Seq, Seq2SeqConfig};
-use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
-use crate::trainer::{check_memory, prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{
+    check_memory, prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation,
+};
 use crate::TrainError;
 
 /// The model config a data set implies: its vocabulary, pad id 0.
@@ -118,16 +119,16 @@ impl Task for Translation {
         batch.target_tokens
     }
 
-    fn loss(&self, b: &Batch, hidden: bool) -> Result<(LossSums, Option<Value>), TrainError> {
+    fn loss(&self, b: &Batch, hidden: bool) -> Result<(LossSums, Option<HiddenNorms>), TrainError> {
         let pad = self.cfg.model.pad_id;
         let (enc, dec) = self.model.forward(&b.src, &b.prev, true);
         // The loss in fp32 whatever the forward's precision.
         let s = label_smoothed_nll(&dec.logits, &b.target, self.cfg.train.label_smoothing, pad);
         let h = hidden.then(|| {
-            json!({
-                "encoder": layer_sq_norms(&enc.stack, &b.src.ne(pad)),
-                "decoder": layer_sq_norms(&dec.stack, &b.prev.ne(pad)),
-            })
+            HiddenNorms::from([
+                ("encoder".to_string(), layer_sq_norms(&enc.stack, &b.src.ne(pad))),
+                ("decoder".to_string(), layer_sq_norms(&dec.stack, &b.prev.ne(pad))),
+            ])
         });
         Ok((s, h))
     }
@@ -135,7 +136,7 @@ impl Task for Translation {
     fn validate(&self) -> Result<Validation, TrainError> {
         let (loss, nll) = self.evaluate(&self.valid);
         let bleu = self.bleu(&self.valid)?;
-        Ok(Validation { loss, nll, extra: vec![("bleu".into(), json!(bleu))] })
+        Ok(Validation { loss, nll, extra: vec![("bleu".into(), bleu)] })
     }
 
     fn var_store(&self) -> &VarStore {

@@ -11,14 +11,13 @@ use preln_data::Specials;
 use preln_model::init::{linear, seeded};
 use preln_model::{Bert, BertConfig, LossSums, WeightInit};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{prepare_run_dir, resolve_device, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation};
 use crate::TrainError;
 
 /// One labelled sentence pair.
@@ -233,7 +232,7 @@ impl Task for Classification {
         b.n
     }
 
-    fn loss(&self, b: &PairBatch, _hidden: bool) -> Result<(LossSums, Option<Value>), TrainError> {
+    fn loss(&self, b: &PairBatch, _hidden: bool) -> Result<(LossSums, Option<HiddenNorms>), TrainError> {
         let logits = self.logits(b, true)?;
         let sum = logits.log_softmax(-1, Kind::Float).gather(1, &b.labels.unsqueeze(1), false).sum(Kind::Float) * -1.0;
         Ok((LossSums { loss: sum.shallow_clone(), nll: sum, tokens: Tensor::from(b.n) }, None))
@@ -241,7 +240,7 @@ impl Task for Classification {
 
     fn validate(&self) -> Result<Validation, TrainError> {
         let (loss, acc, f1) = self.evaluate()?;
-        Ok(Validation { loss, nll: loss, extra: vec![("accuracy".into(), json!(acc)), ("f1".into(), json!(f1))] })
+        Ok(Validation { loss, nll: loss, extra: vec![("accuracy".into(), Some(acc)), ("f1".into(), Some(f1))] })
     }
 
     fn var_store(&self) -> &VarStore {

@@ -1,0 +1,49 @@
+//! Where training runs, checked before anything is allocated: the device, whether its
+//! precision is fast there, and whether the model fits in memory.
+
+use tch::Device;
+
+use crate::config::{Precision, TrainSection};
+use crate::TrainError;
+
+/// The device of `train.device`, checked against `train.precision`.
+pub fn resolve_device(t: &TrainSection) -> Result<Device, TrainError> {
+    let device = match t.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => return Err(TrainError::Config("train.device = cuda but libtorch sees no CUDA device".into())),
+        _ => Device::cuda_if_available(),
+    };
+    check_precision(t.precision, device)?;
+    Ok(device)
+}
+
+/// Refuses bf16 on a CPU without fast bf16 matrix products (where libtorch emulates them tens
+/// of times slower than fp32), naming the missing CPU features, before anything runs.
+pub fn check_precision(precision: Precision, device: Device) -> Result<(), TrainError> {
+    if !precision.is_bf16() || device != Device::Cpu {
+        return Ok(());
+    }
+    match preln_ops::caps::cpu_bf16() {
+        preln_ops::caps::PathState::On => Ok(()),
+        preln_ops::caps::PathState::Unsupported(why) | preln_ops::caps::PathState::Off(why) => {
+            Err(TrainError::Config(format!(
+                "train.precision = \"bf16\" on the CPU: {why} ({}); bf16 would run tens of times slower than fp32 \
+                 here. Use train.precision = \"fp32\" (or train.device = \"cuda\")",
+                preln_ops::caps::cpu_info().model
+            )))
+        }
+    }
+}
+
+/// Refuses, before anything is allocated, a model whose training cannot fit in this machine's
+/// memory (on the CPU; a GPU's own memory is left to CUDA's allocator to report).
+pub fn check_memory(what: &str, need: &preln_model::memory::Need, device: Device) -> Result<(), TrainError> {
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    match preln_model::memory::host_available_bytes() {
+        Some(available) => Ok(preln_model::memory::check_fits(what, need, available)?),
+        None => Ok(()),
+    }
+}
