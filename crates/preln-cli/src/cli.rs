@@ -347,8 +347,8 @@ pub struct PrepareArgs {
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
     /// `mrpc` or `rte`.
-    #[arg(long, value_enum)]
-    pub task: GlueTaskArg,
+    #[arg(long)]
+    pub task: preln_data::glue::GlueTask,
     /// The task's GLUE folder with train.tsv and dev.tsv (e.g. data/glue/MRPC).
     #[arg(long)]
     pub data: PathBuf,
@@ -376,12 +376,6 @@ pub struct FinetuneArgs {
     /// Override a fine-tuning config value (optimizer, schedule, train.*, batch_size, classifier_dropout).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GlueTaskArg {
-    Mrpc,
-    Rte,
 }
 
 #[derive(Args, Debug)]
@@ -434,12 +428,6 @@ pub enum DeviceArg {
     Cuda,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlacementArg {
-    Post,
-    Pre,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Named model: `iwslt14` (the paper's: 6+6 layers, d 512, FFN 1024, 4 heads) or `cpu`
@@ -458,9 +446,9 @@ pub struct ModelArgs {
     /// Vocabulary size of the built-in batches.
     #[arg(long)]
     pub vocab: Option<i64>,
-    /// Placements to compare.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "post,pre")]
-    pub placements: Vec<PlacementArg>,
+    /// Placements to compare (post, pre).
+    #[arg(long, value_delimiter = ',', default_value = "post,pre")]
+    pub placements: Vec<preln_model::NormPlacement>,
 }
 
 #[derive(Args, Debug, Clone)]

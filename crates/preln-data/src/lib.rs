@@ -7,6 +7,7 @@ pub mod batching;
 pub mod dataset;
 pub mod download;
 pub mod error;
+pub mod glue;
 pub mod mlm;
 pub mod prepare;
 pub mod publish;

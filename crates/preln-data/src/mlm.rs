@@ -20,11 +20,17 @@ use crate::synthetic::SplitMix64;
 use crate::text::read_lines;
 use crate::tokenizer::Bpe;
 
-pub const MASK_TOKEN: &str = "<mask>";
-/// `<mask>` follows the four standard specials.
-pub const MASK_ID: i64 = 4;
-/// The first id of an ordinary token in an MLM vocabulary.
-pub const FIRST_REGULAR: i64 = 5;
+/// The special tokens of an MLM vocabulary: the four of translation ([`Specials`]), then
+/// `<mask>`; ordinary tokens follow.
+pub struct MlmSpecials;
+
+impl MlmSpecials {
+    pub const BASE: Specials = Specials::DEFAULT;
+    pub const MASK_TOKEN: &'static str = "<mask>";
+    pub const MASK: i64 = Specials::FIRST_REGULAR;
+    /// The first id of an ordinary token.
+    pub const FIRST_REGULAR: i64 = Self::MASK + 1;
+}
 pub const MANIFEST: &str = "mlm-manifest.json";
 pub const TOKENIZER: &str = "tokenizer.json";
 
@@ -130,9 +136,13 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
         texts.push((name.clone(), read));
     }
     let train_lines = texts[0].1.iter().flat_map(|(_, lines)| lines.iter().map(String::as_str));
-    let bpe = Bpe::train_with_specials(train_lines.filter(|l| !l.trim().is_empty()), spec.vocab_size, &[MASK_TOKEN])?;
-    if bpe.token_id(MASK_TOKEN) != Some(MASK_ID as u32) {
-        return Err(DataError::Tokenizer(format!("{MASK_TOKEN} must have id {MASK_ID}")));
+    let bpe = Bpe::train_with_specials(
+        train_lines.filter(|l| !l.trim().is_empty()),
+        spec.vocab_size,
+        &[MlmSpecials::MASK_TOKEN],
+    )?;
+    if bpe.token_id(MlmSpecials::MASK_TOKEN) != Some(MlmSpecials::MASK as u32) {
+        return Err(DataError::Tokenizer(format!("{} must have id {}", MlmSpecials::MASK_TOKEN, MlmSpecials::MASK)));
     }
     progress(&format!("BPE: {} entries", bpe.vocab_size()));
     let tmp = staging(&spec.out)?;
@@ -175,7 +185,7 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
             format: 1,
             vocab_size: bpe.vocab_size(),
             max_len: spec.max_len,
-            special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MASK_TOKEN].map(String::from).to_vec(),
+            special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MlmSpecials::MASK_TOKEN].map(String::from).to_vec(),
             splits,
             sha256,
             manifest_sha256: None,
@@ -249,7 +259,7 @@ impl MlmDataset {
 /// the chosen positions and the pad id (ignored by the loss) elsewhere. At least one token is
 /// chosen in every non-empty segment.
 pub fn mask_segment(ids: &[u32], vocab_size: i64, seed: u64) -> (Vec<i64>, Vec<i64>) {
-    let pad = Specials::DEFAULT.pad;
+    let pad = MlmSpecials::BASE.pad;
     let mut rng = SplitMix64::new(seed);
     let mut input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let mut target = vec![pad; ids.len()];
@@ -261,9 +271,9 @@ pub fn mask_segment(ids: &[u32], vocab_size: i64, seed: u64) -> (Vec<i64>, Vec<i
         target[i] = input[i];
         let u = rng.next_f64();
         if u < 0.8 {
-            input[i] = MASK_ID;
+            input[i] = MlmSpecials::MASK;
         } else if u < 0.9 {
-            input[i] = rng.range(FIRST_REGULAR as usize, vocab_size as usize - 1) as i64;
+            input[i] = rng.range(MlmSpecials::FIRST_REGULAR as usize, vocab_size as usize - 1) as i64;
         }
     }
     (input, target)
@@ -284,7 +294,7 @@ pub struct MlmBatch {
 
 /// Masks `segments` with one seed each and pads them into a batch.
 pub fn mlm_batch(segments: &[&[u32]], seeds: &[u64], vocab_size: i64, device: Device) -> MlmBatch {
-    let sp = Specials::DEFAULT;
+    let sp = MlmSpecials::BASE;
     let t = segments.iter().map(|s| s.len() + 2).max().unwrap_or(2);
     let (mut tokens, mut target) = (Vec::new(), Vec::new());
     let mut masked = 0;
@@ -343,7 +353,7 @@ mod tests {
         let chosen: Vec<usize> = (0..ids.len()).filter(|&i| target[i] != 0).collect();
         let frac = chosen.len() as f64 / ids.len() as f64;
         assert!((frac - 0.15).abs() < 0.005, "chosen {frac}");
-        let masked = chosen.iter().filter(|&&i| input[i] == MASK_ID).count() as f64 / chosen.len() as f64;
+        let masked = chosen.iter().filter(|&&i| input[i] == MlmSpecials::MASK).count() as f64 / chosen.len() as f64;
         let kept = chosen.iter().filter(|&&i| input[i] == i64::from(ids[i])).count() as f64 / chosen.len() as f64;
         assert!((masked - 0.8).abs() < 0.01, "masked {masked}");
         // Kept: 10%, plus random replacements that happen to draw the same token (1/1995).
@@ -353,7 +363,7 @@ mod tests {
                 assert_eq!(input[i], i64::from(ids[i]), "unchosen tokens are untouched");
             } else {
                 assert_eq!(target[i], i64::from(ids[i]));
-                assert!(input[i] >= FIRST_REGULAR || input[i] == MASK_ID);
+                assert!(input[i] >= MlmSpecials::FIRST_REGULAR || input[i] == MlmSpecials::MASK);
             }
         }
         let (_, t) = mask_segment(&[9], 2000, 1);

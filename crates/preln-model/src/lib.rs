@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod bert;
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod diagnostics;
 pub mod embedding;

@@ -42,6 +42,10 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] preln_model::ModelError),
     #[error(transparent)]
+    Data(#[from] preln_data::DataError),
+    #[error("validation BLEU: {0}")]
+    Bleu(#[from] preln_eval::bleu::BleuError),
+    #[error(transparent)]
     Op(#[from] preln_ops::OpError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

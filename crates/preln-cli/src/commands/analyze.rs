@@ -8,7 +8,7 @@ use preln_data::{token_batches, Batch, Bpe, Dataset, Specials, SyntheticTask};
 use preln_model::{NormPlacement, Seq2SeqConfig};
 use tch::Device;
 
-use crate::cli::{DepthArgs, InitArgs, ModelArgs, PlacementArg, ProbeArgs};
+use crate::cli::{DepthArgs, InitArgs, ModelArgs, ProbeArgs};
 
 fn model_config(args: &ModelArgs) -> Result<Seq2SeqConfig> {
     let mut cfg = Seq2SeqConfig::preset(&args.preset, NormPlacement::Pre).ok_or_else(|| {
@@ -24,16 +24,6 @@ fn model_config(args: &ModelArgs) -> Result<Seq2SeqConfig> {
     cfg.vocab_size = args.vocab.unwrap_or(cfg.vocab_size);
     cfg.validate()?;
     Ok(cfg.without_dropout())
-}
-
-fn placements(args: &ModelArgs) -> Vec<NormPlacement> {
-    args.placements
-        .iter()
-        .map(|p| match p {
-            PlacementArg::Post => NormPlacement::Post,
-            PlacementArg::Pre => NormPlacement::Pre,
-        })
-        .collect()
 }
 
 /// Pairs until `tokens` target tokens are reached, cut into length-sorted batches of at most
@@ -136,7 +126,7 @@ fn setup(model: &ModelArgs, probe: &ProbeArgs) -> Result<Setup> {
     let device = super::device(probe.device)?;
     let (batches, data, vocab) = probe_batches(&cfg, probe)?;
     cfg.vocab_size = vocab;
-    Ok(Setup { cfg, device, batches, data, seeds: seeds(probe)?, placements: placements(model) })
+    Ok(Setup { cfg, device, batches, data, seeds: seeds(probe)?, placements: model.placements.clone() })
 }
 
 pub fn init(args: InitArgs) -> Result<()> {

@@ -2,24 +2,22 @@
 
 use anyhow::{bail, Context, Result};
 use preln_analysis::stats::Stat;
+use preln_data::glue::GlueTask;
 use preln_data::mlm::MlmDataset;
 use preln_train::config::parse_with_overrides;
-use preln_train::finetune::{FinetuneConfig, GlueTask};
+use preln_train::finetune::FinetuneConfig;
 use preln_train::mlm::PretrainConfig;
 use preln_train::trainer::{best_checkpoint, last_checkpoint, RunOptions, Trainer};
 use serde_json::json;
 
 use super::progress::Progress;
-use crate::cli::{FinetuneArgs, GlueTaskArg};
+use crate::cli::FinetuneArgs;
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
     if args.seeds < 1 || args.epochs < 1 || args.batch_size < 1 || !(0.0..1.0).contains(&args.warmup) {
         bail!("--seeds, --epochs and --batch-size must be at least 1, --warmup in [0, 1)");
     }
-    let task = match args.task {
-        GlueTaskArg::Mrpc => GlueTask::Mrpc,
-        GlueTaskArg::Rte => GlueTask::Rte,
-    };
+    let task = args.task;
     let run = &args.checkpoint;
     let cfg_path = run.join("config.toml");
     let text = std::fs::read_to_string(&cfg_path)

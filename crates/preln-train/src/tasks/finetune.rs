@@ -5,13 +5,15 @@
 
 use std::path::Path;
 
+use preln_data::glue::{encode_pair, PairExample};
 use preln_data::mlm::MlmDataset;
+use preln_data::mlm::MlmSpecials;
 use preln_data::synthetic::SplitMix64;
-use preln_data::Specials;
-use preln_model::init::{linear, seeded};
+use preln_model::classifier::PairClassifier;
+use preln_model::init::seeded;
 use preln_model::{Bert, BertConfig, LossSums, WeightInit};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
@@ -19,68 +21,6 @@ use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 use crate::trainer::{prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation};
 use crate::TrainError;
-
-/// One labelled sentence pair.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PairExample {
-    pub a: String,
-    pub b: String,
-    pub label: i64,
-}
-
-/// A GLUE task this module reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GlueTask {
-    Mrpc,
-    Rte,
-}
-
-impl GlueTask {
-    pub fn name(self) -> &'static str {
-        match self {
-            GlueTask::Mrpc => "mrpc",
-            GlueTask::Rte => "rte",
-        }
-    }
-
-    /// Reads `train.tsv` or `dev.tsv` of the task's GLUE folder. MRPC: `Quality, #1 ID, #2 ID,
-    /// #1 String, #2 String` (label 1 = paraphrase); RTE: `sentence1, sentence2, label, idx`
-    /// (label 0 = entailment, as a number or as the word). Errors name file and line.
-    pub fn read(self, path: &Path) -> Result<Vec<PairExample>, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io(path.into(), e))?;
-        let text = text.trim_start_matches('\u{feff}');
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate().skip(1) {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            let bad = |what: &str| TrainError::Config(format!("{}:{}: {what}", path.display(), i + 1));
-            let (a, b, label) = match self {
-                GlueTask::Mrpc if f.len() >= 5 => (f[3], f[4], f[0]),
-                GlueTask::Rte if f.len() >= 3 => (f[0], f[1], f[2]),
-                _ => {
-                    return Err(bad(&format!(
-                        "expected at least {} tab-separated fields, found {}",
-                        if self == GlueTask::Mrpc { 5 } else { 3 },
-                        f.len()
-                    )))
-                }
-            };
-            let label = match (self, label.trim()) {
-                (_, "0") | (GlueTask::Rte, "entailment") => 0,
-                (_, "1") | (GlueTask::Rte, "not_entailment") => 1,
-                (_, other) => return Err(bad(&format!("label `{other}` is not 0 or 1"))),
-            };
-            out.push(PairExample { a: a.to_string(), b: b.to_string(), label });
-        }
-        if out.is_empty() {
-            return Err(TrainError::Config(format!("{}: no examples", path.display())));
-        }
-        Ok(out)
-    }
-}
 
 /// Fine-tuning settings (the model comes from the pre-training run).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,27 +67,6 @@ impl FinetuneConfig {
     }
 }
 
-/// Encoded pairs: `<s> A </s> B </s>`, cut (longest side first) to `max_len`.
-fn encode_pair(a: &[u32], b: &[u32], max_len: usize) -> (Vec<i64>, Vec<i64>) {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    while a.len() + b.len() + 3 > max_len && !(a.is_empty() && b.is_empty()) {
-        if a.len() >= b.len() {
-            a.pop();
-        } else {
-            b.pop();
-        }
-    }
-    let sp = Specials::DEFAULT;
-    let mut ids = vec![sp.bos];
-    ids.extend(a.iter().map(|&x| i64::from(x)));
-    ids.push(sp.eos);
-    let first = ids.len();
-    ids.extend(b.iter().map(|&x| i64::from(x)));
-    ids.push(sp.eos);
-    let segs = (0..ids.len()).map(|i| i64::from(i >= first)).collect();
-    (ids, segs)
-}
-
 pub struct PairBatch {
     tokens: Tensor,
     segments: Tensor,
@@ -160,7 +79,7 @@ fn make_batch(examples: &[(Vec<i64>, Vec<i64>, i64)], idx: &[usize], device: Dev
     let (mut tok, mut seg, mut lab) = (Vec::new(), Vec::new(), Vec::new());
     for &i in idx {
         let (ids, segs, label) = &examples[i];
-        tok.extend(ids.iter().copied().chain(std::iter::repeat_n(Specials::DEFAULT.pad, t - ids.len())));
+        tok.extend(ids.iter().copied().chain(std::iter::repeat_n(MlmSpecials::BASE.pad, t - ids.len())));
         seg.extend(segs.iter().copied().chain(std::iter::repeat_n(0, t - ids.len())));
         lab.push(*label);
     }
@@ -174,12 +93,10 @@ fn make_batch(examples: &[(Vec<i64>, Vec<i64>, i64)], idx: &[usize], device: Dev
 }
 
 pub struct Classification {
-    cfg: FinetuneConfig,
     device: Device,
     vs: VarStore,
     bert: Bert,
-    pooler: nn::Linear,
-    classifier: nn::Linear,
+    head: PairClassifier,
     train: Vec<(Vec<i64>, Vec<i64>, i64)>,
     dev: Vec<(Vec<i64>, Vec<i64>, i64)>,
     batches: Vec<Vec<usize>>,
@@ -188,9 +105,7 @@ pub struct Classification {
 impl Classification {
     fn logits(&self, b: &PairBatch, train: bool) -> Result<Tensor, TrainError> {
         let h = self.bert.encode(&b.tokens, &b.segments, train)?.out.select(1, 0);
-        let pooled =
-            preln_ops::dropout(&preln_model::init::apply(&self.pooler, &h).tanh(), self.cfg.classifier_dropout, train);
-        Ok(preln_model::init::apply(&self.classifier, &pooled).to_kind(Kind::Float))
+        Ok(self.head.forward(&h, train).to_kind(Kind::Float))
     }
 
     /// Dev loss, accuracy and F1 of class 1, without dropout or autograd.
@@ -300,7 +215,7 @@ impl Trainer<Classification> {
         let encode = |xs: &[PairExample]| -> Result<Vec<(Vec<i64>, Vec<i64>, i64)>, TrainError> {
             xs.iter()
                 .map(|x| {
-                    let tok = |s: &str| data.tokenizer.encode(s).map_err(|e| TrainError::Config(e.to_string()));
+                    let tok = |s: &str| data.tokenizer.encode(s).map_err(|e| TrainError::Data(e.into()));
                     let (ids, segs) = encode_pair(&tok(&x.a)?, &tok(&x.b)?, max_len);
                     Ok((ids, segs, x.label))
                 })
@@ -309,10 +224,9 @@ impl Trainer<Classification> {
         let (train, dev) = (encode(train)?, encode(dev)?);
         let vs = VarStore::new(device);
         let init = WeightInit::Normal { std: bert_cfg.init_std };
-        let (bert, pooler, classifier) = seeded(cfg.train.seed, || -> Result<_, TrainError> {
+        let (bert, head) = seeded(cfg.train.seed, || -> Result<_, TrainError> {
             let bert = Bert::new(&vs.root(), bert_cfg)?;
-            let d = bert_cfg.d_model;
-            Ok((bert, linear(vs.root() / "pooler", d, d, init), linear(vs.root() / "classifier", d, 2, init)))
+            Ok((bert, PairClassifier::new(&vs.root(), bert_cfg.d_model, 2, init, cfg.classifier_dropout)))
         })?;
         load_pretrained(&vs, checkpoint)?;
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -327,7 +241,7 @@ impl Trainer<Classification> {
             train: cfg.train.clone(),
             toml: toml::to_string_pretty(cfg).expect("config serializes"),
         };
-        let task = Classification { cfg: cfg.clone(), device, vs, bert, pooler, classifier, train, dev, batches };
+        let task = Classification { device, vs, bert, head, train, dev, batches };
         Trainer::with_task(task, loop_cfg, run_dir, false, lock)
     }
 }
@@ -335,40 +249,6 @@ impl Trainer<Classification> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pairs_are_cut_longest_first_with_segments() {
-        let (ids, segs) = encode_pair(&[10, 11, 12, 13], &[20], 7);
-        assert_eq!(ids, vec![2, 10, 11, 12, 3, 20, 3]);
-        assert_eq!(segs, vec![0, 0, 0, 0, 0, 1, 1]);
-        let (ids, _) = encode_pair(&[10, 11, 12, 13], &[20, 21, 22], 7);
-        assert_eq!(ids, vec![2, 10, 11, 3, 20, 21, 3]);
-    }
-
-    #[test]
-    fn glue_files_are_read_with_their_labels_and_errors_name_the_line() {
-        let d = tempfile::tempdir().unwrap();
-        let mrpc = d.path().join("m.tsv");
-        std::fs::write(
-            &mrpc,
-            "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tA b.\tB a.\n0\t3\t4\tC.\tD.\n",
-        )
-        .unwrap();
-        let xs = GlueTask::Mrpc.read(&mrpc).unwrap();
-        assert_eq!(
-            xs,
-            vec![
-                PairExample { a: "A b.".into(), b: "B a.".into(), label: 1 },
-                PairExample { a: "C.".into(), b: "D.".into(), label: 0 },
-            ]
-        );
-        let rte = d.path().join("r.tsv");
-        std::fs::write(&rte, "sentence1\tsentence2\tlabel\tidx\nP.\tH.\tnot_entailment\t0\nP2.\tH2.\t0\t1\n").unwrap();
-        assert_eq!(GlueTask::Rte.read(&rte).unwrap().iter().map(|x| x.label).collect::<Vec<_>>(), vec![1, 0]);
-        std::fs::write(&rte, "sentence1\tsentence2\tlabel\tidx\nP.\tH.\tmaybe\t0\n").unwrap();
-        let e = GlueTask::Rte.read(&rte).unwrap_err().to_string();
-        assert!(e.contains("r.tsv:2") && e.contains("maybe"), "{e}");
-    }
 
     #[test]
     fn schedule_covers_the_run() {

@@ -86,7 +86,7 @@ impl Translation {
         let search = SearchConfig { beam, lenpen: self.cfg.train.valid_bleu_lenpen, ..Default::default() };
         let text = |ids: &[i64]| -> Result<String, TrainError> {
             let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
-            bpe.decode(&ids).map_err(|e| TrainError::Checkpoint(format!("detokenizing: {e}")))
+            Ok(bpe.decode(&ids)?)
         };
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         order.sort_by_key(|&i| (pairs[i].0.len(), i));
@@ -98,8 +98,7 @@ impl Translation {
             }
         }
         let refs = pairs.iter().map(|(_, t)| text(t)).collect::<Result<Vec<_>, _>>()?;
-        let b =
-            corpus_bleu(&hyps, &[refs], BleuOptions::default()).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let b = corpus_bleu(&hyps, &[refs], BleuOptions::default())?;
         Ok(Some(b.score))
     }
 }

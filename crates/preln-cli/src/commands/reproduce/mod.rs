@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use preln_data::Dataset;
 
-use crate::cli::{DepthArgs, DeviceArg, InitArgs, ModelArgs, PlacementArg, ProbeArgs, ReproduceArgs, ReproduceWhat};
+use crate::cli::{DepthArgs, DeviceArg, InitArgs, ModelArgs, ProbeArgs, ReproduceArgs, ReproduceWhat};
 use scale::ScaleSpec;
 
 /// What every part of a reproduction shares.
@@ -140,7 +140,7 @@ fn run_init(spec: &ScaleSpec, data: Option<&Path>, out: &Path) -> Result<()> {
         ffn_dim: None,
         heads: None,
         vocab: None,
-        placements: vec![PlacementArg::Post, PlacementArg::Pre],
+        placements: vec![preln_model::NormPlacement::Post, preln_model::NormPlacement::Pre],
     };
     let probe = |seeds: u64, dir: &str| ProbeArgs {
         data: data.map(Path::to_path_buf),
