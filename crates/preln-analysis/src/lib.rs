@@ -7,6 +7,7 @@ pub mod plot;
 pub mod probe;
 pub mod report;
 pub mod stats;
+pub mod studies;
 
 pub use preln_model::diagnostics::{grad_norms, sq_norms_over_d};
 pub use probe::{probe, Probe};

@@ -57,8 +57,8 @@ pub struct ReproduceArgs {
     /// `init`: Figure 3 and the depth scan; `warmup`: the grid of training runs; `all`: both;
     /// `bert`: Figure 5 (pre-training on a `prepare-mlm` folder given as --data, then GLUE
     /// fine-tuning from --glue).
-    #[arg(value_enum, default_value = "all")]
-    pub what: ReproduceWhat,
+    #[arg(default_value = "all")]
+    pub what: preln_repro::What,
     /// A data folder made by `preln prepare` (e.g. Multi30k De-En). Without it: a built-in
     /// synthetic translation task generated on the spot.
     #[arg(long)]
@@ -68,8 +68,8 @@ pub struct ReproduceArgs {
     pub out: Option<PathBuf>,
     /// `quick`: small models, minutes; `cpu`: 6+6 layers of width 128, hours on a laptop;
     /// `paper`: the paper's model and run length.
-    #[arg(long, value_enum, default_value = "quick")]
-    pub scale: ScaleArg,
+    #[arg(long, default_value = "quick")]
+    pub scale: preln_repro::Scale,
     /// Training runs at the same time (default: one per CPU thread, each on one thread).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -85,21 +85,6 @@ pub struct ReproduceArgs {
     /// For `bert`: the GLUE folder holding MRPC/ and RTE/ (train.tsv, dev.tsv).
     #[arg(long)]
     pub glue: Option<PathBuf>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReproduceWhat {
-    Init,
-    Warmup,
-    All,
-    Bert,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScaleArg {
-    Quick,
-    Cpu,
-    Paper,
 }
 
 #[derive(Subcommand, Debug)]

@@ -43,15 +43,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The records of a run's `metrics.jsonl`, warning of a torn last line (its writer was killed).
-pub fn read_metrics(path: &std::path::Path) -> Result<Vec<preln_train::metrics::Record>> {
-    let file = preln_train::metrics::Metrics::read_checked(path)?;
-    if let Some(line) = file.torn_last_line {
-        eprintln!("warning: {}:{line}: the last line is cut short (its writer was killed); skipped", path.display());
-    }
-    Ok(file.records)
-}
-
 /// Resolves `--device`; asking for CUDA without a GPU is an error, not a silent fallback.
 pub fn device(arg: DeviceArg) -> Result<Device> {
     match arg {

@@ -13,14 +13,14 @@ use preln_train::mlm::PretrainConfig;
 use preln_train::schedule::Schedule;
 use serde_json::Value;
 
-use super::doc::Block;
-use super::grid::{self, Job, RunStatus};
-use crate::cli::ScaleArg;
+use crate::doc::Block;
+use crate::grid::{self, Job, RunStatus};
+use crate::scale::Scale;
 
 pub const BERT_GRID: &[(&str, &str)] = &[
-    ("pre-3e-4-nowarmup", include_str!("../../../../../configs/reproduce/bert/pre-3e-4-nowarmup.toml")),
-    ("post-1e-4-warmup", include_str!("../../../../../configs/reproduce/bert/post-1e-4-warmup.toml")),
-    ("post-3e-4-warmup", include_str!("../../../../../configs/reproduce/bert/post-3e-4-warmup.toml")),
+    ("pre-3e-4-nowarmup", include_str!("../../../configs/reproduce/bert/pre-3e-4-nowarmup.toml")),
+    ("post-1e-4-warmup", include_str!("../../../configs/reproduce/bert/post-1e-4-warmup.toml")),
+    ("post-3e-4-warmup", include_str!("../../../configs/reproduce/bert/post-3e-4-warmup.toml")),
 ];
 
 /// The paper-scale run the warmup is scaled from (10k warmup updates of about 1M).
@@ -41,9 +41,9 @@ pub struct BertScale {
 }
 
 impl BertScale {
-    pub fn of(scale: ScaleArg) -> BertScale {
+    pub fn of(scale: Scale) -> BertScale {
         match scale {
-            ScaleArg::Quick => BertScale {
+            Scale::Quick => BertScale {
                 width: Some((4, 128, 512, 4)),
                 updates: 300,
                 max_tokens: 4096,
@@ -53,7 +53,7 @@ impl BertScale {
                 ft_lr: 1e-4,
                 ft_batch: 32,
             },
-            ScaleArg::Cpu => BertScale {
+            Scale::Cpu => BertScale {
                 width: Some((6, 128, 512, 4)),
                 updates: 2000,
                 max_tokens: 4096,
@@ -63,7 +63,7 @@ impl BertScale {
                 ft_lr: 1e-4,
                 ft_batch: 32,
             },
-            ScaleArg::Paper => BertScale {
+            Scale::Paper => BertScale {
                 width: None,
                 updates: PAPER_UPDATES,
                 max_tokens: 32768,
@@ -140,15 +140,14 @@ pub fn plan(scale: &BertScale, out: &Path, user: &[String]) -> Result<Vec<BertRu
 
 const TASKS: [(&str, &str); 2] = [("mrpc", "MRPC"), ("rte", "RTE")];
 
-/// Pre-trains (resumably, `jobs` runs of `threads` threads at a time) and fine-tunes from every
-/// run that did not diverge, one fine-tuning at a time on `cores` threads. Returns failures.
+/// Pre-trains (resumably, by the processes of `pool`) and fine-tunes from every run that did
+/// not diverge, one fine-tuning at a time on `cores` threads. Returns failures.
 pub fn run(
     runs: &[BertRun],
     scale: &BertScale,
     data: &Path,
     glue: &Path,
-    jobs: usize,
-    threads: usize,
+    pool: &grid::Pool,
     cores: usize,
 ) -> Result<Vec<(String, String)>> {
     for (_, folder) in TASKS {
@@ -160,7 +159,7 @@ pub fn run(
         }
     }
     let pre_jobs: Vec<Job> = runs.iter().map(BertRun::job).collect();
-    let mut failures = grid::run_all(&pre_jobs, data, jobs, threads)?;
+    let mut failures = grid::run_all(&pre_jobs, data, pool)?;
     for r in runs {
         if grid::status(&r.dir)? != RunStatus::Complete {
             continue;
@@ -180,7 +179,7 @@ pub fn run(
             let log = out.with_extension("log");
             std::fs::create_dir_all(&r.dir)?;
             let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            let mut child = Command::new("/proc/self/exe")
+            let mut child = Command::new(&pool.exe)
                 .args(["--threads", &cores.to_string(), "finetune", "--task", task])
                 .arg("--data")
                 .arg(glue.join(folder))
@@ -193,7 +192,7 @@ pub fn run(
                 .stderr(file)
                 .spawn()
                 .context("starting preln finetune")?;
-            let status = super::grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
+            let status = crate::grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
             if !status.success() {
                 failures
                     .push((format!("bert/{} {task}", r.name), format!("preln finetune failed: see {}", log.display())));

@@ -13,9 +13,10 @@ use preln_train::metrics::valid_records;
 use preln_train::optim::OptimizerConfig;
 use preln_train::schedule::Schedule;
 
-use super::doc::{html, markdown, Block};
-use super::grid::{status, PlannedRun, RunStatus, PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
-use super::scale::ScaleSpec;
+use crate::doc::{html, markdown, Block};
+use crate::grid::{status, PlannedRun, RunStatus};
+use crate::paper::{PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
+use crate::scale::ScaleSpec;
 
 pub struct Context<'a> {
     pub out: &'a Path,
@@ -23,7 +24,7 @@ pub struct Context<'a> {
     pub data: &'a Path,
     pub builtin: bool,
     pub runs: &'a [PlannedRun],
-    pub bert: &'a [super::bert::BertRun],
+    pub bert: &'a [crate::bert::BertRun],
     pub command: String,
     pub wall_s: f64,
 }
@@ -70,7 +71,7 @@ impl RunResult<'_> {
 
 pub fn read_run(run: &PlannedRun) -> Result<RunResult<'_>> {
     let path = run.dir.join("metrics.jsonl");
-    let lines = if path.exists() { crate::commands::read_metrics(&path)? } else { Vec::new() };
+    let lines = if path.exists() { crate::grid::read_metrics(&path)? } else { Vec::new() };
     let epochs = valid_records(&lines)
         .map(|v| EpochRow { epoch: v.epoch, loss: v.loss, bleu: v.metric("bleu"), wall_s: v.wall_s })
         .collect();
@@ -500,12 +501,12 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
                 "Warmup scaled by run length: the paper's {PAPER_WARMUP} warmup updates in runs of about {PAPER_EPOCHS} epochs of {PAPER_UPDATES_PER_EPOCH} updates ({} updates) become {PAPER_WARMUP} x {total} / {} = {} updates here ({:.1}% of the run in both).",
                 PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
                 PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
-                super::grid::scaled_warmup(PAPER_WARMUP, upe, epochs),
+                crate::paper::scaled_warmup(PAPER_WARMUP, upe, epochs),
                 100.0 * PAPER_WARMUP as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64
             ),
             format!(
                 "The Pre-LN decay (x0.1 at the paper's epoch 8 of {PAPER_EPOCHS}) moves to epoch {} of {}, the same fraction of the run.",
-                super::grid::scaled_epoch(8, epochs),
+                crate::paper::scaled_epoch(8, epochs),
                 epochs
             ),
             "\"No warmup\" is the paper's T_warmup = 1: Post-LN runs start at lr_max and decay as lr_max / sqrt(t); Pre-LN runs keep lr_max until the decay.".into(),
@@ -655,7 +656,7 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
         }
     }
 
-    doc.extend(super::bert::section(out, ctx.bert, &mut files)?);
+    doc.extend(crate::bert::section(out, ctx.bert, &mut files)?);
 
     // Configs and software.
     doc.push(Block::Heading(2, "Exact configs".into()));
@@ -685,7 +686,7 @@ mod tests {
     use preln_train::config::resolve;
 
     fn planned(name: &str) -> PlannedRun {
-        let text = super::super::grid::GRID.iter().find(|g| g.0 == name).unwrap().1;
+        let text = crate::grid::GRID.iter().find(|g| g.0 == name).unwrap().1;
         PlannedRun {
             name: name.into(),
             description: String::new(),

@@ -15,44 +15,22 @@ use preln_train::metrics::{valid_records, Metrics, Record};
 use preln_train::state::read_state;
 use preln_train::trainer::{last_checkpoint, updates_per_epoch};
 
-use super::scale::{schedule_overrides, ScaleSpec};
+use crate::scale::{schedule_overrides, ScaleSpec};
 
 /// The paper-scale configs of the grid, compiled in (the files in `configs/reproduce/`), in the
 /// order they are trained: the runs behind the paper's main claims first.
 pub const GRID: &[(&str, &str)] = &[
-    ("post-adam-1e-3-nowarmup", include_str!("../../../../../configs/reproduce/post-adam-1e-3-nowarmup.toml")),
-    ("post-adam-1e-3-warmup", include_str!("../../../../../configs/reproduce/post-adam-1e-3-warmup.toml")),
-    ("pre-adam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml")),
-    ("post-adam-5e-4-warmup", include_str!("../../../../../configs/reproduce/post-adam-5e-4-warmup.toml")),
-    ("post-adam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/post-adam-5e-4-nowarmup.toml")),
-    ("pre-adam-1e-3-nowarmup", include_str!("../../../../../configs/reproduce/pre-adam-1e-3-nowarmup.toml")),
-    ("post-radam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/post-radam-5e-4-nowarmup.toml")),
-    ("pre-radam-5e-4-nowarmup", include_str!("../../../../../configs/reproduce/pre-radam-5e-4-nowarmup.toml")),
-    ("post-sgd-5e-3-warmup", include_str!("../../../../../configs/reproduce/post-sgd-5e-3-warmup.toml")),
-    ("post-sgd-5e-3-nowarmup", include_str!("../../../../../configs/reproduce/post-sgd-5e-3-nowarmup.toml")),
+    ("post-adam-1e-3-nowarmup", include_str!("../../../configs/reproduce/post-adam-1e-3-nowarmup.toml")),
+    ("post-adam-1e-3-warmup", include_str!("../../../configs/reproduce/post-adam-1e-3-warmup.toml")),
+    ("pre-adam-5e-4-nowarmup", include_str!("../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml")),
+    ("post-adam-5e-4-warmup", include_str!("../../../configs/reproduce/post-adam-5e-4-warmup.toml")),
+    ("post-adam-5e-4-nowarmup", include_str!("../../../configs/reproduce/post-adam-5e-4-nowarmup.toml")),
+    ("pre-adam-1e-3-nowarmup", include_str!("../../../configs/reproduce/pre-adam-1e-3-nowarmup.toml")),
+    ("post-radam-5e-4-nowarmup", include_str!("../../../configs/reproduce/post-radam-5e-4-nowarmup.toml")),
+    ("pre-radam-5e-4-nowarmup", include_str!("../../../configs/reproduce/pre-radam-5e-4-nowarmup.toml")),
+    ("post-sgd-5e-3-warmup", include_str!("../../../configs/reproduce/post-sgd-5e-3-warmup.toml")),
+    ("post-sgd-5e-3-nowarmup", include_str!("../../../configs/reproduce/post-sgd-5e-3-nowarmup.toml")),
 ];
-
-/// The paper's run, which the warmup length and the decay epoch are scaled from: 4000 warmup
-/// updates and a x0.1 decay at epoch 8 in runs of about 15 epochs of ~1,100 updates (IWSLT14,
-/// 4096 tokens a batch).
-pub const PAPER_WARMUP: u64 = 4000;
-pub const PAPER_EPOCHS: u64 = 15;
-pub const PAPER_UPDATES_PER_EPOCH: u64 = 1100;
-
-/// The paper's warmup of `paper` updates, scaled by the ratio of run lengths (total updates).
-/// Warmups of 0 and 1 mean "no warmup" and stay as they are.
-pub fn scaled_warmup(paper: u64, updates_per_epoch: u64, epochs: u64) -> u64 {
-    if paper <= 1 {
-        return paper;
-    }
-    let ratio = (updates_per_epoch * epochs) as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64;
-    ((paper as f64 * ratio).round() as u64).max(2)
-}
-
-/// The paper's epoch `paper` (of `PAPER_EPOCHS`) at the same fraction of a run of `epochs`.
-pub fn scaled_epoch(paper: u64, epochs: u64) -> u64 {
-    ((paper * epochs).div_ceil(PAPER_EPOCHS)).max(1)
-}
 
 /// One run of the grid, as it will be trained.
 #[derive(Clone, Debug)]
@@ -113,7 +91,7 @@ pub fn plan(spec: &ScaleSpec, train: &Pairs, out: &Path, only: &[String], user: 
 pub fn status(dir: &Path) -> Result<RunStatus> {
     let metrics = dir.join("metrics.jsonl");
     if metrics.exists() {
-        if let Some(step) = crate::commands::read_metrics(&metrics)?.iter().find_map(|r| match r {
+        if let Some(step) = read_metrics(&metrics)?.iter().find_map(|r| match r {
             Record::Diverged(d) => Some(d.step),
             _ => None,
         }) {
@@ -126,6 +104,15 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
     }
     let s = read_state(&last)?;
     Ok(if s.done { RunStatus::Complete } else { RunStatus::Partial { step: s.step, epoch: s.epoch } })
+}
+
+/// The `preln` processes that train the runs: which executable, how many at once, and the
+/// libtorch threads of each.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub exe: PathBuf,
+    pub jobs: usize,
+    pub threads: usize,
 }
 
 /// The file a run's requested config is kept in, to tell a changed grid from a resumable run.
@@ -198,7 +185,8 @@ pub enum Outcome {
 /// Trains (or resumes) every run that is not complete, `jobs` at a time, each child process
 /// with `threads` libtorch threads. Returns the runs that failed (not the diverged ones: a
 /// divergence is a result).
-pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result<Vec<(String, String)>> {
+pub fn run_all(runs: &[Job], data: &Path, pool: &Pool) -> Result<Vec<(String, String)>> {
+    let (jobs, threads) = (pool.jobs, pool.threads);
     for run in runs {
         check_config(run)?;
         if let Some(pid) = training_pid(&run.dir) {
@@ -243,7 +231,7 @@ pub fn run_all(runs: &[Job], data: &Path, jobs: usize, threads: usize) -> Result
                 if preln_train::interrupt::requested().is_some() {
                     break;
                 }
-                let outcome = train_one(run, data, threads, i + 1, total);
+                let outcome = train_one(run, data, pool, i + 1, total);
                 match outcome {
                     Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
                     Err(e) => failures.lock().expect("lock").push((run.name.clone(), format!("{e:#}"))),
@@ -281,10 +269,10 @@ pub fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Resu
     }
 }
 
-fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> Result<Outcome> {
+fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize) -> Result<Outcome> {
     let st = status(&run.dir)?;
-    let mut cmd = Command::new(own_executable()?);
-    cmd.arg("--threads").arg(threads.to_string()).arg(run.command).arg("--out").arg(&run.dir);
+    let mut cmd = Command::new(&pool.exe);
+    cmd.arg("--threads").arg(pool.threads.to_string()).arg(run.command).arg("--out").arg(&run.dir);
     let how = match st {
         RunStatus::Partial { step, epoch } => {
             cmd.arg("--resume");
@@ -337,15 +325,13 @@ fn train_one(run: &Job, data: &Path, threads: usize, k: usize, total: usize) -> 
     }
 }
 
-/// This very executable for the `preln train` children. On Linux `/proc/self/exe`, which keeps
-/// naming this binary even after a rebuild replaced the file, so one reproduction never mixes
-/// two builds; elsewhere the path it was started from.
-fn own_executable() -> Result<PathBuf> {
-    let proc_exe = PathBuf::from("/proc/self/exe");
-    if proc_exe.exists() {
-        return Ok(proc_exe);
+/// The records of a run's `metrics.jsonl`, warning of a torn last line (its writer was killed).
+pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
+    let file = Metrics::read_checked(path)?;
+    if let Some(line) = file.torn_last_line {
+        eprintln!("warning: {}:{line}: the last line is cut short (its writer was killed); skipped", path.display());
     }
-    std::env::current_exe().context("locating the preln executable")
+    Ok(file.records)
 }
 
 /// ", epoch E: valid loss L, BLEU B" from a run's last validation line.
@@ -382,25 +368,6 @@ mod tests {
         assert_eq!(status(d).unwrap(), RunStatus::Diverged { step: 7 });
         std::fs::write(&metrics, &line[..line.len() / 2]).unwrap();
         assert_eq!(status(d).unwrap(), RunStatus::NotStarted);
-    }
-
-    #[test]
-    fn warmup_scales_with_run_length() {
-        // The paper's own run length keeps 4000; a tenth of it gets 400; no warmup stays none.
-        assert_eq!(scaled_warmup(4000, PAPER_UPDATES_PER_EPOCH, PAPER_EPOCHS), 4000);
-        assert_eq!(scaled_warmup(4000, 110, 15), 400);
-        assert_eq!(scaled_warmup(4000, 111, 5), 135);
-        assert_eq!(scaled_warmup(1, 111, 5), 1);
-        assert_eq!(scaled_warmup(0, 111, 5), 0);
-        assert_eq!(scaled_warmup(4000, 1, 1), 2);
-    }
-
-    #[test]
-    fn decay_epoch_keeps_its_place_in_the_run() {
-        assert_eq!(scaled_epoch(8, 15), 8);
-        assert_eq!(scaled_epoch(8, 5), 3);
-        assert_eq!(scaled_epoch(8, 6), 4);
-        assert_eq!(scaled_epoch(8, 1), 1);
     }
 
     #[test]

@@ -5,8 +5,28 @@
 use preln_train::config::TrainConfig;
 use preln_train::schedule::Schedule;
 
-use super::grid::{scaled_epoch, scaled_warmup};
-use crate::cli::ScaleArg;
+use crate::paper::{scaled_epoch, scaled_warmup};
+
+/// How large a reproduction: `quick` (minutes), `cpu` (hours on a CPU), `paper` (the paper's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    Quick,
+    Cpu,
+    Paper,
+}
+
+impl std::str::FromStr for Scale {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quick" => Ok(Scale::Quick),
+            "cpu" => Ok(Scale::Cpu),
+            "paper" => Ok(Scale::Paper),
+            _ => Err(format!("unknown scale `{s}` (known: quick, cpu, paper)")),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ScaleSpec {
@@ -28,9 +48,9 @@ pub struct ScaleSpec {
 }
 
 impl ScaleSpec {
-    pub fn of(scale: ScaleArg) -> ScaleSpec {
+    pub fn of(scale: Scale) -> ScaleSpec {
         match scale {
-            ScaleArg::Quick => ScaleSpec {
+            Scale::Quick => ScaleSpec {
                 name: "quick",
                 width: Some((64, 256, 4)),
                 epochs: 8,
@@ -42,7 +62,7 @@ impl ScaleSpec {
                 depth_seeds: 2,
                 depths: vec![6, 10, 14],
             },
-            ScaleArg::Cpu => ScaleSpec {
+            Scale::Cpu => ScaleSpec {
                 name: "cpu",
                 width: Some((128, 512, 4)),
                 epochs: 5,
@@ -54,7 +74,7 @@ impl ScaleSpec {
                 depth_seeds: 3,
                 depths: vec![6, 8, 10, 12, 14],
             },
-            ScaleArg::Paper => ScaleSpec {
+            Scale::Paper => ScaleSpec {
                 name: "paper",
                 width: None,
                 epochs: 15,
@@ -108,9 +128,9 @@ mod tests {
 
     #[test]
     fn cpu_scale_shrinks_the_model_and_scales_the_schedule() {
-        let text = include_str!("../../../../../configs/reproduce/post-adam-1e-3-warmup.toml");
+        let text = include_str!("../../../configs/reproduce/post-adam-1e-3-warmup.toml");
         let paper = resolve("t", text, &[]).unwrap();
-        let spec = ScaleSpec::of(ScaleArg::Cpu);
+        let spec = ScaleSpec::of(Scale::Cpu);
         let both = |paper: &TrainConfig, spec: &ScaleSpec, upe| {
             let mut o = spec.size_overrides();
             o.extend(schedule_overrides(paper, upe, spec.epochs));
@@ -122,12 +142,12 @@ mod tests {
         assert_eq!(cfg.train.lr, 1e-3);
         assert_eq!(cfg.train.max_epochs, 5);
 
-        let text = include_str!("../../../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml");
+        let text = include_str!("../../../configs/reproduce/pre-adam-5e-4-nowarmup.toml");
         let paper = resolve("t", text, &[]).unwrap();
         let cfg = resolve("t", text, &both(&paper, &spec, 111)).unwrap();
         assert_eq!(cfg.schedule, Schedule::StepDecay { warmup: 0, epochs: vec![3], gamma: 0.1 });
 
-        let paper_scale = ScaleSpec::of(ScaleArg::Paper);
+        let paper_scale = ScaleSpec::of(Scale::Paper);
         let cfg = resolve("t", text, &both(&paper, &paper_scale, 1100)).unwrap();
         assert_eq!((cfg.model.d_model, cfg.schedule.clone()), (512, paper.schedule));
     }
