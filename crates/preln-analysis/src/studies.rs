@@ -125,6 +125,12 @@ pub fn probe_batches(cfg: &Seq2SeqConfig, args: &ProbeSpec) -> Result<(Vec<Batch
     Ok((batches, format!("{what}: {n} sentence pairs drawn with seed {}", args.batch_seed), vocab))
 }
 
+/// The model with the data's vocabulary, the probe's batches and their description.
+fn with_batches(model: &Seq2SeqConfig, probe: &ProbeSpec) -> Result<(Seq2SeqConfig, Vec<Batch>, String), StudyError> {
+    let (batches, data, vocab) = probe_batches(model, probe)?;
+    Ok((Seq2SeqConfig { vocab_size: vocab, ..model.clone() }, batches, data))
+}
+
 /// Figure 3: gradient and hidden-state norms of every placement at initialization; writes the
 /// report into `probe.out` and returns it with the files written.
 pub fn init(
@@ -133,9 +139,7 @@ pub fn init(
     probe: &ProbeSpec,
     progress: impl FnMut(&str),
 ) -> Result<(InitReport, Vec<PathBuf>), StudyError> {
-    let mut cfg = model.clone();
-    let (batches, data, vocab) = probe_batches(&cfg, probe)?;
-    cfg.vocab_size = vocab;
+    let (cfg, batches, data) = with_batches(model, probe)?;
     let study = InitStudy {
         model: cfg,
         placements: placements.to_vec(),
@@ -159,9 +163,7 @@ pub fn depth(
     if depths.len() < 2 || depths.iter().any(|&d| d < 1) {
         return Err(StudyError::Invalid(format!("--depths needs at least two depths of 1 or more, got {depths:?}")));
     }
-    let mut cfg = model.clone();
-    let (batches, data, vocab) = probe_batches(&cfg, probe)?;
-    cfg.vocab_size = vocab;
+    let (cfg, batches, data) = with_batches(model, probe)?;
     let study = DepthStudy {
         model: cfg,
         placements: placements.to_vec(),
