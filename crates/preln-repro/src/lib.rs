@@ -16,6 +16,7 @@
 
 pub mod bert;
 pub mod builtin;
+pub mod claims;
 pub mod doc;
 pub mod grid;
 pub mod paper;

@@ -8,11 +8,11 @@ use anyhow::{Context as _, Result};
 use preln_analysis::depth_study::DepthReport;
 use preln_analysis::init_study::InitReport;
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
-use preln_model::NormPlacement;
 use preln_train::metrics::valid_records;
 use preln_train::optim::OptimizerConfig;
 use preln_train::schedule::Schedule;
 
+use crate::claims::{init_claims, warmup_claims, Claim};
 use crate::doc::{html, markdown, Block};
 use crate::grid::{status, PlannedRun, RunStatus};
 use crate::paper::{PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
@@ -94,7 +94,7 @@ fn run_color(name: &str) -> RGBColor {
     }
 }
 
-fn find<'a>(results: &'a [RunResult<'a>], name: &str) -> Option<&'a RunResult<'a>> {
+pub(crate) fn find<'a>(results: &'a [RunResult<'a>], name: &str) -> Option<&'a RunResult<'a>> {
     results.iter().find(|r| r.run.name == name)
 }
 
@@ -138,11 +138,11 @@ fn curve_panels(results: &[RunResult], names: &[&str], title: &str, bleu_name: &
     ]
 }
 
-fn f2(x: f64) -> String {
+pub(crate) fn f2(x: f64) -> String {
     format!("{x:.2}")
 }
 
-fn f3(x: f64) -> String {
+pub(crate) fn f3(x: f64) -> String {
     format!("{x:.3}")
 }
 
@@ -195,192 +195,8 @@ fn run_status_text(r: &RunResult) -> String {
     }
 }
 
-fn bleu_text(b: Option<f64>) -> String {
+pub(crate) fn bleu_text(b: Option<f64>) -> String {
     b.map(f2).unwrap_or_else(|| "-".into())
-}
-
-/// A claim of the paper, what was measured here, and whether it held.
-struct Claim {
-    claim: String,
-    paper: String,
-    measured: String,
-    verdict: String,
-}
-
-fn verdict(held: bool) -> String {
-    if held {
-        "reproduced".into()
-    } else {
-        "not reproduced at this scale".into()
-    }
-}
-
-/// "final valid loss L, BLEU B (epoch E)" of a run, or why there is none.
-fn final_text(r: &RunResult) -> String {
-    match (r.last(), &r.status) {
-        (Some(e), RunStatus::Diverged { step }) => {
-            format!("diverged at update {step}; last validation: loss {}, BLEU {}", f3(e.loss), bleu_text(e.bleu))
-        }
-        (None, RunStatus::Diverged { step }) => format!("diverged at update {step}, before the first validation"),
-        (Some(e), _) => format!("valid loss {}, BLEU {} after epoch {}", f3(e.loss), bleu_text(e.bleu), e.epoch),
-        (None, _) => "no validation yet".into(),
-    }
-}
-
-/// Loss for comparisons: a diverged run counts as infinitely bad.
-fn final_loss(r: &RunResult) -> f64 {
-    match (&r.status, r.last()) {
-        (RunStatus::Diverged { .. }, _) | (_, None) => f64::INFINITY,
-        (_, Some(e)) => e.loss,
-    }
-}
-
-fn final_bleu(r: &RunResult) -> f64 {
-    match (&r.status, r.last()) {
-        (RunStatus::Diverged { .. }, _) | (_, None) => 0.0,
-        (_, Some(e)) => e.bleu.unwrap_or(0.0),
-    }
-}
-
-fn pair<'a>(results: &'a [RunResult<'a>], a: &str, b: &str) -> Option<(&'a RunResult<'a>, &'a RunResult<'a>)> {
-    let (a, b) = (find(results, a)?, find(results, b)?);
-    (a.finished() && b.finished()).then_some((a, b))
-}
-
-fn warmup_claims(results: &[RunResult]) -> Vec<Claim> {
-    let mut claims = Vec::new();
-    for (lr, paper) in [
-        ("1e-3", "Post-LN with Adam at lr 1e-3 without warmup trains far worse than with warmup (Fig. 2)"),
-        ("5e-4", "Post-LN with Adam at lr 5e-4: BLEU 8.45 without warmup against about 34 with warmup (Fig. 2)"),
-    ] {
-        let (nw, w) = (format!("post-adam-{lr}-nowarmup"), format!("post-adam-{lr}-warmup"));
-        if let Some((a, b)) = pair(results, &nw, &w) {
-            claims.push(Claim {
-                claim: format!("Post-LN needs warmup (Adam, lr_max {lr})"),
-                paper: paper.into(),
-                measured: format!("without warmup: {}; with warmup: {}", final_text(a), final_text(b)),
-                verdict: verdict(final_loss(a) > final_loss(b) && final_bleu(a) < final_bleu(b)),
-            });
-        }
-    }
-    if let Some((a, b)) = pair(results, "post-sgd-5e-3-nowarmup", "post-sgd-5e-3-warmup") {
-        claims.push(Claim {
-            claim: "Warmup matters for Post-LN with SGD too (lr_max 5e-3)".into(),
-            paper: "SGD without warmup: BLEU just above 0 after 15 epochs (Fig. 2)".into(),
-            measured: format!("without warmup: {}; with warmup: {}", final_text(a), final_text(b)),
-            verdict: verdict(final_loss(a) > final_loss(b)),
-        });
-    }
-    if let Some((pre, post)) = pair(results, "pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup") {
-        claims.push(Claim {
-            claim: "Pre-LN without warmup is as good as Post-LN with warmup".into(),
-            paper: "about the same validation loss and BLEU (IWSLT14 about 34) (Fig. 4)".into(),
-            measured: format!("Pre-LN: {}; Post-LN with warmup: {}", final_text(pre), final_text(post)),
-            verdict: verdict(final_loss(pre) <= final_loss(post) * 1.01),
-        });
-        let target = final_loss(post);
-        let pre_epochs = pre.last().map(|e| e.epoch).unwrap_or(0);
-        let post_epochs = post.last().map(|e| e.epoch).unwrap_or(0);
-        let reach = pre.first_reaching(target);
-        let back = post.first_reaching(final_loss(pre));
-        let reach_text = reach
-            .map(|e| {
-                format!(
-                    "Pre-LN first reaches Post-LN's final validation loss {} at epoch {e} of {pre_epochs}",
-                    f3(target)
-                )
-            })
-            .unwrap_or_else(|| format!("Pre-LN never reaches Post-LN's final validation loss {}", f3(target)));
-        let back_text = back
-            .map(|e| {
-                format!("Post-LN reaches Pre-LN's final loss {} at epoch {e} of {post_epochs}", f3(final_loss(pre)))
-            })
-            .unwrap_or_else(|| format!("Post-LN never reaches Pre-LN's final loss {}", f3(final_loss(pre))));
-        claims.push(Claim {
-            claim: "Pre-LN without warmup gets there sooner".into(),
-            paper: "Pre-LN's 9th epoch is about as good as Post-LN's 15th (0.6 of the epochs) (Fig. 4)".into(),
-            measured: format!("{reach_text}; {back_text}"),
-            verdict: verdict(reach.is_some_and(|e| e < post_epochs)),
-        });
-    }
-    if let Some((radam, adam)) = pair(results, "post-radam-5e-4-nowarmup", "post-adam-5e-4-nowarmup") {
-        claims.push(Claim {
-            claim: "RAdam rescues Post-LN without warmup".into(),
-            paper: "Post-LN with RAdam and no warmup trains well (Fig. 4)".into(),
-            measured: format!("RAdam: {}; Adam: {}", final_text(radam), final_text(adam)),
-            verdict: verdict(final_loss(radam) < final_loss(adam) && final_bleu(radam) > final_bleu(adam)),
-        });
-    }
-    if let Some((radam, adam)) = pair(results, "pre-radam-5e-4-nowarmup", "pre-adam-5e-4-nowarmup") {
-        let rel = (final_loss(radam) - final_loss(adam)).abs() / final_loss(adam);
-        claims.push(Claim {
-            claim: "RAdam changes little for Pre-LN".into(),
-            paper: "Pre-LN with RAdam close to Pre-LN with Adam (Fig. 4)".into(),
-            measured: format!(
-                "RAdam: {}; Adam: {}; final losses differ by {:.1}%",
-                final_text(radam),
-                final_text(adam),
-                100.0 * rel
-            ),
-            verdict: verdict(rel < 0.02),
-        });
-    }
-    claims
-}
-
-fn init_claims(init: Option<&InitReport>, depth: Option<&DepthReport>) -> Vec<Claim> {
-    let mut claims = Vec::new();
-    if let Some(init) = init {
-        let get = |p: NormPlacement| init.results.iter().find(|r| r.placement == p);
-        if let (Some(post), Some(pre)) = (get(NormPlacement::Post), get(NormPlacement::Pre)) {
-            claims.push(Claim {
-                claim: "At initialization Post-LN's FFN gradients grow towards the output; Pre-LN's do not".into(),
-                paper: "W1/W2 gradient norm rises with the layer for Post-LN, stays level for Pre-LN (Fig. 3)".into(),
-                measured: format!(
-                    "W2 gradient norm, last layer / first layer: Post-LN decoder {:.2}x, encoder {:.2}x; Pre-LN decoder {:.2}x, encoder {:.2}x",
-                    post.decoder_w2_last_over_first,
-                    post.encoder_w2_last_over_first,
-                    pre.decoder_w2_last_over_first,
-                    pre.encoder_w2_last_over_first
-                ),
-                verdict: verdict(
-                    post.decoder_w2_last_over_first > 1.5
-                        && pre.decoder_w2_last_over_first < 1.2
-                        && pre.encoder_w2_last_over_first < 1.2,
-                ),
-            });
-            let last = post.decoder_ffn.last().map(|l| l.w2);
-            if let Some(w2) = last {
-                claims.push(Claim {
-                    claim: "Post-LN's last-layer W2 gradient norm at 6+6 layers".into(),
-                    paper: "about 1.6".into(),
-                    measured: format!("decoder {:.2} +- {:.2} ({} seeds)", w2.mean, w2.std, w2.n),
-                    verdict: verdict((1.0..2.5).contains(&w2.mean)),
-                });
-            }
-        }
-    }
-    if let Some(depth) = depth {
-        let fit = |p: NormPlacement, stack: &str| {
-            depth.fits.iter().find(|f| f.placement == p && f.stack == stack).map(|f| f.fit.slope)
-        };
-        if let (Some(pe), Some(pd), Some(qe), Some(qd)) = (
-            fit(NormPlacement::Post, "encoder"),
-            fit(NormPlacement::Post, "decoder"),
-            fit(NormPlacement::Pre, "encoder"),
-            fit(NormPlacement::Pre, "decoder"),
-        ) {
-            claims.push(Claim {
-                claim: "Theorem 1: last-layer W2 gradient norm against depth L".into(),
-                paper: "Post-LN flat (slope 0 in log-log); Pre-LN falls like L^(-1/2)".into(),
-                measured: format!(
-                    "log-log slopes: Post-LN encoder {pe:.3}, decoder {pd:.3}; Pre-LN encoder {qe:.3}, decoder {qd:.3}"
-                ),
-                verdict: verdict(pe.abs() < 0.15 && pd.abs() < 0.15 && qe < -0.25 && qd < -0.25),
-            });
-        }
-    }
-    claims
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -426,7 +242,7 @@ fn claims_table(claims: &[Claim]) -> Block {
         head: vec!["claim".into(), "the paper".into(), "measured here".into(), "verdict".into()],
         rows: claims
             .iter()
-            .map(|c| vec![c.claim.clone(), c.paper.clone(), c.measured.clone(), c.verdict.clone()])
+            .map(|c| vec![c.claim.clone(), c.paper.clone(), c.measured.clone(), c.verdict.to_string()])
             .collect(),
     }
 }
@@ -443,9 +259,28 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     let init: Option<InitReport> = read_json(&out.join("init/init.json"))?;
     let depth: Option<DepthReport> = read_json(&out.join("depth/depth.json"))?;
     let mut files = Vec::new();
-    let beam = ctx.runs.first().map(|r| r.config.train.valid_bleu_beam).unwrap_or(ctx.spec.bleu_beam);
-    let bleu_name = if beam <= 1 { "greedy".to_string() } else { format!("beam {beam}") };
+    let mut doc = header(ctx, &results);
+    let claims: Vec<Claim> =
+        init_claims(init.as_ref(), depth.as_ref()).into_iter().chain(warmup_claims(&results)).collect();
+    doc.extend(claims_section(&claims));
+    if results.iter().any(|r| !r.epochs.is_empty() || r.finished()) {
+        doc.extend(warmup_section(ctx, &results, &mut files)?);
+    }
+    doc.extend(init_section(out, init.as_ref(), depth.as_ref()));
+    doc.extend(crate::bert::section(out, ctx.bert, &mut files)?);
+    doc.extend(configs_section(ctx));
+    let md_path = out.join("report.md");
+    std::fs::write(&md_path, markdown(&doc)).with_context(|| format!("writing {}", md_path.display()))?;
+    let html_path = out.join("report.html");
+    std::fs::write(&html_path, html(&doc, "preln reproduce: report", out)?)
+        .with_context(|| format!("writing {}", html_path.display()))?;
+    files.push(md_path);
+    files.push(html_path);
+    Ok(files)
+}
 
+/// The title and what was run, on what, for how long.
+fn header(ctx: &Context, results: &[RunResult]) -> Vec<Block> {
     let mut doc = vec![Block::Heading(
         1,
         "Reproducing Xiong et al. (2020), On Layer Normalization in the Transformer Architecture".into(),
@@ -465,8 +300,11 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
         ),
     ]));
 
-    let claims: Vec<Claim> =
-        init_claims(init.as_ref(), depth.as_ref()).into_iter().chain(warmup_claims(&results)).collect();
+    doc
+}
+
+fn claims_section(claims: &[Claim]) -> Vec<Block> {
+    let mut doc = Vec::new();
     doc.push(Block::Heading(2, "Claims".into()));
     if claims.is_empty() {
         doc.push(Block::Para(
@@ -475,157 +313,189 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
         ));
     } else {
         doc.push(Block::Para("Each claim as the paper states it, what this reproduction measured, and whether the measurement agrees. Verdicts are mechanical (criteria in the source, `report.rs`); read the numbers.".into()));
-        doc.push(claims_table(&claims));
+        doc.push(claims_table(claims));
     }
 
-    // The warmup study.
-    if results.iter().any(|r| !r.epochs.is_empty() || r.finished()) {
-        doc.push(Block::Heading(2, "Warmup study (Figures 2 and 4)".into()));
-        let sample = ctx.runs.first();
-        let upe = sample.map(|r| r.updates_per_epoch).unwrap_or(0);
-        let epochs = sample.map(|r| r.config.train.max_epochs).unwrap_or(0);
-        let tokens = sample.map(|r| r.config.train.max_tokens).unwrap_or(0);
-        let total = upe * epochs;
-        let sample = sample.map(|r| &r.config.model);
-        doc.push(Block::List(vec![
-            format!(
-                "Model: {} layers each side, d_model {}, FFN {}, {} heads, dropout {}, shared embeddings; label smoothing 0.1; batches of {} tokens ({} updates an epoch); {} epochs.",
-                sample.map(|m| m.encoder_layers).unwrap_or(0),
-                sample.map(|m| m.d_model).unwrap_or(0),
-                sample.map(|m| m.ffn_dim).unwrap_or(0),
-                sample.map(|m| m.heads).unwrap_or(0),
-                sample.map(|m| m.dropout).unwrap_or(0.0),
-                tokens, upe, epochs
-            ),
-            format!(
-                "Warmup scaled by run length: the paper's {PAPER_WARMUP} warmup updates in runs of about {PAPER_EPOCHS} epochs of {PAPER_UPDATES_PER_EPOCH} updates ({} updates) become {PAPER_WARMUP} x {total} / {} = {} updates here ({:.1}% of the run in both).",
-                PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
-                PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
-                crate::paper::scaled_warmup(PAPER_WARMUP, upe, epochs),
-                100.0 * PAPER_WARMUP as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64
-            ),
-            format!(
-                "The Pre-LN decay (x0.1 at the paper's epoch 8 of {PAPER_EPOCHS}) moves to epoch {} of {}, the same fraction of the run.",
-                crate::paper::scaled_epoch(8, epochs),
-                epochs
-            ),
-            "\"No warmup\" is the paper's T_warmup = 1: Post-LN runs start at lr_max and decay as lr_max / sqrt(t); Pre-LN runs keep lr_max until the decay.".into(),
-            format!("Validation every epoch: label-smoothed loss (nats per target token) and corpus BLEU ({bleu_name}, length penalty 1.2, sacreBLEU 13a)."),
-            "Dashed lines: runs without warmup.".into(),
-        ]));
-        let figs: [(&str, &str, Vec<(&[&str], &str)>); 2] = [
-            (
-                "fig2_post_ln_warmup.png",
-                "Figure 2 (this scale): Post-LN with and without warmup",
-                vec![
-                    (
-                        &[
-                            "post-adam-5e-4-warmup",
-                            "post-adam-5e-4-nowarmup",
-                            "post-adam-1e-3-warmup",
-                            "post-adam-1e-3-nowarmup",
-                        ],
-                        "Post-LN, Adam",
-                    ),
-                    (&["post-sgd-5e-3-warmup", "post-sgd-5e-3-nowarmup"], "Post-LN, SGD"),
-                ],
-            ),
-            (
-                "fig4_pre_vs_post.png",
-                "Figure 4 (this scale): Pre-LN without warmup against Post-LN; RAdam",
-                vec![
-                    (
-                        &[
-                            "pre-adam-5e-4-nowarmup",
-                            "pre-adam-1e-3-nowarmup",
-                            "post-adam-5e-4-warmup",
-                            "post-adam-1e-3-warmup",
-                        ],
-                        "Pre-LN vs Post-LN",
-                    ),
-                    (
-                        &[
-                            "post-radam-5e-4-nowarmup",
-                            "pre-radam-5e-4-nowarmup",
-                            "post-adam-5e-4-nowarmup",
-                            "pre-adam-5e-4-nowarmup",
-                        ],
-                        "RAdam",
-                    ),
-                ],
-            ),
-        ];
-        for (file, title, groups) in figs {
-            // Groups without any curve yet are left out rather than drawn empty.
-            let panels: Vec<Panel> = groups
-                .iter()
-                .map(|(names, t)| curve_panels(&results, names, t, &bleu_name))
-                .filter(|pair| pair.iter().any(|p| !p.series.is_empty()))
-                .flatten()
-                .collect();
-            if panels.is_empty() {
-                continue;
-            }
-            let path = out.join(file);
-            draw(&path, title, &panels, 2, (620, 420))?;
-            files.push(path);
-            doc.push(Block::Image { path: file.into(), alt: title.into() });
-        }
-        let mut rows = Vec::new();
-        for r in &results {
-            let c = &r.run.config;
-            let best = r.best();
-            let bb = r.best_bleu();
-            rows.push(vec![
-                format!("`{}`", r.run.name),
-                c.model.placement.to_string(),
-                opt_name(&c.optimizer).into(),
-                format!("{}", c.train.lr),
-                schedule_text(&c.schedule),
-                run_status_text(r),
-                r.last().map(|e| f3(e.loss)).unwrap_or_else(|| "-".into()),
-                best.map(|e| format!("{} ({})", f3(e.loss), e.epoch)).unwrap_or_else(|| "-".into()),
-                bleu_text(r.last().and_then(|e| e.bleu)),
-                bb.map(|(b, e)| format!("{} ({e})", f2(b))).unwrap_or_else(|| "-".into()),
-                r.last().map(|e| format!("{:.0}", e.wall_s)).unwrap_or_else(|| "-".into()),
-                paper_reports(&r.run.name).into(),
-            ]);
-        }
-        doc.push(Block::Table {
-            head: [
-                "run",
-                "placement",
-                "optimizer",
-                "lr_max",
-                "schedule",
-                "status",
-                "final valid loss",
-                "best valid loss (epoch)",
-                "final BLEU",
-                "best BLEU (epoch)",
-                "train s",
-                "the paper reports",
-            ]
-            .map(String::from)
-            .to_vec(),
-            rows,
-        });
-        let mut curves = Vec::new();
-        for r in results.iter().filter(|r| !r.epochs.is_empty()) {
-            let cells: Vec<String> =
-                r.epochs.iter().map(|e| format!("{}: {} / {}", e.epoch, f3(e.loss), bleu_text(e.bleu))).collect();
-            curves.push(format!("`{}`: {}", r.run.name, cells.join("; ")));
-        }
-        doc.push(Block::Details {
-            summary: "Per-epoch validation loss / BLEU of every run".into(),
-            body: vec![Block::List(curves)],
-        });
-    }
+    doc
+}
 
-    // Figure 3 and the depth scan.
+/// The name of the validation search: `greedy` or `beam K`.
+fn bleu_name(ctx: &Context) -> String {
+    let beam = ctx.runs.first().map(|r| r.config.train.valid_bleu_beam).unwrap_or(ctx.spec.bleu_beam);
+    if beam <= 1 {
+        "greedy".to_string()
+    } else {
+        format!("beam {beam}")
+    }
+}
+
+/// Figures 2 and 4 at this scale: the settings, the figures, a table of runs, every curve.
+fn warmup_section(ctx: &Context, results: &[RunResult], files: &mut Vec<PathBuf>) -> Result<Vec<Block>> {
+    let mut doc = vec![Block::Heading(2, "Warmup study (Figures 2 and 4)".into())];
+    doc.push(warmup_settings(ctx));
+    doc.extend(warmup_figures(ctx.out, results, &bleu_name(ctx), files)?);
+    doc.push(runs_table(results));
+    doc.push(curves_details(results));
+    Ok(doc)
+}
+
+fn warmup_settings(ctx: &Context) -> Block {
+    let bleu_name = bleu_name(ctx);
+    let sample = ctx.runs.first();
+    let upe = sample.map(|r| r.updates_per_epoch).unwrap_or(0);
+    let epochs = sample.map(|r| r.config.train.max_epochs).unwrap_or(0);
+    let tokens = sample.map(|r| r.config.train.max_tokens).unwrap_or(0);
+    let total = upe * epochs;
+    let sample = sample.map(|r| &r.config.model);
+    Block::List(vec![
+        format!(
+            "Model: {} layers each side, d_model {}, FFN {}, {} heads, dropout {}, shared embeddings; label smoothing 0.1; batches of {} tokens ({} updates an epoch); {} epochs.",
+            sample.map(|m| m.encoder_layers).unwrap_or(0),
+            sample.map(|m| m.d_model).unwrap_or(0),
+            sample.map(|m| m.ffn_dim).unwrap_or(0),
+            sample.map(|m| m.heads).unwrap_or(0),
+            sample.map(|m| m.dropout).unwrap_or(0.0),
+            tokens, upe, epochs
+        ),
+        format!(
+            "Warmup scaled by run length: the paper's {PAPER_WARMUP} warmup updates in runs of about {PAPER_EPOCHS} epochs of {PAPER_UPDATES_PER_EPOCH} updates ({} updates) become {PAPER_WARMUP} x {total} / {} = {} updates here ({:.1}% of the run in both).",
+            PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
+            PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH,
+            crate::paper::scaled_warmup(PAPER_WARMUP, upe, epochs),
+            100.0 * PAPER_WARMUP as f64 / (PAPER_EPOCHS * PAPER_UPDATES_PER_EPOCH) as f64
+        ),
+        format!(
+            "The Pre-LN decay (x0.1 at the paper's epoch 8 of {PAPER_EPOCHS}) moves to epoch {} of {}, the same fraction of the run.",
+            crate::paper::scaled_epoch(8, epochs),
+            epochs
+        ),
+        "\"No warmup\" is the paper's T_warmup = 1: Post-LN runs start at lr_max and decay as lr_max / sqrt(t); Pre-LN runs keep lr_max until the decay.".into(),
+        format!("Validation every epoch: label-smoothed loss (nats per target token) and corpus BLEU ({bleu_name}, length penalty 1.2, sacreBLEU 13a)."),
+        "Dashed lines: runs without warmup.".into(),
+    ])
+}
+
+fn warmup_figures(out: &Path, results: &[RunResult], bleu_name: &str, files: &mut Vec<PathBuf>) -> Result<Vec<Block>> {
+    let mut doc = Vec::new();
+    let figs: [(&str, &str, Vec<(&[&str], &str)>); 2] = [
+        (
+            "fig2_post_ln_warmup.png",
+            "Figure 2 (this scale): Post-LN with and without warmup",
+            vec![
+                (
+                    &[
+                        "post-adam-5e-4-warmup",
+                        "post-adam-5e-4-nowarmup",
+                        "post-adam-1e-3-warmup",
+                        "post-adam-1e-3-nowarmup",
+                    ],
+                    "Post-LN, Adam",
+                ),
+                (&["post-sgd-5e-3-warmup", "post-sgd-5e-3-nowarmup"], "Post-LN, SGD"),
+            ],
+        ),
+        (
+            "fig4_pre_vs_post.png",
+            "Figure 4 (this scale): Pre-LN without warmup against Post-LN; RAdam",
+            vec![
+                (
+                    &[
+                        "pre-adam-5e-4-nowarmup",
+                        "pre-adam-1e-3-nowarmup",
+                        "post-adam-5e-4-warmup",
+                        "post-adam-1e-3-warmup",
+                    ],
+                    "Pre-LN vs Post-LN",
+                ),
+                (
+                    &[
+                        "post-radam-5e-4-nowarmup",
+                        "pre-radam-5e-4-nowarmup",
+                        "post-adam-5e-4-nowarmup",
+                        "pre-adam-5e-4-nowarmup",
+                    ],
+                    "RAdam",
+                ),
+            ],
+        ),
+    ];
+    for (file, title, groups) in figs {
+        // Groups without any curve yet are left out rather than drawn empty.
+        let panels: Vec<Panel> = groups
+            .iter()
+            .map(|(names, t)| curve_panels(results, names, t, bleu_name))
+            .filter(|pair| pair.iter().any(|p| !p.series.is_empty()))
+            .flatten()
+            .collect();
+        if panels.is_empty() {
+            continue;
+        }
+        let path = out.join(file);
+        draw(&path, title, &panels, 2, (620, 420))?;
+        files.push(path);
+        doc.push(Block::Image { path: file.into(), alt: title.into() });
+    }
+    Ok(doc)
+}
+
+fn runs_table(results: &[RunResult]) -> Block {
+    let mut rows = Vec::new();
+    for r in results {
+        let c = &r.run.config;
+        let best = r.best();
+        let bb = r.best_bleu();
+        rows.push(vec![
+            format!("`{}`", r.run.name),
+            c.model.placement.to_string(),
+            opt_name(&c.optimizer).into(),
+            format!("{}", c.train.lr),
+            schedule_text(&c.schedule),
+            run_status_text(r),
+            r.last().map(|e| f3(e.loss)).unwrap_or_else(|| "-".into()),
+            best.map(|e| format!("{} ({})", f3(e.loss), e.epoch)).unwrap_or_else(|| "-".into()),
+            bleu_text(r.last().and_then(|e| e.bleu)),
+            bb.map(|(b, e)| format!("{} ({e})", f2(b))).unwrap_or_else(|| "-".into()),
+            r.last().map(|e| format!("{:.0}", e.wall_s)).unwrap_or_else(|| "-".into()),
+            paper_reports(&r.run.name).into(),
+        ]);
+    }
+    Block::Table {
+        head: [
+            "run",
+            "placement",
+            "optimizer",
+            "lr_max",
+            "schedule",
+            "status",
+            "final valid loss",
+            "best valid loss (epoch)",
+            "final BLEU",
+            "best BLEU (epoch)",
+            "train s",
+            "the paper reports",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    }
+}
+
+fn curves_details(results: &[RunResult]) -> Block {
+    let mut curves = Vec::new();
+    for r in results.iter().filter(|r| !r.epochs.is_empty()) {
+        let cells: Vec<String> =
+            r.epochs.iter().map(|e| format!("{}: {} / {}", e.epoch, f3(e.loss), bleu_text(e.bleu))).collect();
+        curves.push(format!("`{}`: {}", r.run.name, cells.join("; ")));
+    }
+    Block::Details { summary: "Per-epoch validation loss / BLEU of every run".into(), body: vec![Block::List(curves)] }
+}
+
+/// Figure 3 and the depth scan, when their studies have run.
+fn init_section(out: &Path, init: Option<&InitReport>, depth: Option<&DepthReport>) -> Vec<Block> {
+    let mut doc = Vec::new();
     if init.is_some() || depth.is_some() {
         doc.push(Block::Heading(2, "Gradients at initialization (Figure 3, Lemma 2, Theorem 1)".into()));
-        if let Some(init) = &init {
+        if let Some(init) = init {
             doc.push(Block::Para(format!(
                 "The paper's model (6+6 layers, d 512, FFN 1024, 4 heads, dropout off), {} seeds, one batch of {} target tokens from {}. Details: `init/init.md`.",
                 init.study.seeds.len(),
@@ -641,7 +511,7 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
                 }
             }
         }
-        if let Some(depth) = &depth {
+        if let Some(depth) = depth {
             doc.push(Block::Para(format!(
                 "Depth scan: {:?} layers each side, {} seeds, last-layer W2 gradient norm, least-squares slope of ln(norm) on ln(L). Details: `depth/depth.md`.",
                 depth.study.depths,
@@ -656,9 +526,12 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
         }
     }
 
-    doc.extend(crate::bert::section(out, ctx.bert, &mut files)?);
+    doc
+}
 
-    // Configs and software.
+/// Each run's config as trained, and the software and machine.
+fn configs_section(ctx: &Context) -> Vec<Block> {
+    let mut doc = Vec::new();
     doc.push(Block::Heading(2, "Exact configs".into()));
     doc.push(Block::Para("Each run's config as trained (the paper-scale file in `configs/reproduce/` with this scale's overrides; also `RUN/config.toml`).".into()));
     for r in ctx.runs {
@@ -670,86 +543,5 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     doc.push(Block::Heading(2, "Software and machine".into()));
     doc.push(Block::List(software()));
 
-    let md_path = out.join("report.md");
-    std::fs::write(&md_path, markdown(&doc)).with_context(|| format!("writing {}", md_path.display()))?;
-    let html_path = out.join("report.html");
-    std::fs::write(&html_path, html(&doc, "preln reproduce: report", out)?)
-        .with_context(|| format!("writing {}", html_path.display()))?;
-    files.push(md_path);
-    files.push(html_path);
-    Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use preln_train::config::resolve;
-
-    fn planned(name: &str) -> PlannedRun {
-        let text = crate::grid::GRID.iter().find(|g| g.0 == name).unwrap().1;
-        PlannedRun {
-            name: name.into(),
-            description: String::new(),
-            config: resolve(name, text, &[]).unwrap(),
-            updates_per_epoch: 10,
-            dir: PathBuf::from(name),
-        }
-    }
-
-    fn result<'a>(run: &'a PlannedRun, losses: &[f64], status: RunStatus) -> RunResult<'a> {
-        let epochs = losses
-            .iter()
-            .enumerate()
-            .map(|(i, &loss)| EpochRow { epoch: i as u64 + 1, loss, bleu: Some(40.0 - 5.0 * loss), wall_s: 1.0 })
-            .collect();
-        RunResult { run, status, epochs }
-    }
-
-    #[test]
-    fn warmup_claims_compare_the_right_runs() {
-        let names =
-            ["post-adam-1e-3-nowarmup", "post-adam-1e-3-warmup", "pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup"];
-        let runs: Vec<PlannedRun> = names.iter().map(|n| planned(n)).collect();
-        let results = vec![
-            result(&runs[0], &[6.0, 5.5], RunStatus::Diverged { step: 15 }),
-            result(&runs[1], &[5.0, 4.0, 3.5, 3.2], RunStatus::Complete),
-            result(&runs[2], &[4.0, 3.1, 2.9, 2.8], RunStatus::Complete),
-            result(&runs[3], &[5.0, 4.0, 3.5, 3.1], RunStatus::Complete),
-        ];
-        let claims = warmup_claims(&results);
-        let get = |c: &str| claims.iter().find(|x| x.claim.starts_with(c)).unwrap_or_else(|| panic!("no claim {c}"));
-        let warm = get("Post-LN needs warmup (Adam, lr_max 1e-3)");
-        assert_eq!(warm.verdict, "reproduced");
-        assert!(warm.measured.contains("diverged at update 15"), "{}", warm.measured);
-        let same = get("Pre-LN without warmup is as good");
-        assert_eq!(same.verdict, "reproduced");
-        let sooner = get("Pre-LN without warmup gets there sooner");
-        assert!(sooner.measured.contains("at epoch 2 of 4"), "{}", sooner.measured);
-        assert!(sooner.measured.contains("Post-LN never reaches Pre-LN's final loss 2.800"), "{}", sooner.measured);
-        assert_eq!(sooner.verdict, "reproduced");
-        // No claim about runs that are missing or unfinished.
-        assert!(claims.iter().all(|c| !c.claim.contains("RAdam") && !c.claim.contains("SGD")));
-        let unfinished = vec![
-            result(&runs[0], &[6.0], RunStatus::Partial { step: 10, epoch: 2 }),
-            result(&runs[1], &[5.0], RunStatus::Complete),
-        ];
-        assert!(warmup_claims(&unfinished).is_empty());
-    }
-
-    #[test]
-    fn a_claim_that_fails_is_reported_as_such() {
-        let runs: Vec<PlannedRun> =
-            ["pre-adam-5e-4-nowarmup", "post-adam-5e-4-warmup"].iter().map(|n| planned(n)).collect();
-        let results = vec![
-            result(&runs[0], &[5.0, 4.5, 4.2], RunStatus::Complete),
-            result(&runs[1], &[4.0, 3.5, 3.0], RunStatus::Complete),
-        ];
-        let claims = warmup_claims(&results);
-        assert!(
-            claims.iter().all(|c| c.verdict == "not reproduced at this scale"),
-            "{:?}",
-            claims.iter().map(|c| &c.verdict).collect::<Vec<_>>()
-        );
-        assert!(claims[1].measured.contains("Pre-LN never reaches"));
-    }
+    doc
 }
