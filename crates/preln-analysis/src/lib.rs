@@ -2,6 +2,7 @@
 //! norms (Figure 3, Lemma 2), and the depth scan of Theorem 1, with their reports and plots.
 
 pub mod depth_study;
+pub mod doc;
 pub mod init_study;
 pub mod plot;
 pub mod probe;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use preln_model::NormPlacement;
 
 use crate::depth_study::DepthReport;
+use crate::doc::{markdown, Block};
 use crate::init_study::{FfnLayer, HiddenReport, InitReport};
 use crate::plot::{draw, Panel, Series, GREY, POST_COLOR, PRE_COLOR};
 
@@ -28,7 +29,8 @@ fn color(p: NormPlacement) -> plotters::style::RGBColor {
     }
 }
 
-/// The files written, for the caller to list.
+/// Writes `init.json`, the two CSV files, Figure 3, the hidden-norm figure and `init.md` into
+/// `out`; returns the files written, for the caller to list.
 pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     std::fs::create_dir_all(out).map_err(|error| ReportError::Io { path: out.into(), error })?;
     let files = [
@@ -41,7 +43,20 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
     ]
     .map(|f| out.join(f));
     write(&files[0], &serde_json::to_string_pretty(report).expect("report serializes"))?;
+    write(&files[1], &init_grad_csv(report))?;
+    write(&files[2], &init_hidden_csv(report))?;
+    let m = &report.study.model;
+    let shape = format!(
+        "{}+{} layers, d {}, FFN {}, {} heads",
+        m.encoder_layers, m.decoder_layers, m.d_model, m.ffn_dim, m.heads
+    );
+    draw_fig3(report, &shape, &files[3])?;
+    draw_hidden(report, &shape, &files[4])?;
+    write(&files[5], &markdown(&init_doc(report, &shape)))?;
+    Ok(files.to_vec())
+}
 
+fn init_grad_csv(report: &InitReport) -> String {
     let mut csv = String::from("placement,path,grad_norm_mean,grad_norm_std,seeds\n");
     for r in &report.results {
         for p in &r.params {
@@ -56,8 +71,10 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
             );
         }
     }
-    write(&files[1], &csv)?;
+    csv
+}
 
+fn init_hidden_csv(report: &InitReport) -> String {
     let mut csv =
         String::from("placement,stack,layer,sq_norm_over_d_mean,sq_norm_over_d_std,lemma2_lower,lemma2_upper\n");
     for r in &report.results {
@@ -77,13 +94,11 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
             }
         }
     }
-    write(&files[2], &csv)?;
+    csv
+}
 
-    let m = &report.study.model;
-    let shape = format!(
-        "{}+{} layers, d {}, FFN {}, {} heads",
-        m.encoder_layers, m.decoder_layers, m.d_model, m.ffn_dim, m.heads
-    );
+/// Figure 3: the FFN W1 and W2 gradient norm of every layer, each placement.
+fn draw_fig3(report: &InitReport, shape: &str, path: &Path) -> Result<(), ReportError> {
     let seeds = report.study.seeds.len();
     let ffn_panel =
         |stack: &str, w: &str, pick: fn(&crate::init_study::PlacementInit) -> &Vec<FfnLayer>, w2: bool| Panel {
@@ -111,7 +126,7 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
             integer_x: true,
         };
     draw(
-        &files[3],
+        path,
         &format!("Gradient norms at initialization ({shape}; mean +- std over {seeds} seeds)"),
         &[
             ffn_panel("encoder", "W1", |r| &r.encoder_ffn, false),
@@ -122,7 +137,11 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
         2,
         (640, 440),
     )?;
+    Ok(())
+}
 
+/// `E||x||^2/d` after every layer against Lemma 2's bounds.
+fn draw_hidden(report: &InitReport, shape: &str, path: &Path) -> Result<(), ReportError> {
     let hidden_panel = |stack: &str, pick: fn(&crate::init_study::PlacementInit) -> &HiddenReport| {
         let mut series = Vec::new();
         for r in &report.results {
@@ -180,100 +199,131 @@ pub fn write_init(report: &InitReport, out: &Path) -> Result<Vec<PathBuf>, Repor
         }
     };
     draw(
-        &files[4],
+        path,
         &format!("Hidden-state norms at initialization ({shape})"),
         &[hidden_panel("encoder", |r| &r.encoder_hidden), hidden_panel("decoder", |r| &r.decoder_hidden)],
         2,
         (640, 460),
     )?;
-
-    write(&files[5], &init_markdown(report, &shape))?;
-    Ok(files.to_vec())
+    Ok(())
 }
 
-fn init_markdown(report: &InitReport, shape: &str) -> String {
-    let mut md = String::new();
+/// `init.md`: the study's settings, the W2 ratio table (Figure 3) and the hidden norms against
+/// Lemma 2.
+fn init_doc(report: &InitReport, shape: &str) -> Vec<Block> {
     let s = &report.study;
-    let _ = writeln!(md, "# Gradients and hidden states at initialization\n");
-    let _ = writeln!(
-        md,
-        "Model: {shape}, vocabulary {}. {} seeds. Data: {} ({} target tokens). Loss: label-smoothed \
-         ({}) cross-entropy, mean over target tokens; dropout off.\n",
-        s.model.vocab_size,
-        s.seeds.len(),
-        s.data,
-        report.target_tokens,
-        s.label_smoothing
-    );
-    let _ = writeln!(md, "![FFN gradient norms](fig3_ffn_grad_norms.png)\n");
-    let _ = writeln!(md, "## FFN W2 gradient norm per layer (Figure 3)\n");
-    let _ = writeln!(md, "| placement | stack | layer 1 | last layer | last / first |");
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let mut w2_rows = Vec::new();
     for r in &report.results {
         for (stack, layers, ratio) in [
             ("encoder", &r.encoder_ffn, r.encoder_w2_last_over_first),
             ("decoder", &r.decoder_ffn, r.decoder_w2_last_over_first),
         ] {
             let (first, last) = (layers.first().unwrap().w2, layers.last().unwrap().w2);
-            let _ = writeln!(
-                md,
-                "| {} | {stack} | {:.4} +- {:.4} | {:.4} +- {:.4} | {:.2} |",
-                r.placement, first.mean, first.std, last.mean, last.std, ratio
-            );
+            w2_rows.push(vec![
+                r.placement.to_string(),
+                stack.to_string(),
+                format!("{:.4} +- {:.4}", first.mean, first.std),
+                format!("{:.4} +- {:.4}", last.mean, last.std),
+                format!("{ratio:.2}"),
+            ]);
         }
     }
-    let _ = writeln!(md, "\n## Hidden-state norms against Lemma 2\n");
-    let _ = writeln!(md, "![Hidden norms](init_hidden_norms.png)\n");
-    let _ = writeln!(
-        md,
-        "E||x||^2/d after each layer (Post-LN: the sum before the layer's last LayerNorm, the paper's x5; \
-         Pre-LN: the residual stream). Lemma 2 assumes E||x_1||^2 = d; the measured input value is given as layer 0.\n"
-    );
-    let _ = writeln!(
-        md,
-        "For Pre-LN the Lemma's content is linear growth: each layer adds between 1/2 and 3/2 to E||x||^2/d \
-         (column `added`). Its setting is a layer of two sublayers; a decoder layer has three.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| placement | stack | layer | measured | added | Lemma 2 lower | Lemma 2 upper | measured / lower |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    vec![
+        Block::Heading(1, "Gradients and hidden states at initialization".into()),
+        Block::Para(format!(
+            "Model: {shape}, vocabulary {}. {} seeds. Data: {} ({} target tokens). Loss: label-smoothed ({}) \
+             cross-entropy, mean over target tokens; dropout off.",
+            s.model.vocab_size,
+            s.seeds.len(),
+            s.data,
+            report.target_tokens,
+            s.label_smoothing
+        )),
+        Block::Image { path: "fig3_ffn_grad_norms.png".into(), alt: "FFN gradient norms".into() },
+        Block::Heading(2, "FFN W2 gradient norm per layer (Figure 3)".into()),
+        Block::Table {
+            head: ["placement", "stack", "layer 1", "last layer", "last / first"].map(String::from).to_vec(),
+            rows: w2_rows,
+        },
+        Block::Heading(2, "Hidden-state norms against Lemma 2".into()),
+        Block::Image { path: "init_hidden_norms.png".into(), alt: "Hidden norms".into() },
+        Block::Para(
+            "E||x||^2/d after each layer (Post-LN: the sum before the layer's last LayerNorm, the paper's x5; \
+             Pre-LN: the residual stream). Lemma 2 assumes E||x_1||^2 = d; the measured input value is given as layer 0."
+                .into(),
+        ),
+        Block::Para(
+            "For Pre-LN the Lemma's content is linear growth: each layer adds between 1/2 and 3/2 to E||x||^2/d \
+             (column `added`). Its setting is a layer of two sublayers; a decoder layer has three."
+                .into(),
+        ),
+        Block::Table {
+            head: ["placement", "stack", "layer", "measured", "added", "Lemma 2 lower", "Lemma 2 upper", "measured / lower"]
+                .map(String::from)
+                .to_vec(),
+            rows: hidden_rows(report),
+        },
+    ]
+}
+
+fn hidden_rows(report: &InitReport) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
     for r in &report.results {
         for (stack, h) in [("encoder", &r.encoder_hidden), ("decoder", &r.decoder_hidden)] {
-            let _ = writeln!(md, "| {} | {stack} | 0 (input) | {:.3} | | | | |", r.placement, h.input.mean);
+            let blank = || String::new();
+            rows.push(vec![
+                r.placement.to_string(),
+                stack.into(),
+                "0 (input)".into(),
+                format!("{:.3}", h.input.mean),
+                blank(),
+                blank(),
+                blank(),
+                blank(),
+            ]);
             let mut previous = h.input.mean;
             for l in &h.layers {
                 let now = l.sq_norm_over_d.mean;
-                let _ = writeln!(
-                    md,
-                    "| {} | {stack} | {} | {now:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
-                    r.placement,
-                    l.layer,
-                    now - previous,
-                    l.lemma2_lower,
-                    l.lemma2_upper,
-                    now / l.lemma2_lower
-                );
+                rows.push(vec![
+                    r.placement.to_string(),
+                    stack.into(),
+                    l.layer.to_string(),
+                    format!("{now:.3}"),
+                    format!("{:.3}", now - previous),
+                    format!("{:.2}", l.lemma2_lower),
+                    format!("{:.2}", l.lemma2_upper),
+                    format!("{:.2}", now / l.lemma2_lower),
+                ]);
                 previous = now;
             }
         }
     }
-    md
+    rows
 }
 
+/// Writes `depth.json`, `depth.csv`, the figure and `depth.md` into `out`; returns the files.
 pub fn write_depth(report: &DepthReport, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     std::fs::create_dir_all(out).map_err(|error| ReportError::Io { path: out.into(), error })?;
     let files = ["depth.json", "depth.csv", "depth_w2.png", "depth.md"].map(|f| out.join(f));
     write(&files[0], &serde_json::to_string_pretty(report).expect("report serializes"))?;
+    write(&files[1], &depth_csv(report))?;
+    draw_depth(report, &files[2])?;
+    write(&files[3], &markdown(&depth_doc(report)))?;
+    Ok(files.to_vec())
+}
+
+fn depth_csv(report: &DepthReport) -> String {
     let mut csv = String::from("placement,layers,stack,grad_norm_mean,grad_norm_std,seeds\n");
     for r in &report.rows {
         for (stack, s) in [("encoder", r.encoder_last_w2), ("decoder", r.decoder_last_w2)] {
             let _ = writeln!(csv, "{},{},{stack},{:.6e},{:.6e},{}", r.placement.name(), r.layers, s.mean, s.std, s.n);
         }
     }
-    write(&files[1], &csv)?;
+    csv
+}
 
+/// The last W2 gradient norm against depth, log-log, with the fitted lines.
+fn draw_depth(report: &DepthReport, path: &Path) -> Result<(), ReportError> {
     let panel = |stack: &str, enc: bool| {
         let mut series = Vec::new();
         for &p in &report.study.placements {
@@ -320,7 +370,7 @@ pub fn write_depth(report: &DepthReport, out: &Path) -> Result<Vec<PathBuf>, Rep
     };
     let m = &report.study.model;
     draw(
-        &files[2],
+        path,
         &format!(
             "Gradient norm of the last FFN W2 vs depth (d {}, FFN {}, {} heads; {} seeds)",
             m.d_model,
@@ -332,45 +382,51 @@ pub fn write_depth(report: &DepthReport, out: &Path) -> Result<Vec<PathBuf>, Rep
         2,
         (640, 460),
     )?;
+    Ok(())
+}
 
-    let mut md = String::new();
-    let _ = writeln!(md, "# Gradient norm of the last FFN W2 against depth (Theorem 1)\n");
-    let _ = writeln!(
-        md,
-        "Model: d {}, FFN {}, {} heads, vocabulary {}; encoder depth = decoder depth. {} seeds. Data: {} ({} target tokens).\n",
-        m.d_model,
-        m.ffn_dim,
-        m.heads,
-        m.vocab_size,
-        report.study.seeds.len(),
-        report.study.data,
-        report.target_tokens
-    );
-    let _ = writeln!(md, "![W2 gradient norm vs depth](depth_w2.png)\n");
-    let _ = writeln!(md, "| placement | layers | encoder last W2 | decoder last W2 |");
-    let _ = writeln!(md, "|---|---|---|---|");
-    for r in &report.rows {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.4} +- {:.4} | {:.4} +- {:.4} |",
-            r.placement,
-            r.layers,
-            r.encoder_last_w2.mean,
-            r.encoder_last_w2.std,
-            r.decoder_last_w2.mean,
-            r.decoder_last_w2.std
-        );
-    }
-    let _ = writeln!(md, "\nLeast-squares fit of ln(norm) on ln(L) over every seed's point:\n");
-    let _ = writeln!(md, "| placement | stack | slope | std. error | R^2 | Theorem 1 |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for f in &report.fits {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
-            f.placement, f.stack, f.fit.slope, f.fit.slope_stderr, f.fit.r2, f.predicted_slope
-        );
-    }
-    write(&files[3], &md)?;
-    Ok(files.to_vec())
+/// `depth.md`: the settings, the norms by depth and the fitted slopes against Theorem 1.
+fn depth_doc(report: &DepthReport) -> Vec<Block> {
+    let m = &report.study.model;
+    let stat = |s: crate::stats::Stat| format!("{:.4} +- {:.4}", s.mean, s.std);
+    vec![
+        Block::Heading(1, "Gradient norm of the last FFN W2 against depth (Theorem 1)".into()),
+        Block::Para(format!(
+            "Model: d {}, FFN {}, {} heads, vocabulary {}; encoder depth = decoder depth. {} seeds. Data: {} ({} target tokens).",
+            m.d_model,
+            m.ffn_dim,
+            m.heads,
+            m.vocab_size,
+            report.study.seeds.len(),
+            report.study.data,
+            report.target_tokens
+        )),
+        Block::Image { path: "depth_w2.png".into(), alt: "W2 gradient norm vs depth".into() },
+        Block::Table {
+            head: ["placement", "layers", "encoder last W2", "decoder last W2"].map(String::from).to_vec(),
+            rows: report
+                .rows
+                .iter()
+                .map(|r| vec![r.placement.to_string(), r.layers.to_string(), stat(r.encoder_last_w2), stat(r.decoder_last_w2)])
+                .collect(),
+        },
+        Block::Para("Least-squares fit of ln(norm) on ln(L) over every seed's point:".into()),
+        Block::Table {
+            head: ["placement", "stack", "slope", "std. error", "R^2", "Theorem 1"].map(String::from).to_vec(),
+            rows: report
+                .fits
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.placement.to_string(),
+                        f.stack.to_string(),
+                        format!("{:.3}", f.fit.slope),
+                        format!("{:.3}", f.fit.slope_stderr),
+                        format!("{:.3}", f.fit.r2),
+                        f.predicted_slope.to_string(),
+                    ]
+                })
+                .collect(),
+        },
+    ]
 }

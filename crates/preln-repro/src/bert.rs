@@ -13,9 +13,9 @@ use preln_train::mlm::PretrainConfig;
 use preln_train::schedule::Schedule;
 use serde_json::Value;
 
-use crate::doc::Block;
 use crate::grid::{self, Job, RunStatus};
 use crate::scale::Scale;
+use preln_analysis::doc::Block;
 
 pub const BERT_GRID: &[(&str, &str)] = &[
     ("pre-3e-4-nowarmup", include_str!("../../../configs/reproduce/bert/pre-3e-4-nowarmup.toml")),

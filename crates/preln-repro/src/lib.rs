@@ -12,12 +12,11 @@
 //!
 //! Modules: [`paper`] (the paper's numbers), [`scale`] (what a scale changes), [`builtin`] (the
 //! built-in task), [`grid`] (planning, training and reading runs), [`bert`] (Figure 5),
-//! [`report`] (claims, figures, the report), [`doc`] (the report's document model).
+//! [`report`] (claims, figures, the report), the document model is `preln_analysis::doc`.
 
 pub mod bert;
 pub mod builtin;
 pub mod claims;
-pub mod doc;
 pub mod grid;
 pub mod paper;
 pub mod report;

@@ -13,10 +13,10 @@ use preln_train::optim::OptimizerConfig;
 use preln_train::schedule::Schedule;
 
 use crate::claims::{init_claims, warmup_claims, Claim};
-use crate::doc::{html, markdown, Block};
 use crate::grid::{status, PlannedRun, RunStatus};
 use crate::paper::{PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
 use crate::scale::ScaleSpec;
+use preln_analysis::doc::{html, markdown, Block};
 
 pub struct Context<'a> {
     pub out: &'a Path,

@@ -1,11 +1,11 @@
-//! A small document model rendered twice: as Markdown (`report.md`, images by relative path)
-//! and as one self-contained HTML page (`report.html`, images embedded as data URIs).
-//! Inline markup is limited to `code` spans.
+//! The one document model of every report (`analyze`'s `init.md` and `depth.md`, `reproduce`'s
+//! report), rendered as Markdown (images by relative path) and as one self-contained HTML page
+//! (images embedded as data URIs). Inline markup is limited to `code` spans.
 
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::report::ReportError;
 
 pub enum Block {
     Heading(usize, String),
@@ -92,7 +92,7 @@ img{max-width:100%;border:1px solid #ddd}pre{background:#f6f6f6;padding:0.7em;ov
 code{background:#f3f3f3;padding:0 3px}summary{cursor:pointer;font-weight:600}";
 
 /// One HTML page with every image of `blocks` (relative to `root`) embedded.
-pub fn html(blocks: &[Block], title: &str, root: &Path) -> Result<String> {
+pub fn html(blocks: &[Block], title: &str, root: &Path) -> Result<String, ReportError> {
     let mut s = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
         escape(title)
@@ -102,7 +102,7 @@ pub fn html(blocks: &[Block], title: &str, root: &Path) -> Result<String> {
     Ok(s)
 }
 
-fn html_blocks(s: &mut String, blocks: &[Block], root: &Path) -> Result<()> {
+fn html_blocks(s: &mut String, blocks: &[Block], root: &Path) -> Result<(), ReportError> {
     for b in blocks {
         match b {
             Block::Heading(level, text) => {
@@ -135,7 +135,7 @@ fn html_blocks(s: &mut String, blocks: &[Block], root: &Path) -> Result<()> {
             }
             Block::Image { path, alt } => {
                 let file = root.join(path);
-                let bytes = std::fs::read(&file).with_context(|| format!("embedding {}", file.display()))?;
+                let bytes = std::fs::read(&file).map_err(|error| ReportError::Io { path: file.clone(), error })?;
                 let _ = writeln!(
                     s,
                     "<p><img alt=\"{}\" src=\"data:image/png;base64,{}\"></p>",
