@@ -228,9 +228,27 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
     if curves.iter().all(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let mut doc = vec![Block::Heading(2, "BERT pre-training and fine-tuning (Figure 5)".into())];
-    let sample = &runs[0].config;
-    doc.push(Block::Para(format!(
+    let mut doc =
+        vec![Block::Heading(2, "BERT pre-training and fine-tuning (Figure 5)".into()), settings(&runs[0].config)];
+    let panels = figure_panels(runs, &curves);
+    let path = out.join("fig5_bert.png");
+    draw(&path, "Figure 5 (this scale): BERT, Post-LN vs Pre-LN", &panels, panels.len().min(3), (560, 420))?;
+    files.push(path);
+    doc.push(Block::Image { path: "fig5_bert.png".into(), alt: "Figure 5".into() });
+    doc.push(runs_table(runs, &curves)?);
+    doc.push(Block::Para("The paper: Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates, i.e. about 70% of the updates), Post-LN at lr 3e-4 diverged, and Pre-LN fine-tunes to MRPC/RTE accuracy faster.".into()));
+    for r in runs {
+        doc.push(Block::Details {
+            summary: format!("bert/{}: {}", r.name, r.description),
+            body: vec![Block::Code(r.config.to_toml())],
+        });
+    }
+    Ok(doc)
+}
+
+/// The pre-training and fine-tuning settings, from one run's config.
+fn settings(sample: &PretrainConfig) -> Block {
+    Block::Para(format!(
         "BERT {} layers, d_model {}, FFN {}, {} heads; {} updates of up to {} tokens; held-out MLM loss (nats per masked token) every {} updates. The paper's 10k warmup updates of about 1M are scaled by run length. Fine-tuning: AdamW, 10% warmup, linear decay, dev accuracy after every epoch, mean and 95% interval over seeds.",
         sample.model.layers,
         sample.model.d_model,
@@ -239,14 +257,18 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
         sample.train.max_updates,
         sample.train.max_tokens,
         sample.train.valid_every
-    )));
+    ))
+}
+
+/// The held-out MLM loss curves, and each GLUE task's dev accuracy by fine-tuning epoch.
+fn figure_panels(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Vec<Panel> {
     let mut panels = vec![Panel {
         title: "Held-out MLM loss".into(),
         x_label: "update".into(),
         y_label: "loss".into(),
         series: runs
             .iter()
-            .zip(&curves)
+            .zip(curves)
             .filter(|(_, c)| !c.is_empty())
             .map(|(r, c)| Series {
                 label: r.name.clone(),
@@ -290,13 +312,14 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
             });
         }
     }
-    let path = out.join("fig5_bert.png");
-    draw(&path, "Figure 5 (this scale): BERT, Post-LN vs Pre-LN", &panels, panels.len().min(3), (560, 420))?;
-    files.push(path);
-    doc.push(Block::Image { path: "fig5_bert.png".into(), alt: "Figure 5".into() });
-    let post = runs.iter().zip(&curves).find(|(r, _)| r.name == "post-1e-4-warmup").map(|(_, c)| c);
+    panels
+}
+
+/// One row per run: status, final loss, when it reached Post-LN's final loss, GLUE accuracy.
+fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
+    let post = runs.iter().zip(curves).find(|(r, _)| r.name == "post-1e-4-warmup").map(|(_, c)| c);
     let mut rows = Vec::new();
-    for (r, c) in runs.iter().zip(&curves) {
+    for (r, c) in runs.iter().zip(curves) {
         let status = match grid::status(&r.dir)? {
             RunStatus::Complete => "complete".to_string(),
             RunStatus::Diverged { step } => format!("diverged at update {step}"),
@@ -338,7 +361,7 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
             acc("rte"),
         ]);
     }
-    doc.push(Block::Table {
+    Ok(Block::Table {
         head: [
             "run",
             "placement",
@@ -353,13 +376,5 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
         .map(String::from)
         .to_vec(),
         rows,
-    });
-    doc.push(Block::Para("The paper: Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates, i.e. about 70% of the updates), Post-LN at lr 3e-4 diverged, and Pre-LN fine-tunes to MRPC/RTE accuracy faster.".into()));
-    for r in runs {
-        doc.push(Block::Details {
-            summary: format!("bert/{}: {}", r.name, r.description),
-            body: vec![Block::Code(r.config.to_toml())],
-        });
-    }
-    Ok(doc)
+    })
 }
