@@ -88,6 +88,81 @@ pub fn prepare_run_dir(run_dir: &Path, resume: bool) -> Result<RunLock, TrainErr
     Ok(lock)
 }
 
+/// `RUN/run.json`: the data folder a run trains on and the checksums that tie the run to it,
+/// so that `--resume` without `--data` finds the data, and other data or an edited tokenizer are
+/// refused.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// The data folder, absolute.
+    pub data: PathBuf,
+    /// [`preln_data::prepare::fingerprint`] of its files (absent in runs of older versions).
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+    /// SHA-256 of `RUN/tokenizer.json` when the run started.
+    #[serde(default)]
+    pub tokenizer_sha256: Option<String>,
+}
+
+pub const RUN_INFO: &str = "run.json";
+pub const TOKENIZER: &str = "tokenizer.json";
+
+impl RunInfo {
+    pub fn read(run: &Path) -> Result<RunInfo, TrainError> {
+        let path = run.join(RUN_INFO);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io(path.clone(), e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Starts the record of a new run: copies the data's tokenizer into `run` and records both.
+    pub fn start(run: &Path, data: &Path, data_sha256: &str) -> Result<RunInfo, TrainError> {
+        let src = data.join(TOKENIZER);
+        let bytes = std::fs::read(&src).map_err(|e| TrainError::Io(src.clone(), e))?;
+        preln_model::checkpoint::write_file_atomic(&run.join(TOKENIZER), &bytes)?;
+        let info = RunInfo {
+            data: std::fs::canonicalize(data).unwrap_or(data.to_path_buf()),
+            data_sha256: Some(data_sha256.to_string()),
+            tokenizer_sha256: Some(preln_data::prepare::sha256_hex(&bytes)),
+        };
+        info.write(run)?;
+        Ok(info)
+    }
+
+    pub fn write(&self, run: &Path) -> Result<(), TrainError> {
+        let json = serde_json::to_string_pretty(self).expect("run info serializes");
+        Ok(preln_model::checkpoint::write_file_atomic(&run.join(RUN_INFO), json.as_bytes())?)
+    }
+
+    /// Refuses data whose fingerprint differs from the one the run started with.
+    pub fn check_data(&self, run: &Path, data: &Path, data_sha256: &str) -> Result<(), TrainError> {
+        match &self.data_sha256 {
+            Some(want) if want != data_sha256 => Err(TrainError::Config(format!(
+                "--resume --data {}: not the data this run trained on ({}; the checksums of its files differ from \
+                 data_sha256 {want} in {}); resume with the original data, or start a new run with --out elsewhere",
+                data.display(),
+                self.data.display(),
+                run.join(RUN_INFO).display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a `RUN/tokenizer.json` changed since the run started.
+    pub fn check_tokenizer(&self, run: &Path) -> Result<(), TrainError> {
+        let Some(want) = &self.tokenizer_sha256 else { return Ok(()) };
+        let tok = run.join(TOKENIZER);
+        let bytes = std::fs::read(&tok).map_err(|e| TrainError::Io(tok.clone(), e))?;
+        if preln_data::prepare::sha256_hex(&bytes) == *want {
+            return Ok(());
+        }
+        Err(TrainError::Config(format!(
+            "{}: changed since the run started (its checksum differs from tokenizer_sha256 in run.json); the \
+             model's token ids belong to the original tokenizer: put it back (it is also in the data folder {})",
+            tok.display(),
+            self.data.display()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,11 +28,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         "last" => last_checkpoint(run),
         other => bail!("--which must be best or last, got `{other}`"),
     };
-    let run_json = run.join("run.json");
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?,
-    )?;
-    let data = MlmDataset::open(std::path::Path::new(v["data"].as_str().context("run.json has no `data`")?))?;
+    let data = MlmDataset::open(&preln_train::rundir::RunInfo::read(run)?.data)?;
     let train = task.read(&args.data.join("train.tsv"))?;
     let dev = task.read(&args.data.join("dev.tsv"))?;
     let out = args.out.clone().unwrap_or_else(|| run.join(format!("finetune-{}", task.name())));

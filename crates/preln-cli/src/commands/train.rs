@@ -4,13 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use preln_data::mlm::MlmDataset;
-use preln_data::prepare::{fingerprint, sha256_hex};
+use preln_data::prepare::fingerprint;
 use preln_data::Dataset;
-use preln_model::checkpoint::write_file_atomic;
 use preln_train::config::{config_text, resolve, PRESETS};
 use preln_train::mlm::{PretrainConfig, PRESETS as MLM_PRESETS};
+use preln_train::rundir::RunInfo;
 use preln_train::trainer::{RunOptions, Trainer};
-use serde_json::json;
 
 use super::progress::Progress;
 use crate::cli::TrainArgs;
@@ -45,67 +44,32 @@ fn config_source(args: &TrainArgs, presets: &[(&str, &str)]) -> Result<(String, 
 fn data_source(args: &TrainArgs, what: &str) -> Result<PathBuf> {
     match (&args.data, args.resume) {
         (Some(d), _) => Ok(d.clone()),
-        (None, true) => {
-            Ok(PathBuf::from(read_run_json(&args.out)?["data"].as_str().context("run.json has no `data`")?))
-        }
+        (None, true) => Ok(RunInfo::read(&args.out)?.data),
         (None, false) => bail!("--data is required: a folder made by `preln {what}`"),
     }
 }
 
-fn read_run_json(run: &Path) -> Result<serde_json::Value> {
-    let path = run.join("run.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
-}
-
-/// Checks the run's tokenizer against the checksum recorded when the run started.
-pub fn check_run_tokenizer(run: &Path) -> Result<()> {
-    let Ok(info) = read_run_json(run) else { return Ok(()) };
-    let Some(want) = info["tokenizer_sha256"].as_str() else { return Ok(()) };
-    let tok = run.join("tokenizer.json");
-    let bytes = std::fs::read(&tok).with_context(|| format!("reading {}", tok.display()))?;
-    if sha256_hex(&bytes) != want {
-        bail!(
-            "{}: changed since the run started (its checksum differs from tokenizer_sha256 in run.json); the model's \
-             token ids belong to the original tokenizer: put it back (it is also in the data folder {})",
-            tok.display(),
-            info["data"].as_str().unwrap_or("?")
-        );
+/// On --resume: the data must be the data the run trained on, and its tokenizer unchanged.
+fn check_resume_data(args: &TrainArgs, data_dir: &Path, data_sha256: &str) -> Result<()> {
+    if args.resume {
+        let info = RunInfo::read(&args.out)?;
+        info.check_data(&args.out, data_dir, data_sha256)?;
+        info.check_tokenizer(&args.out)?;
     }
     Ok(())
 }
 
-/// On --resume: the data must be the data the run trained on, and its tokenizer unchanged.
-fn check_resume_data(args: &TrainArgs, data_dir: &Path, data_sha256: &str) -> Result<()> {
-    if !args.resume {
-        return Ok(());
-    }
-    let info = read_run_json(&args.out)?;
-    if let Some(want) = info["data_sha256"].as_str().filter(|w| *w != data_sha256) {
-        bail!(
-            "--resume --data {}: not the data this run trained on ({}; the checksums of its files differ from \
-             data_sha256 {want} in {}); resume with the original data, or start a new run with --out elsewhere",
-            data_dir.display(),
-            info["data"].as_str().unwrap_or("?"),
-            args.out.join("run.json").display()
-        );
-    }
-    check_run_tokenizer(&args.out)
-}
-
-/// Remembers the data folder and its fingerprint (for --resume) and copies its tokenizer into
-/// the run.
+/// Records the data folder and its fingerprint (for --resume) and copies its tokenizer into a
+/// new run; a resumed run keeps its record, pointed at the data folder given now.
 fn remember(args: &TrainArgs, data_dir: &Path, data_sha256: &str) -> Result<()> {
-    let tok = args.out.join("tokenizer.json");
-    if !args.resume {
-        let src = data_dir.join("tokenizer.json");
-        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        write_file_atomic(&tok, &bytes)?;
+    if args.resume {
+        let mut info = RunInfo::read(&args.out)?;
+        info.data = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
+        info.data_sha256 = Some(data_sha256.to_string());
+        info.write(&args.out)?;
+    } else {
+        RunInfo::start(&args.out, data_dir, data_sha256)?;
     }
-    let tok_bytes = std::fs::read(&tok).with_context(|| format!("reading {}", tok.display()))?;
-    let abs = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
-    let info = json!({"data": abs, "data_sha256": data_sha256, "tokenizer_sha256": sha256_hex(&tok_bytes)});
-    write_file_atomic(&args.out.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     Ok(())
 }
 

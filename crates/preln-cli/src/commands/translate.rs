@@ -9,6 +9,7 @@ use preln_data::{Batch, Bpe, Specials};
 use preln_eval::beam_search;
 use preln_model::Seq2Seq;
 use preln_train::config::resolve;
+use preln_train::rundir::RunInfo;
 use preln_train::state;
 use tch::nn::VarStore;
 
@@ -18,15 +19,12 @@ use crate::cli::TranslateArgs;
 fn tokenizer(run: &Path) -> Result<Bpe> {
     let own = run.join("tokenizer.json");
     if own.exists() {
-        super::train::check_run_tokenizer(run)?;
+        if let Ok(info) = RunInfo::read(run) {
+            info.check_tokenizer(run)?;
+        }
         return Ok(Bpe::load(&own)?);
     }
-    let run_json = run.join("run.json");
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?,
-    )?;
-    let data = v["data"].as_str().context("run.json has no `data`")?;
-    Ok(Bpe::load(&Path::new(data).join("tokenizer.json"))?)
+    Ok(Bpe::load(&RunInfo::read(run)?.data.join("tokenizer.json"))?)
 }
 
 /// A trained model ready to decode.
