@@ -39,26 +39,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     model.pad_id = Specials::DEFAULT.pad;
     let device = super::device(args.device)?;
     let precisions = bench_precisions(&args.precisions, device)?;
-    let mut rng = SplitMix64::new(1);
-    let words = args.len - 1;
-    let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..args.sentences)
-        .map(|_| {
-            let mut w = || {
-                (0..words)
-                    .map(|_| Specials::FIRST_REGULAR + (rng.next_u64() % (args.vocab - 4) as u64) as i64)
-                    .collect()
-            };
-            (w(), w())
-        })
-        .collect();
-    let batch = Batch::from_pairs(&pairs, Specials::DEFAULT, tch::Device::Cpu);
-    let tokens = batch.target_tokens as f64;
-    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/bench_train.py"));
-    let spec = json!({
-        "model": model, "lr": 5e-4, "warmup": args.warmup, "steps": args.steps, "label_smoothing": cfg.train.label_smoothing,
-        "device": if device.is_cuda() { "cuda" } else { "cpu" }, "threads": threads.unwrap_or(0),
-        "src": rows(&batch.src), "prev": rows(&batch.prev), "target": rows(&batch.target),
-    });
+    let batch = synthetic_batch(&args);
     if args.worker {
         let [precision] = precisions.as_slice() else { bail!("--worker times exactly one precision") };
         let precision = if *precision == PrecisionArg::Bf16 { Precision::Bf16 } else { Precision::Fp32 };
@@ -92,30 +73,89 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     if let Device::Cuda(i) = device {
         eprintln!("GPU: {}", gpu_name(i));
     }
-    // One fresh process per measurement, alternating sides and precisions round by round.
-    let mut ours: Vec<(PrecisionArg, Vec<f64>, f64)> = precisions.iter().map(|&p| (p, Vec::new(), 0.0)).collect();
-    let mut theirs = ours.clone();
-    let mut torch_version = String::new();
+    let spec = json!({
+        "model": model, "lr": 5e-4, "warmup": args.warmup, "steps": args.steps, "label_smoothing": cfg.train.label_smoothing,
+        "device": if device.is_cuda() { "cuda" } else { "cpu" }, "threads": threads.unwrap_or(0),
+        "src": rows(&batch.src), "prev": rows(&batch.prev), "target": rows(&batch.target),
+    });
+    let m = measure(&args, threads, &precisions, device, &spec)?;
+    print_results(&m, batch.target_tokens as f64, args.vs_pytorch);
+    Ok(())
+}
+
+/// `--sentences` pairs of `--len - 1` random regular tokens a side.
+fn synthetic_batch(args: &BenchTrainArgs) -> Batch {
+    let mut rng = SplitMix64::new(1);
+    let words = args.len - 1;
+    let pairs: Vec<(Vec<i64>, Vec<i64>)> = (0..args.sentences)
+        .map(|_| {
+            let mut w = || {
+                (0..words)
+                    .map(|_| Specials::FIRST_REGULAR + (rng.next_u64() % (args.vocab - 4) as u64) as i64)
+                    .collect()
+            };
+            (w(), w())
+        })
+        .collect();
+    Batch::from_pairs(&pairs, Specials::DEFAULT, tch::Device::Cpu)
+}
+
+/// Step times and peak memory of one side (preln or PyTorch) in one precision.
+#[derive(Clone)]
+struct Timing {
+    precision: PrecisionArg,
+    steps: Vec<f64>,
+    peak_mib: f64,
+}
+
+struct Measured {
+    ours: Vec<Timing>,
+    theirs: Vec<Timing>,
+    torch_version: String,
+}
+
+/// The `preln bench train --worker` process that times one precision.
+fn worker_command(
+    args: &BenchTrainArgs,
+    threads: Option<i32>,
+    precision: PrecisionArg,
+    device: Device,
+) -> Result<Command> {
     let exe = std::path::Path::new("/proc/self/exe");
+    let mut cmd = Command::new(if exe.exists() { exe.to_path_buf() } else { std::env::current_exe()? });
+    if let Some(t) = threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
+    cmd.args(["bench", "train", "--worker", "--config", &args.config]);
+    for o in &args.overrides {
+        cmd.arg("--set").arg(o);
+    }
+    cmd.args(["--sentences", &args.sentences.to_string(), "--len", &args.len.to_string()]);
+    cmd.args(["--vocab", &args.vocab.to_string(), "--steps", &args.steps.to_string()]);
+    cmd.args(["--warmup", &args.warmup.to_string(), "--precisions", precision.name()]);
+    cmd.args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
+    Ok(cmd)
+}
+
+/// One fresh process per measurement, alternating sides and precisions round by round.
+fn measure(
+    args: &BenchTrainArgs,
+    threads: Option<i32>,
+    precisions: &[PrecisionArg],
+    device: Device,
+    spec: &serde_json::Value,
+) -> Result<Measured> {
+    let empty: Vec<Timing> =
+        precisions.iter().map(|&p| Timing { precision: p, steps: Vec::new(), peak_mib: 0.0 }).collect();
+    let mut m = Measured { ours: empty.clone(), theirs: empty, torch_version: String::new() };
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/bench_train.py"));
     for round in 1..=args.rounds {
         for (k, &precision) in precisions.iter().enumerate() {
-            let mut cmd = Command::new(if exe.exists() { exe.to_path_buf() } else { std::env::current_exe()? });
-            if let Some(t) = threads {
-                cmd.arg("--threads").arg(t.to_string());
-            }
-            cmd.args(["bench", "train", "--worker", "--config", &args.config]);
-            for o in &args.overrides {
-                cmd.arg("--set").arg(o);
-            }
-            cmd.args(["--sentences", &args.sentences.to_string(), "--len", &args.len.to_string()]);
-            cmd.args(["--vocab", &args.vocab.to_string(), "--steps", &args.steps.to_string()]);
-            cmd.args(["--warmup", &args.warmup.to_string(), "--precisions", precision.name()]);
-            cmd.args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
-            let v = run_json(&mut cmd, "preln bench worker", None)?;
+            let v = run_json(&mut worker_command(args, threads, precision, device)?, "preln bench worker", None)?;
             let t = steps_of(&v)?;
             eprintln!("round {round}: preln   {:4} median {:.3} s/step", precision.name(), median(&t));
-            ours[k].1.extend(t);
-            ours[k].2 = ours[k].2.max(v["peak_mib"].as_f64().unwrap_or(f64::NAN));
+            m.ours[k].steps.extend(t);
+            m.ours[k].peak_mib = m.ours[k].peak_mib.max(v["peak_mib"].as_f64().unwrap_or(f64::NAN));
             if args.vs_pytorch {
                 let py = python(&args.python);
                 let mut spec = spec.clone();
@@ -125,44 +165,44 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
                 let v = run_json(&mut cmd, &format!("{} {}", py.display(), script.display()), Some(&spec.to_string()))?;
                 let t = steps_of(&v)?;
                 eprintln!("round {round}: PyTorch {:4} median {:.3} s/step", precision.name(), median(&t));
-                theirs[k].1.extend(t);
-                theirs[k].2 = theirs[k].2.max(v["peak_mib"].as_f64().unwrap_or(0.0));
-                torch_version = v["torch"].as_str().unwrap_or("").to_string();
+                m.theirs[k].steps.extend(t);
+                m.theirs[k].peak_mib = m.theirs[k].peak_mib.max(v["peak_mib"].as_f64().unwrap_or(0.0));
+                m.torch_version = v["torch"].as_str().unwrap_or("").to_string();
             }
         }
     }
-    let line = |who: &str, p: PrecisionArg, t: &[f64], peak: f64| {
-        let m = median(t);
+    Ok(m)
+}
+
+/// Medians, tokens/s and peak memory of each side and precision, then the speed-ups.
+fn print_results(m: &Measured, tokens: f64, vs_pytorch: bool) {
+    let line = |who: &str, t: &Timing| {
+        let med = median(&t.steps);
         println!(
-            "{who:8} {:4}: {m:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {peak:.0} MiB",
-            p.name(),
-            t.len(),
-            tokens / m
+            "{who:8} {:4}: {med:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {:.0} MiB",
+            t.precision.name(),
+            t.steps.len(),
+            tokens / med,
+            t.peak_mib
         );
-        m
+        (t.precision, med)
     };
-    let mut ours_m = Vec::new();
-    for (p, t, peak) in &ours {
-        ours_m.push((*p, line("preln", *p, t, *peak)));
+    let ours: Vec<(PrecisionArg, f64)> = m.ours.iter().map(|t| line("preln", t)).collect();
+    if !vs_pytorch {
+        return;
     }
-    if args.vs_pytorch {
-        let mut theirs_m = Vec::new();
-        for (p, t, peak) in &theirs {
-            theirs_m.push((*p, line("PyTorch", *p, t, *peak)));
-        }
-        println!("(PyTorch {torch_version}, eager, torch.optim.Adam default implementation, bf16 = torch.autocast)");
-        let get = |v: &[(PrecisionArg, f64)], p| v.iter().find(|x| x.0 == p).map(|x| x.1);
-        for (p, m) in &ours_m {
-            for q in [PrecisionArg::Fp32, PrecisionArg::Bf16] {
-                if let Some(r) = get(&theirs_m, q) {
-                    if *p == q || q == PrecisionArg::Fp32 {
-                        println!("speed-up of preln {} over PyTorch {}: {:.2}x", p.name(), q.name(), r / m);
-                    }
+    let theirs: Vec<(PrecisionArg, f64)> = m.theirs.iter().map(|t| line("PyTorch", t)).collect();
+    println!("(PyTorch {}, eager, torch.optim.Adam default implementation, bf16 = torch.autocast)", m.torch_version);
+    let get = |v: &[(PrecisionArg, f64)], p| v.iter().find(|x| x.0 == p).map(|x| x.1);
+    for (p, med) in &ours {
+        for q in [PrecisionArg::Fp32, PrecisionArg::Bf16] {
+            if let Some(r) = get(&theirs, q) {
+                if *p == q || q == PrecisionArg::Fp32 {
+                    println!("speed-up of preln {} over PyTorch {}: {:.2}x", p.name(), q.name(), r / med);
                 }
             }
         }
     }
-    Ok(())
 }
 
 /// The precisions to time: those asked for (bf16 on a CPU without fast bf16 is refused, with
