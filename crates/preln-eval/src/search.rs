@@ -98,6 +98,96 @@ impl Stepper {
     }
 }
 
+/// Log-probabilities of the next token: pad and BOS excluded, and rows in `force` (at their
+/// length limit) allowed only EOS.
+fn next_lprobs(logits: &Tensor, force: &[i64], sp: Specials) -> Tensor {
+    let device = logits.device();
+    let mut lprobs = logits.log_softmax(-1, Kind::Float);
+    let _ = lprobs.index_fill_(1, &Tensor::from_slice(&[sp.pad, sp.bos]).to_device(device), f64::NEG_INFINITY);
+    if !force.is_empty() {
+        let idx = Tensor::from_slice(force).to_device(device);
+        let eos_col = lprobs.index_select(0, &idx).select(1, sp.eos);
+        let _ = lprobs.index_fill_(0, &idx, f64::NEG_INFINITY);
+        let _ = lprobs.index_put_(
+            &[Some(idx), Some(Tensor::full([force.len() as i64], sp.eos, (Kind::Int64, device)))],
+            &eos_col,
+            false,
+        );
+    }
+    lprobs
+}
+
+/// One step's top `2k` candidates of every active sentence (flattened, sentence by sentence).
+struct Beams<'a> {
+    k: usize,
+    v: i64,
+    tokens: &'a [Vec<i64>],
+    top_v: &'a [f64],
+    top_i: &'a [i64],
+    lenpen: f64,
+    eos: i64,
+}
+
+/// The beams after a step: the sentences still decoding, and for each of their `k` rows the
+/// row it extends, its tokens and score.
+struct Advanced {
+    still: Vec<usize>,
+    src_rows: Vec<i64>,
+    new_tokens: Vec<Vec<i64>>,
+    new_scores: Vec<f64>,
+}
+
+impl Beams<'_> {
+    /// Ends hypotheses at EOS (into `finished`) and keeps the `k` best live extensions of every
+    /// sentence that is not done.
+    fn advance(&self, active: &[usize], finished: &mut [Vec<Hypothesis>]) -> Advanced {
+        let rows = active.len() * self.k;
+        let mut src_rows = Vec::with_capacity(rows);
+        let mut new_tokens = Vec::with_capacity(rows);
+        let mut new_scores = Vec::with_capacity(rows);
+        let mut still = Vec::with_capacity(active.len());
+        for (a, &i) in active.iter().enumerate() {
+            let (mut live_rows, mut live_tokens, mut live_scores) = (Vec::new(), Vec::new(), Vec::new());
+            for c in 0..2 * self.k {
+                let (val, idx) = (self.top_v[a * 2 * self.k + c], self.top_i[a * 2 * self.k + c]);
+                if val == f64::NEG_INFINITY {
+                    break;
+                }
+                let row = a * self.k + (idx / self.v) as usize;
+                let tok = idx % self.v;
+                if tok == self.eos {
+                    if c < self.k {
+                        let len = (self.tokens[row].len() + 1) as f64;
+                        finished[i]
+                            .push(Hypothesis { tokens: self.tokens[row].clone(), score: val / len.powf(self.lenpen) });
+                    }
+                } else if live_rows.len() < self.k {
+                    live_rows.push(row as i64);
+                    live_tokens.push([self.tokens[row].as_slice(), &[tok]].concat());
+                    live_scores.push(val);
+                }
+                if live_rows.len() == self.k && c + 1 >= self.k {
+                    break;
+                }
+            }
+            if finished[i].len() >= self.k || live_rows.is_empty() {
+                continue;
+            }
+            // Too few live extensions: pad with dead rows.
+            while live_rows.len() < self.k {
+                live_rows.push(live_rows[0]);
+                live_tokens.push(Vec::new());
+                live_scores.push(f64::NEG_INFINITY);
+            }
+            still.push(i);
+            src_rows.extend(live_rows);
+            new_tokens.extend(live_tokens);
+            new_scores.extend(live_scores);
+        }
+        Advanced { still, src_rows, new_tokens, new_scores }
+    }
+}
+
 /// Translates a batch of right-padded sources `[B, S]` (each ending in EOS); returns the best
 /// hypothesis of each sentence.
 pub fn beam_search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> {
@@ -135,20 +225,9 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
         let rows = active.len() * k;
         let logits = stepper.step(model, &last);
         let v = logits.size()[1];
-        let mut lprobs = logits.log_softmax(-1, Kind::Float);
-        let _ = lprobs.index_fill_(1, &Tensor::from_slice(&[sp.pad, sp.bos]).to_device(device), f64::NEG_INFINITY);
         // Rows at their length limit may only end.
         let force: Vec<i64> = (0..rows).filter(|&r| step + 1 >= max_lens[active[r / k]]).map(|r| r as i64).collect();
-        if !force.is_empty() {
-            let idx = Tensor::from_slice(&force).to_device(device);
-            let eos_col = lprobs.index_select(0, &idx).select(1, sp.eos);
-            let _ = lprobs.index_fill_(0, &idx, f64::NEG_INFINITY);
-            let _ = lprobs.index_put_(
-                &[Some(idx), Some(Tensor::full([force.len() as i64], sp.eos, (Kind::Int64, device)))],
-                &eos_col,
-                false,
-            );
-        }
+        let lprobs = next_lprobs(&logits, &force, sp);
         let prior = Tensor::from_slice(&scores).to_kind(Kind::Float).to_device(device).unsqueeze(1);
         let cand = (lprobs + prior).view([active.len() as i64, k as i64 * v]);
         let (top_v, top_i) = cand.topk((2 * k) as i64, 1, true, true);
@@ -156,47 +235,8 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
             Vec::<f64>::try_from(top_v.to_kind(Kind::Double).to_device(Device::Cpu).flatten(0, -1)).expect("values");
         let top_i = Vec::<i64>::try_from(top_i.to_device(Device::Cpu).flatten(0, -1)).expect("indices");
 
-        let mut src_rows = Vec::with_capacity(rows);
-        let mut new_tokens = Vec::with_capacity(rows);
-        let mut new_scores = Vec::with_capacity(rows);
-        let mut still = Vec::with_capacity(active.len());
-        for (a, &i) in active.iter().enumerate() {
-            let (mut live_rows, mut live_tokens, mut live_scores) = (Vec::new(), Vec::new(), Vec::new());
-            for c in 0..2 * k {
-                let (val, idx) = (top_v[a * 2 * k + c], top_i[a * 2 * k + c]);
-                if val == f64::NEG_INFINITY {
-                    break;
-                }
-                let row = a * k + (idx / v) as usize;
-                let tok = idx % v;
-                if tok == sp.eos {
-                    if c < k {
-                        let len = (tokens[row].len() + 1) as f64;
-                        finished[i].push(Hypothesis { tokens: tokens[row].clone(), score: val / len.powf(cfg.lenpen) });
-                    }
-                } else if live_rows.len() < k {
-                    live_rows.push(row as i64);
-                    live_tokens.push([tokens[row].as_slice(), &[tok]].concat());
-                    live_scores.push(val);
-                }
-                if live_rows.len() == k && c + 1 >= k {
-                    break;
-                }
-            }
-            if finished[i].len() >= k || live_rows.is_empty() {
-                continue;
-            }
-            // Too few live extensions: pad with dead rows.
-            while live_rows.len() < k {
-                live_rows.push(live_rows[0]);
-                live_tokens.push(Vec::new());
-                live_scores.push(f64::NEG_INFINITY);
-            }
-            still.push(i);
-            src_rows.extend(live_rows);
-            new_tokens.extend(live_tokens);
-            new_scores.extend(live_scores);
-        }
+        let beams = Beams { k, v, tokens: &tokens, top_v: &top_v, top_i: &top_i, lenpen: cfg.lenpen, eos: sp.eos };
+        let Advanced { still, src_rows, new_tokens, new_scores } = beams.advance(&active, &mut finished);
         if still.is_empty() {
             break;
         }
