@@ -7,9 +7,9 @@ pub mod init_study;
 pub mod plot;
 pub mod probe;
 pub mod report;
-pub mod stats;
 pub mod studies;
 
+pub use preln_eval::stats;
 pub use preln_model::diagnostics::{grad_norms, sq_norms_over_d};
 pub use probe::{probe, Probe};
 pub use stats::{LineFit, Stat};

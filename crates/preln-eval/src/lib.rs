@@ -3,6 +3,7 @@
 
 pub mod bleu;
 pub mod search;
+pub mod stats;
 pub mod tokenize;
 
 pub use bleu::{corpus_bleu, Bleu, BleuError, BleuOptions};

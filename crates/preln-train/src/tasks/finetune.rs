@@ -3,12 +3,13 @@
 //! cross-entropy, dev accuracy (and F1 of the positive class) after every epoch. Runs through
 //! the shared training loop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use preln_data::glue::{encode_pair, PairExample};
+use preln_data::glue::{encode_pair, GlueTask, PairExample};
 use preln_data::mlm::MlmDataset;
 use preln_data::mlm::MlmSpecials;
 use preln_data::synthetic::SplitMix64;
+use preln_eval::stats::Stat;
 use preln_model::classifier::PairClassifier;
 use preln_model::init::seeded;
 use preln_model::{Bert, BertConfig, LossSums, WeightInit};
@@ -16,10 +17,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use crate::config::parse_with_overrides;
 use crate::config::TrainSection;
+use crate::metrics::{valid_records, Metrics};
+use crate::mlm::PretrainConfig;
 use crate::optim::OptimizerConfig;
+use crate::report::Reporter;
+use crate::rundir::{last_checkpoint, RunInfo};
 use crate::schedule::Schedule;
-use crate::trainer::{prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation};
+use crate::trainer::{prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, RunOptions, Task, Trainer, Validation};
 use crate::TrainError;
 
 /// Fine-tuning settings (the model comes from the pre-training run).
@@ -244,6 +250,111 @@ impl Trainer<Classification> {
         let task = Classification { device, vs, bert, head, train, dev, batches };
         Trainer::with_task(task, loop_cfg, run_dir, false, lock)
     }
+}
+
+/// `preln finetune`: a GLUE task from a pre-training run, over several seeds.
+#[derive(Clone, Debug)]
+pub struct SeedsSpec {
+    pub task: GlueTask,
+    /// The task's GLUE folder (train.tsv, dev.tsv).
+    pub glue_dir: PathBuf,
+    /// A `preln pretrain` run folder, and its checkpoint to start from.
+    pub pretrain_run: PathBuf,
+    pub checkpoint: PathBuf,
+    pub seeds: u64,
+    pub epochs: u64,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Fraction of the updates in linear warmup.
+    pub warmup: f64,
+    /// `key=value` overrides of the fine-tuning config.
+    pub overrides: Vec<String>,
+    pub out: PathBuf,
+}
+
+/// Dev accuracy (and F1 of class 1) after one fine-tuning epoch, over the seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochSummary {
+    pub epoch: usize,
+    pub accuracy: Stat,
+    pub accuracy_ci95: f64,
+    pub f1: Stat,
+    pub f1_ci95: f64,
+}
+
+/// `summary.json` of a fine-tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeedsSummary {
+    pub task: GlueTask,
+    pub checkpoint: PathBuf,
+    pub seeds: u64,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Per seed and epoch: (accuracy, F1).
+    pub per_seed: Vec<Vec<(f64, f64)>>,
+    pub epochs: Vec<EpochSummary>,
+}
+
+/// Fine-tunes once per seed (`out/seed-N`, each reporting to a reporter of `reporter`), then
+/// writes `out/summary.json`; `progress` hears a line per seed.
+pub fn finetune_seeds(
+    spec: &SeedsSpec,
+    reporter: impl Fn() -> Box<dyn Reporter>,
+    mut progress: impl FnMut(&str),
+) -> Result<SeedsSummary, TrainError> {
+    let cfg_path = spec.pretrain_run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| TrainError::Io(cfg_path.clone(), e))?;
+    let pre = PretrainConfig::resolve(&cfg_path.display().to_string(), &text, &[])?;
+    let data = MlmDataset::open(&RunInfo::read(&spec.pretrain_run)?.data)?;
+    let train = spec.task.read(&spec.glue_dir.join("train.tsv"))?;
+    let dev = spec.task.read(&spec.glue_dir.join("dev.tsv"))?;
+    let mut per_seed: Vec<Vec<(f64, f64)>> = Vec::new();
+    for seed in 1..=spec.seeds {
+        let mut base = FinetuneConfig { batch_size: spec.batch_size, ..Default::default() };
+        base.train.lr = spec.lr;
+        base.train.max_epochs = spec.epochs;
+        base.train.seed = seed;
+        base.train.device = pre.train.device.clone();
+        let base = base.with_linear_schedule(train.len(), spec.warmup);
+        let cfg: FinetuneConfig =
+            parse_with_overrides("finetune", &toml::to_string(&base).expect("config serializes"), &spec.overrides)?;
+        let dir = spec.out.join(format!("seed-{seed}"));
+        if last_checkpoint(&dir).exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| TrainError::Io(dir.clone(), e))?;
+        }
+        let mut t =
+            Trainer::finetune(&cfg, &pre.model, &spec.checkpoint, &data, &train, &dev, &dir)?.with_reporter(reporter());
+        t.run(&RunOptions::default())?;
+        let records = Metrics::read(&dir.join("metrics.jsonl"))?;
+        let epochs: Vec<(f64, f64)> = valid_records(&records)
+            .map(|v| (v.metric("accuracy").unwrap_or(f64::NAN), v.metric("f1").unwrap_or(f64::NAN)))
+            .collect();
+        let accs: Vec<String> = epochs.iter().map(|a| format!("{:.4}", a.0)).collect();
+        progress(&format!("seed {seed}: dev accuracy by epoch {}", accs.join(", ")));
+        per_seed.push(epochs);
+    }
+    let summary = SeedsSummary {
+        task: spec.task,
+        checkpoint: spec.checkpoint.clone(),
+        seeds: spec.seeds,
+        lr: spec.lr,
+        batch_size: spec.batch_size,
+        epochs: epoch_summaries(&per_seed, spec.epochs as usize),
+        per_seed,
+    };
+    let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
+    preln_model::checkpoint::write_file_atomic(&spec.out.join("summary.json"), json.as_bytes())?;
+    Ok(summary)
+}
+
+fn epoch_summaries(per_seed: &[Vec<(f64, f64)>], epochs: usize) -> Vec<EpochSummary> {
+    (0..epochs)
+        .map(|e| {
+            let accuracy = Stat::of(&per_seed.iter().filter_map(|r| r.get(e).map(|x| x.0)).collect::<Vec<_>>());
+            let f1 = Stat::of(&per_seed.iter().filter_map(|r| r.get(e).map(|x| x.1)).collect::<Vec<_>>());
+            EpochSummary { epoch: e + 1, accuracy, accuracy_ci95: accuracy.ci95(), f1, f1_ci95: f1.ci95() }
+        })
+        .collect()
 }
 
 #[cfg(test)]
