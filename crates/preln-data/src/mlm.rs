@@ -108,6 +108,9 @@ fn split_file(name: &str) -> String {
     format!("{name}.bin")
 }
 
+/// A split's name and its files' lines.
+type SplitTexts = (String, Vec<(PathBuf, Vec<String>)>);
+
 /// Tokenizes and packs the text of `spec`, writing the folder only when everything succeeded.
 pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Result<MlmManifest> {
     let invalid = |reason: String| DataError::Invalid { path: spec.out.clone(), reason };
@@ -119,7 +122,7 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     }
     check_out(&spec.out, spec.force)?;
     // Read everything first: a bad file fails before anything is written.
-    let mut texts: Vec<(String, Vec<(PathBuf, Vec<String>)>)> = Vec::new();
+    let mut texts: Vec<SplitTexts> = Vec::new();
     for (name, files) in &spec.splits {
         if files.is_empty() {
             return Err(invalid(format!("split `{name}` has no files")));
@@ -146,57 +149,66 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     }
     progress(&format!("BPE: {} entries", bpe.vocab_size()));
     let tmp = staging(&spec.out)?;
-    let written = (|| -> Result<MlmManifest> {
-        bpe.save(&tmp.join(TOKENIZER))?;
-        let mut splits = Vec::new();
-        for (name, files) in &texts {
-            let mut lines_n = 0;
-            let mut encoded: Vec<Option<Vec<u32>>> = Vec::new();
-            for (_, lines) in files {
-                for l in lines {
-                    let l = l.trim();
-                    if l.is_empty() {
-                        continue;
-                    }
-                    lines_n += 1;
-                    encoded.push(Some(bpe.encode(l)?));
-                }
-                encoded.push(None);
-            }
-            let segments = pack(encoded, spec.max_len - 2);
-            let tokens = segments.iter().map(Vec::len).sum();
-            progress(&format!("{name}: {lines_n} lines -> {} segments, {tokens} tokens", segments.len()));
-            let path = tmp.join(split_file(name));
-            std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
-            splits.push(MlmSplitInfo {
-                name: name.clone(),
-                files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
-                lines: lines_n,
-                segments: segments.len(),
-                tokens,
-            });
-        }
-        let mut sha256 = BTreeMap::new();
-        for f in std::iter::once(TOKENIZER.to_string()).chain(splits.iter().map(|s| split_file(&s.name))) {
-            let bytes = std::fs::read(tmp.join(&f)).map_err(io_error(tmp.join(&f)))?;
-            sha256.insert(f, format!("{:x}", Sha256::digest(&bytes)));
-        }
-        let mut manifest = MlmManifest {
-            format: 1,
-            vocab_size: bpe.vocab_size(),
-            max_len: spec.max_len,
-            special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MlmSpecials::MASK_TOKEN].map(String::from).to_vec(),
-            splits,
-            sha256,
-            manifest_sha256: None,
-        };
-        manifest.manifest_sha256 = Some(manifest_digest(&manifest));
-        let m = tmp.join(MANIFEST);
-        std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes"))
-            .map_err(io_error(&m))?;
-        Ok(manifest)
-    })();
+    let written = write_mlm_folder(&tmp, spec, &bpe, &texts, &mut progress);
     publish_if_ok(written, &tmp, &spec.out, spec.force, Some(MANIFEST))
+}
+
+/// Tokenizes and packs every split into the staging folder `tmp`, with the tokenizer and the
+/// sealed manifest.
+fn write_mlm_folder(
+    tmp: &Path,
+    spec: &PrepareMlmSpec,
+    bpe: &Bpe,
+    texts: &[SplitTexts],
+    progress: &mut impl FnMut(&str),
+) -> Result<MlmManifest> {
+    bpe.save(&tmp.join(TOKENIZER))?;
+    let mut splits = Vec::new();
+    for (name, files) in texts {
+        let mut lines_n = 0;
+        let mut encoded: Vec<Option<Vec<u32>>> = Vec::new();
+        for (_, lines) in files {
+            for l in lines {
+                let l = l.trim();
+                if l.is_empty() {
+                    continue;
+                }
+                lines_n += 1;
+                encoded.push(Some(bpe.encode(l)?));
+            }
+            encoded.push(None);
+        }
+        let segments = pack(encoded, spec.max_len - 2);
+        let tokens = segments.iter().map(Vec::len).sum();
+        progress(&format!("{name}: {lines_n} lines -> {} segments, {tokens} tokens", segments.len()));
+        let path = tmp.join(split_file(name));
+        std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
+        splits.push(MlmSplitInfo {
+            name: name.clone(),
+            files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
+            lines: lines_n,
+            segments: segments.len(),
+            tokens,
+        });
+    }
+    let mut sha256 = BTreeMap::new();
+    for f in std::iter::once(TOKENIZER.to_string()).chain(splits.iter().map(|s| split_file(&s.name))) {
+        let bytes = std::fs::read(tmp.join(&f)).map_err(io_error(tmp.join(&f)))?;
+        sha256.insert(f, format!("{:x}", Sha256::digest(&bytes)));
+    }
+    let mut manifest = MlmManifest {
+        format: 1,
+        vocab_size: bpe.vocab_size(),
+        max_len: spec.max_len,
+        special_tokens: ["<pad>", "<unk>", "<s>", "</s>", MlmSpecials::MASK_TOKEN].map(String::from).to_vec(),
+        splits,
+        sha256,
+        manifest_sha256: None,
+    };
+    manifest.manifest_sha256 = Some(manifest_digest(&manifest));
+    let m = tmp.join(MANIFEST);
+    std::fs::write(&m, serde_json::to_string_pretty(&manifest).expect("manifest serializes")).map_err(io_error(&m))?;
+    Ok(manifest)
 }
 
 /// A prepared MLM folder.

@@ -157,31 +157,40 @@ pub fn prepare(spec: &PrepareSpec, mut progress: impl FnMut(&str)) -> Result<Man
     }
 
     let tmp = staging(&spec.out)?;
-    let result = (|| {
-        bpe.save(&tmp.join(TOKENIZER))?;
-        let tok_bytes = std::fs::read(tmp.join(TOKENIZER)).map_err(io_error(tmp.join(TOKENIZER)))?;
-        let mut sha256 = BTreeMap::from([(TOKENIZER.to_string(), sha256_hex(&tok_bytes))]);
-        for (name, bytes) in &files {
-            std::fs::write(tmp.join(name), bytes).map_err(io_error(tmp.join(name)))?;
-            sha256.insert(name.clone(), sha256_hex(bytes));
-        }
-        let manifest = Manifest {
-            format: FORMAT,
-            source_lang: spec.source_lang.clone(),
-            target_lang: spec.target_lang.clone(),
-            vocab_size: bpe.vocab_size(),
-            special_tokens: SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect(),
-            max_len: spec.max_len,
-            splits,
-            sha256,
-            manifest_sha256: None,
-        }
-        .sealed();
-        let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-        std::fs::write(tmp.join(MANIFEST), json).map_err(io_error(tmp.join(MANIFEST)))?;
-        Ok(manifest)
-    })();
+    let result = write_folder(&tmp, spec, &bpe, splits, &files);
     publish_if_ok(result, &tmp, &spec.out, spec.force, Some(MANIFEST))
+}
+
+/// Writes the tokenizer, the split files and the sealed manifest into the staging folder.
+fn write_folder(
+    tmp: &Path,
+    spec: &PrepareSpec,
+    bpe: &Bpe,
+    splits: Vec<SplitInfo>,
+    files: &[(String, Vec<u8>)],
+) -> Result<Manifest> {
+    bpe.save(&tmp.join(TOKENIZER))?;
+    let tok_bytes = std::fs::read(tmp.join(TOKENIZER)).map_err(io_error(tmp.join(TOKENIZER)))?;
+    let mut sha256 = BTreeMap::from([(TOKENIZER.to_string(), sha256_hex(&tok_bytes))]);
+    for (name, bytes) in files {
+        std::fs::write(tmp.join(name), bytes).map_err(io_error(tmp.join(name)))?;
+        sha256.insert(name.clone(), sha256_hex(bytes));
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        source_lang: spec.source_lang.clone(),
+        target_lang: spec.target_lang.clone(),
+        vocab_size: bpe.vocab_size(),
+        special_tokens: SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect(),
+        max_len: spec.max_len,
+        splits,
+        sha256,
+        manifest_sha256: None,
+    }
+    .sealed();
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+    std::fs::write(tmp.join(MANIFEST), json).map_err(io_error(tmp.join(MANIFEST)))?;
+    Ok(manifest)
 }
 
 /// The 1-based line number of the `k`-th kept pair (before length filtering).
