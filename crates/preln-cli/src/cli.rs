@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use preln_train::device::DeviceChoice;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,8 +113,8 @@ pub struct BenchTranslateArgs {
     pub vs_pytorch: bool,
     #[arg(long)]
     pub python: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -148,8 +149,8 @@ pub struct BenchTrainArgs {
     /// The Python interpreter for --vs-pytorch (default: the environment scripts/setup.sh made).
     #[arg(long)]
     pub python: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// Precisions to time: `fp32`, and `bf16` (forward and loss under bfloat16 autocast, on both
     /// sides). Default: both, but on a CPU without fast bf16 (`preln info`) only fp32.
     #[arg(long, value_delimiter = ',')]
@@ -187,8 +188,8 @@ pub struct TranslateArgs {
     /// Decode without the key/value cache (slow; for checking).
     #[arg(long)]
     pub no_cache: bool,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 /// The trained run that `translate` and `bench translate` decode with.
@@ -405,14 +406,6 @@ pub enum Analyze {
     },
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceArg {
-    /// CUDA when libtorch sees a GPU, else CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Named model: `iwslt14` (the paper's: 6+6 layers, d 512, FFN 1024, 4 heads) or `cpu`
@@ -461,8 +454,8 @@ pub struct ProbeArgs {
     /// Label smoothing of the loss, as in training.
     #[arg(long, default_value_t = 0.1)]
     pub label_smoothing: f64,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,

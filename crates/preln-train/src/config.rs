@@ -47,7 +47,8 @@ pub struct TrainSection {
     /// The data split used for validation.
     pub valid_split: String,
     /// `auto`, `cpu` or `cuda`.
-    pub device: String,
+    #[serde(deserialize_with = "train_device")]
+    pub device: crate::device::DeviceChoice,
     /// `fp32`, or `bf16`: forward and loss under bfloat16 autocast (matrix products and attention
     /// in bf16; fp32 master weights, optimizer state, loss and LayerNorm statistics).
     pub precision: Precision,
@@ -90,7 +91,7 @@ impl Default for TrainSection {
             valid_split: "valid".into(),
             valid_bleu_beam: 0,
             valid_bleu_lenpen: 1.2,
-            device: "auto".into(),
+            device: crate::device::DeviceChoice::Auto,
             precision: Precision::Fp32,
         }
     }
@@ -170,6 +171,12 @@ pub fn parse_with_overrides<C: serde::de::DeserializeOwned>(
     toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| parse_err(e.message().to_string()))
 }
 
+/// `train.device`, with an error that names the key.
+fn train_device<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::device::DeviceChoice, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| serde::de::Error::custom(format!("train.device must be auto, cpu or cuda, got `{s}`")))
+}
+
 fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
@@ -210,9 +217,6 @@ impl TrainSection {
         }
         if !(t.clip_norm >= 0.0) {
             return Err(inv(format!("train.clip_norm must be >= 0, got {}", t.clip_norm)));
-        }
-        if !["auto", "cpu", "cuda"].contains(&t.device.as_str()) {
-            return Err(inv(format!("train.device must be auto, cpu or cuda, got `{}`", t.device)));
         }
         Ok(())
     }

@@ -1,19 +1,54 @@
 //! Where training runs, checked before anything is allocated: the device, whether its
 //! precision is fast there, and whether the model fits in memory.
 
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::config::{Precision, TrainSection};
 use crate::TrainError;
 
+/// Where to run, as a config (`train.device`) or the command line (`--device`) says it: the one
+/// device choice of every command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(format!("unknown device `{s}` (known: auto, cpu, cuda)")),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The libtorch device; asking for CUDA without a GPU is an error, not a silent fallback.
+    pub fn resolve(self) -> Result<Device, TrainError> {
+        match self {
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(TrainError::Config(
+                "device cuda: libtorch sees no CUDA device (is this a CUDA build of libtorch on a GPU machine?)".into(),
+            )),
+        }
+    }
+}
+
 /// The device of `train.device`, checked against `train.precision`.
 pub fn resolve_device(t: &TrainSection) -> Result<Device, TrainError> {
-    let device = match t.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        "cuda" => return Err(TrainError::Config("train.device = cuda but libtorch sees no CUDA device".into())),
-        _ => Device::cuda_if_available(),
-    };
+    let device = t.device.resolve()?;
     check_precision(t.precision, device)?;
     Ok(device)
 }

@@ -15,7 +15,8 @@ pub mod translate;
 use anyhow::{bail, Result};
 use tch::Device;
 
-use crate::cli::{Analyze, Bench, Cli, Command, DeviceArg};
+use crate::cli::{Analyze, Bench, Cli, Command};
+use preln_train::device::DeviceChoice;
 
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
@@ -44,13 +45,6 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Resolves `--device`; asking for CUDA without a GPU is an error, not a silent fallback.
-pub fn device(arg: DeviceArg) -> Result<Device> {
-    match arg {
-        DeviceArg::Auto => Ok(Device::cuda_if_available()),
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceArg::Cuda => {
-            bail!("--device cuda: libtorch sees no CUDA device (is this a CUDA build of libtorch on a GPU machine?)")
-        }
-    }
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    Ok(choice.resolve()?)
 }

@@ -314,7 +314,7 @@ pub fn finetune_seeds(
         base.train.lr = spec.lr;
         base.train.max_epochs = spec.epochs;
         base.train.seed = seed;
-        base.train.device = pre.train.device.clone();
+        base.train.device = pre.train.device;
         let base = base.with_linear_schedule(train.len(), spec.warmup);
         let cfg: FinetuneConfig =
             parse_with_overrides("finetune", &toml::to_string(&base).expect("config serializes"), &spec.overrides)?;
