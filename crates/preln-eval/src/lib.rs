@@ -7,5 +7,5 @@ pub mod stats;
 pub mod tokenize;
 
 pub use bleu::{corpus_bleu, Bleu, BleuError, BleuOptions};
-pub use search::{beam_search, Hypothesis, SearchConfig};
+pub use search::{beam_search, translate_lines, Hypothesis, SearchConfig};
 pub use tokenize::Tokenize;

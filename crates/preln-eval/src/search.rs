@@ -4,7 +4,7 @@
 //! the EOS); the first `k` other extensions stay live; a sentence is done when it has `k` finished
 //! hypotheses; at the length limit `a * source length + b`, EOS is forced.
 
-use preln_data::Specials;
+use preln_data::{Batch, Bpe, DataError, Specials};
 use preln_model::seq2seq::Encoded;
 use preln_model::stack::DecoderCache;
 use preln_model::Seq2Seq;
@@ -186,6 +186,41 @@ impl Beams<'_> {
         }
         Advanced { still, src_rows, new_tokens, new_scores }
     }
+}
+
+/// Translates text lines with `model` and its tokenizer: empty lines stay empty, the others are
+/// decoded in batches of `batch_size` sentences sorted by length (less padding) and returned
+/// in input order. `done` hears how many sentences each batch finished.
+pub fn translate_lines(
+    model: &Seq2Seq,
+    bpe: &Bpe,
+    lines: &[String],
+    cfg: &SearchConfig,
+    batch_size: usize,
+    device: Device,
+    mut done: impl FnMut(usize),
+) -> Result<Vec<String>, DataError> {
+    let mut encoded: Vec<(usize, Vec<i64>)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.trim().is_empty() {
+            let ids = bpe
+                .encode(line)
+                .map_err(|e| DataError::Invalid { path: format!("line {}", i + 1).into(), reason: e.to_string() })?;
+            encoded.push((i, ids.into_iter().map(i64::from).collect()));
+        }
+    }
+    encoded.sort_by_key(|(i, ids)| (ids.len(), *i));
+    let mut out: Vec<String> = vec![String::new(); lines.len()];
+    for chunk in encoded.chunks(batch_size.max(1)) {
+        let pairs: Vec<(Vec<i64>, Vec<i64>)> = chunk.iter().map(|(_, ids)| (ids.clone(), Vec::new())).collect();
+        let batch = Batch::from_pairs(&pairs, cfg.specials, device);
+        for ((i, _), hyp) in chunk.iter().zip(beam_search(model, &batch.src, cfg)) {
+            let ids: Vec<u32> = hyp.tokens.iter().map(|&t| t as u32).collect();
+            out[*i] = bpe.decode(&ids)?;
+        }
+        done(chunk.len());
+    }
+    Ok(out)
 }
 
 /// Translates a batch of right-padded sources `[B, S]` (each ending in EOS); returns the best

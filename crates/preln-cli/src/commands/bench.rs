@@ -12,9 +12,9 @@ use serde_json::json;
 use tch::Device;
 
 use crate::cli::{BenchTrainArgs, BenchTranslateArgs, PrecisionArg};
-use crate::commands::translate::load_run;
 use preln_data::text::read_lines;
 use preln_eval::beam_search;
+use preln_train::translation::TrainedModel;
 
 fn python(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(p) = arg {
@@ -260,7 +260,7 @@ pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
         bail!("--beams must list sizes of at least 1, and --batch-size must be at least 1");
     }
     let device = super::device(args.device)?;
-    let run = load_run(&args.run.checkpoint, &args.run.which, device)?;
+    let run = TrainedModel::load(&args.run.checkpoint, &args.run.which, device)?;
     let lines = read_lines(&args.input)?;
     let mut sources: Vec<Vec<i64>> = Vec::new();
     for (i, l) in lines.iter().filter(|l| !l.trim().is_empty()).enumerate() {

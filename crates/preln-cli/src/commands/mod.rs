@@ -10,7 +10,7 @@ mod prepare;
 mod progress;
 mod reproduce;
 mod train;
-pub mod translate;
+mod translate;
 
 use anyhow::{bail, Result};
 use tch::Device;

@@ -13,6 +13,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
+use crate::rundir::RunInfo;
 use crate::trainer::{
     check_memory, prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation,
 };
@@ -194,4 +195,47 @@ impl Trainer<Translation> {
         self.task_mut().tokenizer = Some(tokenizer);
         self
     }
+}
+
+/// A trained translation model ready to decode: the run's model, its tokenizer, and where they
+/// came from.
+pub struct TrainedModel {
+    pub model: Seq2Seq,
+    pub bpe: Bpe,
+    pub config_path: std::path::PathBuf,
+    pub checkpoint: std::path::PathBuf,
+    _vs: VarStore,
+}
+
+impl TrainedModel {
+    /// Loads `RUN/config.toml`, `RUN/checkpoints/{which}.safetensors` and the run's tokenizer (its
+    /// own copy, checked against the checksum recorded at the start, else the data folder's).
+    pub fn load(run: &Path, which: &str, device: Device) -> Result<TrainedModel, TrainError> {
+        let cfg_path = run.join("config.toml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            TrainError::Config(format!("{}: not a run folder of `preln train` ({e})", cfg_path.display()))
+        })?;
+        let cfg = crate::config::resolve(&cfg_path.display().to_string(), &text, &[])?;
+        let ckpt = run.join("checkpoints").join(format!("{which}.safetensors"));
+        if !ckpt.exists() {
+            return Err(TrainError::Config(format!("{}: no such checkpoint (--which best|last)", ckpt.display())));
+        }
+        let bpe = run_tokenizer(run)?;
+        let mut vs = VarStore::new(device);
+        let model = Seq2Seq::new(&vs.root(), &cfg.model.clone().without_dropout())?;
+        crate::state::load_model(&ckpt, &mut vs)?;
+        Ok(TrainedModel { model, bpe, config_path: cfg_path, checkpoint: ckpt, _vs: vs })
+    }
+}
+
+/// The run's tokenizer: its own copy, else the data folder it was trained on.
+fn run_tokenizer(run: &Path) -> Result<Bpe, TrainError> {
+    let own = run.join(crate::rundir::TOKENIZER);
+    if own.exists() {
+        if let Ok(info) = RunInfo::read(run) {
+            info.check_tokenizer(run)?;
+        }
+        return Ok(Bpe::load(&own)?);
+    }
+    Ok(Bpe::load(&RunInfo::read(run)?.data.join(crate::rundir::TOKENIZER))?)
 }
