@@ -4,7 +4,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::LayerConfig;
-use crate::init::{apply, linear};
+use crate::init::linear;
+use crate::linear::apply;
 
 #[derive(Debug)]
 pub struct MultiHeadAttention {

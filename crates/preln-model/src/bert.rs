@@ -10,7 +10,8 @@ use tch::Tensor;
 use crate::config::BertConfig;
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
-use crate::init::{apply, embedding_weight, layer_norm, linear};
+use crate::init::{embedding_weight, layer_norm, linear};
+use crate::linear::apply;
 use crate::mask;
 use crate::stack::{Encoder, StackOut};
 

@@ -6,7 +6,8 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::config::WeightInit;
-use crate::init::{apply, linear};
+use crate::init::linear;
+use crate::linear::apply;
 
 pub struct PairClassifier {
     pooler: nn::Linear,

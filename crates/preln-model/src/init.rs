@@ -1,7 +1,6 @@
 //! Parameter creation with the paper's initializations (Xavier for translation, N(0, 0.02) for BERT).
 
 use tch::nn::{self, Init};
-use tch::Tensor;
 
 use crate::config::WeightInit;
 
@@ -15,11 +14,6 @@ pub fn linear(p: nn::Path, d_in: i64, d_out: i64, init: WeightInit) -> nn::Linea
         WeightInit::Normal { std } => Init::Randn { mean: 0.0, stdev: std },
     };
     nn::linear(p, d_in, d_out, nn::LinearConfig { ws_init, bs_init: Some(Init::Const(0.0)), bias: true })
-}
-
-/// `x` through a linear layer, with fp32 CPU matrix products on oneDNN ([`preln_ops::linear`]).
-pub fn apply(layer: &nn::Linear, x: &Tensor) -> Tensor {
-    preln_ops::linear(x, &layer.ws, layer.bs.as_ref())
 }
 
 /// A LayerNorm over the last dimension, gain 1 and bias 0.

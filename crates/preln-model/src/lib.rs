@@ -15,6 +15,7 @@ pub mod error;
 pub mod ffn;
 pub mod fsio;
 pub mod init;
+pub mod linear;
 pub mod loss;
 pub mod mask;
 pub mod memory;
