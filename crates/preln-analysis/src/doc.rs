@@ -5,7 +5,16 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::report::ReportError;
+use std::path::PathBuf;
+
+/// Why a report (its document, figures or data files) could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+}
 
 pub enum Block {
     Heading(usize, String),

@@ -10,13 +10,7 @@ use crate::doc::{markdown, Block};
 use crate::init_study::{FfnLayer, HiddenReport, InitReport};
 use crate::plot::{draw, Panel, Series, GREY, POST_COLOR, PRE_COLOR};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
-    #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
-}
+pub use crate::doc::ReportError;
 
 fn write(path: &Path, text: &str) -> Result<(), ReportError> {
     std::fs::write(path, text).map_err(|error| ReportError::Io { path: path.into(), error })

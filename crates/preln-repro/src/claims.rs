@@ -6,7 +6,7 @@ use preln_analysis::init_study::InitReport;
 use preln_model::NormPlacement;
 
 use crate::grid::RunStatus;
-use crate::report::{bleu_text, f3, find, RunResult};
+use crate::results::{bleu_text, f3, find, RunResult};
 
 /// Whether a measurement agrees with the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ pub fn init_claims(init: Option<&InitReport>, depth: Option<&DepthReport>) -> Ve
 mod tests {
     use super::*;
     use crate::grid::PlannedRun;
-    use crate::report::EpochRow;
+    use crate::results::EpochRow;
     use preln_train::config::resolve;
     use std::path::PathBuf;
 

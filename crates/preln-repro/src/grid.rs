@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 use preln_data::Pairs;
 use preln_train::config::{resolve, TrainConfig};
 use preln_train::metrics::{valid_records, Metrics, Record};
+use preln_train::rundir::last_checkpoint;
 use preln_train::state::read_state;
-use preln_train::trainer::{last_checkpoint, updates_per_epoch};
+use preln_train::translation::updates_per_epoch;
 
 use crate::scale::{schedule_overrides, ScaleSpec};
 

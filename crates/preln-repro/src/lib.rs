@@ -12,7 +12,7 @@
 //!
 //! Modules: [`paper`] (the paper's numbers), [`scale`] (what a scale changes), [`builtin`] (the
 //! built-in task), [`grid`] (planning, training and reading runs), [`bert`] (Figure 5),
-//! [`report`] (claims, figures, the report), the document model is `preln_analysis::doc`.
+//! [`results`] (what runs left on disk), [`claims`] (verdicts), [`report`] (figures, the report), the document model is `preln_analysis::doc`.
 
 pub mod bert;
 pub mod builtin;
@@ -20,6 +20,7 @@ pub mod claims;
 pub mod grid;
 pub mod paper;
 pub mod report;
+pub mod results;
 pub mod scale;
 
 use std::path::{Path, PathBuf};

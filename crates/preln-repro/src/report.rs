@@ -8,13 +8,13 @@ use anyhow::{Context as _, Result};
 use preln_analysis::depth_study::DepthReport;
 use preln_analysis::init_study::InitReport;
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
-use preln_train::metrics::valid_records;
 use preln_train::optim::OptimizerConfig;
 use preln_train::schedule::Schedule;
 
 use crate::claims::{init_claims, warmup_claims, Claim};
-use crate::grid::{status, PlannedRun, RunStatus};
+use crate::grid::{PlannedRun, RunStatus};
 use crate::paper::{PAPER_EPOCHS, PAPER_UPDATES_PER_EPOCH, PAPER_WARMUP};
+use crate::results::{bleu_text, f2, f3, find, read_run, RunResult};
 use crate::scale::ScaleSpec;
 use preln_analysis::doc::{html, markdown, Block};
 
@@ -27,55 +27,6 @@ pub struct Context<'a> {
     pub bert: &'a [crate::bert::BertRun],
     pub command: String,
     pub wall_s: f64,
-}
-
-/// One epoch's validation line.
-#[derive(Clone, Debug)]
-pub struct EpochRow {
-    pub epoch: u64,
-    pub loss: f64,
-    pub bleu: Option<f64>,
-    pub wall_s: f64,
-}
-
-/// What a run left on disk.
-pub struct RunResult<'a> {
-    pub run: &'a PlannedRun,
-    pub status: RunStatus,
-    pub epochs: Vec<EpochRow>,
-}
-
-impl RunResult<'_> {
-    pub fn last(&self) -> Option<&EpochRow> {
-        self.epochs.last()
-    }
-
-    /// The epoch with the lowest validation loss.
-    pub fn best(&self) -> Option<&EpochRow> {
-        self.epochs.iter().min_by(|a, b| a.loss.total_cmp(&b.loss))
-    }
-
-    pub fn best_bleu(&self) -> Option<(f64, u64)> {
-        self.epochs.iter().filter_map(|e| e.bleu.map(|b| (b, e.epoch))).max_by(|a, b| a.0.total_cmp(&b.0))
-    }
-
-    /// The first epoch whose validation loss is at or below `loss`.
-    pub fn first_reaching(&self, loss: f64) -> Option<u64> {
-        self.epochs.iter().find(|e| e.loss <= loss).map(|e| e.epoch)
-    }
-
-    pub fn finished(&self) -> bool {
-        matches!(self.status, RunStatus::Complete | RunStatus::Diverged { .. })
-    }
-}
-
-pub fn read_run(run: &PlannedRun) -> Result<RunResult<'_>> {
-    let path = run.dir.join("metrics.jsonl");
-    let lines = if path.exists() { crate::grid::read_metrics(&path)? } else { Vec::new() };
-    let epochs = valid_records(&lines)
-        .map(|v| EpochRow { epoch: v.epoch, loss: v.loss, bleu: v.metric("bleu"), wall_s: v.wall_s })
-        .collect();
-    Ok(RunResult { run, status: status(&run.dir)?, epochs })
 }
 
 /// One colour per (placement, optimizer, lr) across all figures; with and without warmup share
@@ -92,10 +43,6 @@ fn run_color(name: &str) -> RGBColor {
         "pre-radam-5e-4" => RGBColor(44, 160, 44),
         _ => RGBColor(110, 110, 110),
     }
-}
-
-pub(crate) fn find<'a>(results: &'a [RunResult<'a>], name: &str) -> Option<&'a RunResult<'a>> {
-    results.iter().find(|r| r.run.name == name)
 }
 
 /// Loss and BLEU panels of a figure over the named runs (missing ones are left out).
@@ -136,14 +83,6 @@ fn curve_panels(results: &[RunResult], names: &[&str], title: &str, bleu_name: &
             integer_x: true,
         },
     ]
-}
-
-pub(crate) fn f2(x: f64) -> String {
-    format!("{x:.2}")
-}
-
-pub(crate) fn f3(x: f64) -> String {
-    format!("{x:.3}")
 }
 
 fn opt_name(o: &OptimizerConfig) -> &'static str {
@@ -193,10 +132,6 @@ fn run_status_text(r: &RunResult) -> String {
         RunStatus::Partial { step, epoch } => format!("unfinished (update {step}, epoch {epoch})"),
         RunStatus::NotStarted => "not run".into(),
     }
-}
-
-pub(crate) fn bleu_text(b: Option<f64>) -> String {
-    b.map(f2).unwrap_or_else(|| "-".into())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {

@@ -10,7 +10,7 @@ use preln_model::{label_smoothed_nll, Seq2Seq, Seq2SeqConfig};
 use tch::nn::VarStore;
 use tch::Device;
 
-use crate::config::Precision;
+use crate::device::Precision;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::TrainError;
 
@@ -25,7 +25,7 @@ pub fn time_steps(
     precision: Precision,
     device: Device,
 ) -> Result<Vec<f64>, TrainError> {
-    crate::trainer::check_precision(precision, device)?;
+    crate::device::check_precision(precision, device)?;
     let vs = VarStore::new(device);
     let model = seeded(0, || Seq2Seq::new(&vs.root(), model_cfg))?;
     let mut opt = Optimizer::new(optimizer.clone(), parameters(&vs));

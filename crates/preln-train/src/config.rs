@@ -6,6 +6,8 @@ use std::path::Path;
 use preln_model::Seq2SeqConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::device::Precision;
+
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 
@@ -56,21 +58,6 @@ pub struct TrainSection {
     pub valid_bleu_beam: usize,
     /// Length penalty of that search.
     pub valid_bleu_lenpen: f64,
-}
-
-/// The arithmetic of the training step's forward pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Bf16,
-}
-
-impl Precision {
-    pub fn is_bf16(self) -> bool {
-        self == Precision::Bf16
-    }
 }
 
 impl Default for TrainSection {

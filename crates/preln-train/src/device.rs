@@ -4,8 +4,22 @@
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::config::{Precision, TrainSection};
 use crate::TrainError;
+
+/// The arithmetic of the training step's forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_bf16(self) -> bool {
+        self == Precision::Bf16
+    }
+}
 
 /// Where to run, as a config (`train.device`) or the command line (`--device`) says it: the one
 /// device choice of every command.
@@ -46,10 +60,10 @@ impl DeviceChoice {
     }
 }
 
-/// The device of `train.device`, checked against `train.precision`.
-pub fn resolve_device(t: &TrainSection) -> Result<Device, TrainError> {
-    let device = t.device.resolve()?;
-    check_precision(t.precision, device)?;
+/// The device of `choice` (`train.device`), checked against `precision` (`train.precision`).
+pub fn resolve_device(choice: DeviceChoice, precision: Precision) -> Result<Device, TrainError> {
+    let device = choice.resolve()?;
+    check_precision(precision, device)?;
     Ok(device)
 }
 

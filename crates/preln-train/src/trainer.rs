@@ -18,17 +18,15 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
-pub use crate::device::{check_memory, check_precision, resolve_device};
 use crate::metrics::{DiagRecord, DivergedRecord, InterruptedRecord, Metrics, Record, TrainRecord, ValidRecord};
 use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
 use crate::report::{Reporter, Silent};
 use crate::rundir::RunLock;
-pub use crate::rundir::{best_checkpoint, checkpoint_dir, last_checkpoint, prepare_run_dir};
+pub use crate::rundir::{best_checkpoint, last_checkpoint};
 use crate::schedule::Schedule;
 use crate::seeds::{data_seed, dropout_seed, epoch_order};
 use crate::state::{self, TrainState};
-pub use crate::task::{HiddenNorms, Task, Validation};
-pub use crate::tasks::translation::{model_config, updates_per_epoch, Translation};
+use crate::task::{HiddenNorms, Task};
 use crate::{Divergence, TrainError};
 
 /// How to run, beyond the config.

@@ -208,7 +208,7 @@ fn print_results(m: &Measured, tokens: f64, vs_pytorch: bool) {
 /// The precisions to time: those asked for (bf16 on a CPU without fast bf16 is refused, with
 /// the reason), else fp32 and, where it is fast, bf16.
 fn bench_precisions(asked: &[PrecisionArg], device: Device) -> Result<Vec<PrecisionArg>> {
-    let bf16_ok = preln_train::trainer::check_precision(Precision::Bf16, device);
+    let bf16_ok = preln_train::device::check_precision(Precision::Bf16, device);
     if asked.is_empty() {
         if let Err(e) = &bf16_ok {
             eprintln!("timing fp32 only: {e}");

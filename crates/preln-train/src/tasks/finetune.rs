@@ -25,7 +25,11 @@ use crate::optim::OptimizerConfig;
 use crate::report::Reporter;
 use crate::rundir::{last_checkpoint, RunInfo};
 use crate::schedule::Schedule;
-use crate::trainer::{prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, RunOptions, Task, Trainer, Validation};
+
+use crate::device::resolve_device;
+use crate::rundir::prepare_run_dir;
+use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::{LoopConfig, RunOptions, Trainer};
 use crate::TrainError;
 
 /// Fine-tuning settings (the model comes from the pre-training run).
@@ -215,7 +219,7 @@ impl Trainer<Classification> {
         dev: &[PairExample],
         run_dir: &Path,
     ) -> Result<Trainer<Classification>, TrainError> {
-        let device = resolve_device(&cfg.train)?;
+        let device = resolve_device(cfg.train.device, cfg.train.precision)?;
         let lock = prepare_run_dir(run_dir, false)?;
         let max_len = bert_cfg.max_positions as usize;
         let encode = |xs: &[PairExample]| -> Result<Vec<(Vec<i64>, Vec<i64>, i64)>, TrainError> {

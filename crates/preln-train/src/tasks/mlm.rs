@@ -15,9 +15,11 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{parse_with_overrides, ConfigError, TrainSection};
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{
-    check_memory, prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation,
-};
+
+use crate::device::{check_memory, resolve_device};
+use crate::rundir::prepare_run_dir;
+use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::{LoopConfig, Trainer};
 use crate::translation::layer_sq_norms;
 use crate::TrainError;
 
@@ -186,7 +188,7 @@ impl Trainer<MaskedLm> {
                 cfg.model.max_positions
             )));
         }
-        let device = resolve_device(&cfg.train)?;
+        let device = resolve_device(cfg.train.device, cfg.train.precision)?;
         let resolved = PretrainConfig {
             model: BertConfig { vocab_size: vocab_size as i64, pad_id: 0, ..cfg.model.clone() },
             ..cfg.clone()

@@ -14,9 +14,11 @@ use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
 use crate::rundir::RunInfo;
-use crate::trainer::{
-    check_memory, prepare_run_dir, resolve_device, HiddenNorms, LoopConfig, Task, Trainer, Validation,
-};
+
+use crate::device::{check_memory, resolve_device};
+use crate::rundir::prepare_run_dir;
+use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::{LoopConfig, Trainer};
 use crate::TrainError;
 
 /// The model config a data set implies: its vocabulary, pad id 0.
@@ -170,7 +172,7 @@ impl Trainer<Translation> {
                 cfg.train.valid_split
             )));
         }
-        let device = resolve_device(&cfg.train)?;
+        let device = resolve_device(cfg.train.device, cfg.train.precision)?;
         let mcfg = model_config(cfg, vocab_size);
         let need = preln_model::memory::seq2seq(&mcfg, cfg.train.max_tokens as f64);
         check_memory("the encoder-decoder", &need, device)?;
