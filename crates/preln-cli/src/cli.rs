@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use preln_train::device::DeviceChoice;
 
 #[derive(Parser, Debug)]
@@ -154,26 +154,11 @@ pub struct BenchTrainArgs {
     /// Precisions to time: `fp32`, and `bf16` (forward and loss under bfloat16 autocast, on both
     /// sides). Default: both, but on a CPU without fast bf16 (`preln info`) only fp32.
     #[arg(long, value_delimiter = ',')]
-    pub precisions: Vec<PrecisionArg>,
+    pub precisions: Vec<preln_train::config::Precision>,
     /// Internal: time one precision in this process and print JSON (each measurement runs in a
     /// fresh process, so that peak memory is its own).
     #[arg(long, hide = true)]
     pub worker: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrecisionArg {
-    Fp32,
-    Bf16,
-}
-
-impl PrecisionArg {
-    pub fn name(self) -> &'static str {
-        match self {
-            PrecisionArg::Fp32 => "fp32",
-            PrecisionArg::Bf16 => "bf16",
-        }
-    }
 }
 
 #[derive(Args, Debug)]

@@ -19,6 +19,25 @@ impl Precision {
     pub fn is_bf16(self) -> bool {
         self == Precision::Bf16
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision `{s}` (known: fp32, bf16)")),
+        }
+    }
 }
 
 /// Where to run, as a config (`train.device`) or the command line (`--device`) says it: the one

@@ -2,6 +2,7 @@
 //! metrics as JSON lines, divergence diagnosis.
 
 pub mod bench;
+pub mod compare;
 pub mod config;
 pub mod device;
 pub mod interrupt;
@@ -31,6 +32,9 @@ pub enum TrainError {
     Diverged(Box<Divergence>),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A benchmark or reference process that failed or said something unreadable.
+    #[error("{0}")]
+    Process(String),
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("{} is in use by {holder}, which trains there now (a second process would mix their checkpoints and metrics); wait for it to finish or stop it", dir.display())]
