@@ -149,6 +149,7 @@ pub fn run(
     glue: &Path,
     pool: &grid::Pool,
     cores: usize,
+    say: grid::Say,
 ) -> Result<Vec<(String, String)>> {
     for (_, folder) in TASKS {
         for f in ["train.tsv", "dev.tsv"] {
@@ -159,7 +160,7 @@ pub fn run(
         }
     }
     let pre_jobs: Vec<Job> = runs.iter().map(BertRun::job).collect();
-    let mut failures = grid::run_all(&pre_jobs, data, pool)?;
+    let mut failures = grid::run_all(&pre_jobs, data, pool, say)?;
     for r in runs {
         if grid::status(&r.dir)? != RunStatus::Complete {
             continue;
@@ -175,7 +176,7 @@ pub fn run(
                     preln_train::interrupt::signal_name(sig)
                 );
             }
-            eprintln!("bert/{}: fine-tuning on {folder}, {} seeds", r.name, scale.seeds);
+            say(&format!("bert/{}: fine-tuning on {folder}, {} seeds", r.name, scale.seeds));
             let log = out.with_extension("log");
             std::fs::create_dir_all(&r.dir)?;
             let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

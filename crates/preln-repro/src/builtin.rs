@@ -53,7 +53,7 @@ pub fn sentences(n: usize, seed: u64) -> Vec<(String, String)> {
 }
 
 /// The prepared folder of the built-in task under `dir`, made when missing.
-pub fn ensure(dir: &Path) -> Result<PathBuf> {
+pub fn ensure(dir: &Path, say: crate::grid::Say) -> Result<PathBuf> {
     let prepared = dir.join("builtin");
     if prepared.join("manifest.json").exists() {
         Dataset::open(&prepared)?;
@@ -85,7 +85,7 @@ pub fn ensure(dir: &Path) -> Result<PathBuf> {
         out: prepared.clone(),
         force: true,
     };
-    prepare(&spec, |line| eprintln!("{line}"))?;
+    prepare(&spec, say)?;
     Ok(prepared)
 }
 

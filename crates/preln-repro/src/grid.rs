@@ -107,6 +107,9 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
     Ok(if s.done { RunStatus::Complete } else { RunStatus::Partial { step: s.step, epoch: s.epoch } })
 }
 
+/// Where a reproduction's progress lines go (the CLI prints them on stderr).
+pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
+
 /// The `preln` processes that train the runs: which executable, how many at once, and the
 /// libtorch threads of each.
 #[derive(Clone, Debug)]
@@ -186,7 +189,7 @@ pub enum Outcome {
 /// Trains (or resumes) every run that is not complete, `jobs` at a time, each child process
 /// with `threads` libtorch threads. Returns the runs that failed (not the diverged ones: a
 /// divergence is a result).
-pub fn run_all(runs: &[Job], data: &Path, pool: &Pool) -> Result<Vec<(String, String)>> {
+pub fn run_all(runs: &[Job], data: &Path, pool: &Pool, say: Say) -> Result<Vec<(String, String)>> {
     let (jobs, threads) = (pool.jobs, pool.threads);
     for run in runs {
         check_config(run)?;
@@ -204,18 +207,18 @@ pub fn run_all(runs: &[Job], data: &Path, pool: &Pool) -> Result<Vec<(String, St
         .collect();
     let done = runs.len() - todo.len();
     if done > 0 {
-        eprintln!("reproduce: {done} of {} runs already finished (kept)", runs.len());
+        say(&format!("reproduce: {done} of {} runs already finished (kept)", runs.len()));
     }
     if todo.is_empty() {
         return Ok(Vec::new());
     }
-    eprintln!(
+    say(&format!(
         "reproduce: training {} runs, {} at a time with {} thread{} each; logs in RUN/train.log",
         todo.len(),
         jobs,
         threads,
         if threads == 1 { "" } else { "s" }
-    );
+    ));
     let next = Mutex::new(0usize);
     let failures = Mutex::new(Vec::new());
     let total = todo.len();
@@ -232,7 +235,7 @@ pub fn run_all(runs: &[Job], data: &Path, pool: &Pool) -> Result<Vec<(String, St
                 if preln_train::interrupt::requested().is_some() {
                     break;
                 }
-                let outcome = train_one(run, data, pool, i + 1, total);
+                let outcome = train_one(run, data, pool, i + 1, total, say);
                 match outcome {
                     Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
                     Err(e) => failures.lock().expect("lock").push((run.name.clone(), format!("{e:#}"))),
@@ -270,7 +273,7 @@ pub fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Resu
     }
 }
 
-fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize) -> Result<Outcome> {
+fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize, say: Say) -> Result<Outcome> {
     let st = status(&run.dir)?;
     let mut cmd = Command::new(&pool.exe);
     cmd.arg("--threads").arg(pool.threads.to_string()).arg(run.command).arg("--out").arg(&run.dir);
@@ -292,7 +295,7 @@ fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize) -> Res
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    eprintln!("[{k}/{total}] {}: {how}", run.name);
+    say(&format!("[{k}/{total}] {}: {how}", run.name));
     let t = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -309,18 +312,18 @@ fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize) -> Res
     let summary = last_valid(&run.dir).unwrap_or_default();
     match status(&run.dir)? {
         RunStatus::Complete => {
-            eprintln!("[{k}/{total}] {}: finished in {secs:.0} s{summary}", run.name);
+            say(&format!("[{k}/{total}] {}: finished in {secs:.0} s{summary}", run.name));
             Ok(Outcome::Done)
         }
         RunStatus::Diverged { step } => {
-            eprintln!("[{k}/{total}] {}: diverged at update {step} after {secs:.0} s (kept as a result)", run.name);
+            say(&format!("[{k}/{total}] {}: diverged at update {step} after {secs:.0} s (kept as a result)", run.name));
             Ok(Outcome::Diverged)
         }
         _ => {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
             let msg = format!("preln {} exited with {status_code}: {last} (see {})", run.command, log_path.display());
-            eprintln!("[{k}/{total}] {}: {msg}", run.name);
+            say(&format!("[{k}/{total}] {}: {msg}", run.name));
             Ok(Outcome::Failed(msg))
         }
     }

@@ -31,7 +31,7 @@ use preln_analysis::studies::{self, ProbeSpec};
 use preln_data::Dataset;
 use preln_model::{NormPlacement, Seq2SeqConfig};
 
-pub use grid::Pool;
+pub use grid::{Pool, Say};
 pub use scale::{Scale, ScaleSpec};
 
 /// Which experiments.
@@ -84,21 +84,26 @@ pub struct ReproduceSpec {
     pub command: String,
 }
 
-/// Runs the reproduction and writes the report; returns the files written. Runs that failed
-/// are an error listing them (after the report is written).
-pub fn run(spec: &ReproduceSpec) -> Result<Vec<PathBuf>> {
+/// What a reproduction wrote, and the runs that failed (to retry by running it again).
+#[derive(Debug)]
+pub struct Outcome {
+    pub files: Vec<PathBuf>,
+    pub failures: Vec<(String, String)>,
+}
+
+/// Runs the reproduction and writes the report (whatever is on disk, also after failed runs);
+/// `say` hears the progress.
+pub fn run(spec: &ReproduceSpec, say: Say) -> Result<Outcome> {
     std::fs::create_dir_all(&spec.out).with_context(|| format!("creating {}", spec.out.display()))?;
     let started = Instant::now();
     match spec.what {
-        What::Bert => run_bert(spec, started),
-        What::Init => run_translation(spec, started, true, false),
-        What::Warmup => run_translation(spec, started, false, true),
-        What::All => run_translation(spec, started, true, true),
+        What::Bert => run_bert(spec, started, say),
+        What::Init | What::Warmup | What::All => run_translation(spec, started, say),
     }
 }
 
 /// `bert`: the three pretraining runs of Figure 5, fine-tuning, and the report.
-fn run_bert(spec: &ReproduceSpec, started: Instant) -> Result<Vec<PathBuf>> {
+fn run_bert(spec: &ReproduceSpec, started: Instant, say: Say) -> Result<Outcome> {
     let scale = bert::BertScale::of(spec.scale);
     let runs = bert::plan(&scale, &spec.out, &spec.overrides)?;
     let Some(data) = &spec.data else { bail!("reproduce bert: --data must name a folder made by `preln prepare-mlm`") };
@@ -106,14 +111,15 @@ fn run_bert(spec: &ReproduceSpec, started: Instant) -> Result<Vec<PathBuf>> {
     let mut failures = Vec::new();
     if !spec.report_only {
         let Some(glue) = &spec.glue else { bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)") };
-        failures = bert::run(&runs, &scale, data, glue, &spec.pool, spec.cores)?;
+        failures = bert::run(&runs, &scale, data, glue, &spec.pool, spec.cores, say)?;
     }
     finish(spec, started, data, &[], &runs, failures)
 }
 
 /// `init|warmup|all`: Figure 3 and the depth scan, and/or the warmup grid, then the report
 /// (which also shows any BERT results already in `out`).
-fn run_translation(spec: &ReproduceSpec, started: Instant, init: bool, warmup: bool) -> Result<Vec<PathBuf>> {
+fn run_translation(spec: &ReproduceSpec, started: Instant, say: Say) -> Result<Outcome> {
+    let (init, warmup) = (spec.what != What::Warmup, spec.what != What::Init);
     let scale = ScaleSpec::of(spec.scale);
     let bert_runs = bert::plan(&bert::BertScale::of(spec.scale), &spec.out, &[])?;
     let data = match &spec.data {
@@ -121,17 +127,17 @@ fn run_translation(spec: &ReproduceSpec, started: Instant, init: bool, warmup: b
             Dataset::open(d)?;
             d.clone()
         }
-        None => builtin::ensure(&spec.out.join("data"))?,
+        None => builtin::ensure(&spec.out.join("data"), say)?,
     };
     let mut failures = Vec::new();
     if !spec.report_only {
         if init {
-            run_init(&scale, spec.data.as_deref(), &spec.out)?;
+            run_init(&scale, spec.data.as_deref(), &spec.out, say)?;
         }
         if warmup {
             let runs = plan_runs(&scale, &data, spec)?;
             let jobs: Vec<grid::Job> = runs.iter().map(grid::PlannedRun::job).collect();
-            failures = grid::run_all(&jobs, &data, &spec.pool)?;
+            failures = grid::run_all(&jobs, &data, &spec.pool, say)?;
         }
     }
     let runs = plan_runs(&scale, &data, spec)?;
@@ -146,7 +152,7 @@ fn finish(
     runs: &[grid::PlannedRun],
     bert_runs: &[bert::BertRun],
     failures: Vec<(String, String)>,
-) -> Result<Vec<PathBuf>> {
+) -> Result<Outcome> {
     let written = report::write(&report::Context {
         out: &spec.out,
         spec: &ScaleSpec::of(spec.scale),
@@ -157,14 +163,7 @@ fn finish(
         command: spec.command.clone(),
         wall_s: started.elapsed().as_secs_f64(),
     })?;
-    if !failures.is_empty() {
-        for f in &written {
-            println!("{}", f.display());
-        }
-        let list: Vec<String> = failures.iter().map(|(n, m)| format!("{n}: {m}")).collect();
-        bail!("{} run(s) failed (rerun the same command to retry them):\n{}", failures.len(), list.join("\n"));
-    }
-    Ok(written)
+    Ok(Outcome { files: written, failures })
 }
 
 fn plan_runs(scale: &ScaleSpec, data: &Path, spec: &ReproduceSpec) -> Result<Vec<grid::PlannedRun>> {
@@ -173,7 +172,7 @@ fn plan_runs(scale: &ScaleSpec, data: &Path, spec: &ReproduceSpec) -> Result<Vec
 }
 
 /// Figure 3 and the depth scan on the paper's model, each skipped when its JSON is there.
-fn run_init(scale: &ScaleSpec, data: Option<&Path>, out: &Path) -> Result<()> {
+fn run_init(scale: &ScaleSpec, data: Option<&Path>, out: &Path, say: Say) -> Result<()> {
     let model = Seq2SeqConfig::iwslt14(NormPlacement::Pre).without_dropout();
     let placements = [NormPlacement::Post, NormPlacement::Pre];
     let probe = |seeds: u64, dir: &str| ProbeSpec {
@@ -187,17 +186,16 @@ fn run_init(scale: &ScaleSpec, data: Option<&Path>, out: &Path) -> Result<()> {
         device: tch::Device::cuda_if_available(),
         out: out.join(dir),
     };
-    let say = |line: &str| eprintln!("{line}");
     if out.join("init/init.json").exists() {
-        eprintln!("init study: {} exists (kept)", out.join("init/init.json").display());
+        say(&format!("init study: {} exists (kept)", out.join("init/init.json").display()));
     } else {
-        eprintln!("init study (Figure 3): the paper's model, {} seeds", scale.init_seeds);
+        say(&format!("init study (Figure 3): the paper's model, {} seeds", scale.init_seeds));
         studies::init(&model, &placements, &probe(scale.init_seeds, "init"), say)?;
     }
     if out.join("depth/depth.json").exists() {
-        eprintln!("depth scan: {} exists (kept)", out.join("depth/depth.json").display());
+        say(&format!("depth scan: {} exists (kept)", out.join("depth/depth.json").display()));
     } else {
-        eprintln!("depth scan (Theorem 1): depths {:?}, {} seeds", scale.depths, scale.depth_seeds);
+        say(&format!("depth scan (Theorem 1): depths {:?}, {} seeds", scale.depths, scale.depth_seeds));
         studies::depth(&model, &placements, &scale.depths, &probe(scale.depth_seeds, "depth"), say)?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use preln_repro::{Pool, ReproduceSpec, ScaleSpec};
 
 use crate::cli::ReproduceArgs;
@@ -26,8 +26,13 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
         cores,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    for f in preln_repro::run(&spec)? {
+    let outcome = preln_repro::run(&spec, &|line| eprintln!("{line}"))?;
+    for f in &outcome.files {
         println!("{}", f.display());
+    }
+    if !outcome.failures.is_empty() {
+        let list: Vec<String> = outcome.failures.iter().map(|(n, m)| format!("{n}: {m}")).collect();
+        bail!("{} run(s) failed (rerun the same command to retry them):\n{}", list.len(), list.join("\n"));
     }
     Ok(())
 }
