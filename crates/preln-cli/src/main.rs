@@ -11,8 +11,6 @@ fn main() -> std::process::ExitCode {
     report_panics_as_errors();
     // Which fast paths this machine can take, probed once before any command runs.
     preln_ops::caps::init();
-    // Ctrl-C and SIGTERM: training finishes its update, saves and stops; a second one ends at once.
-    preln_train::interrupt::install();
     match std::panic::catch_unwind(|| commands::run(cli)) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {

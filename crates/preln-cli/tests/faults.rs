@@ -223,6 +223,29 @@ fn a_second_ctrl_c_ends_the_process_at_once() {
 }
 
 #[test]
+fn commands_that_do_not_train_stop_at_the_first_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    let reference = d.path().join("ref.en");
+    std::fs::write(&reference, "a b c\n").unwrap();
+    // `bleu` waits for its stdin, which stays open: only the signal can end it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_preln"))
+        .args(["bleu", "--ref", reference.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), "-INT");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "preln bleu ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(child.wait().unwrap().signal(), Some(2), "ended by SIGINT, as without a handler");
+}
+
+#[test]
 fn sigterm_to_reproduce_reaches_its_training_child_which_saves() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("rep");

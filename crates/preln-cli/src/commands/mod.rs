@@ -19,6 +19,11 @@ use crate::cli::{Analyze, Bench, Cli, Command};
 use preln_train::device::DeviceChoice;
 
 pub fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.command, Command::Train(_) | Command::Pretrain(_) | Command::Finetune(_) | Command::Reproduce(_)) {
+        // Ctrl-C and SIGTERM: training finishes its update, saves and stops; a second one ends
+        // at once. Every other command keeps the default: a signal ends it.
+        preln_train::interrupt::install();
+    }
     if let Some(n) = cli.threads {
         if n < 1 {
             bail!("--threads must be at least 1, got {n}");
