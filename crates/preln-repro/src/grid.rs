@@ -89,10 +89,12 @@ pub fn plan(spec: &ScaleSpec, train: &Pairs, out: &Path, only: &[String], user: 
     Ok(runs)
 }
 
+/// Where a run stands. Quiet about a torn last metrics line: the report warns of it once
+/// ([`read_metrics`]).
 pub fn status(dir: &Path) -> Result<RunStatus> {
     let metrics = dir.join("metrics.jsonl");
     if metrics.exists() {
-        if let Some(step) = read_metrics(&metrics)?.iter().find_map(|r| match r {
+        if let Some(step) = Metrics::read(&metrics)?.iter().find_map(|r| match r {
             Record::Diverged(d) => Some(d.step),
             _ => None,
         }) {

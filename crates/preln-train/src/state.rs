@@ -134,7 +134,11 @@ pub fn repair_best(last: &Path, best: &Path, state: &TrainState) -> Result<Optio
 
 /// Reads the position stored in a training checkpoint.
 pub fn read_state(path: &Path) -> Result<TrainState, TrainError> {
-    let meta = read_metadata(path)?;
+    state_of(path, &read_metadata(path)?)
+}
+
+/// The position stored in a checkpoint's metadata `meta` (read from `path`).
+fn state_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<TrainState, TrainError> {
     let json = meta.get(STATE_KEY).ok_or_else(|| {
         TrainError::Checkpoint(format!("{}: not a training checkpoint (no {STATE_KEY})", path.display()))
     })?;
@@ -149,8 +153,9 @@ pub fn split(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, Hash
 /// Restores model, optimizer and position from `path`. Refuses optimizer state of another
 /// kind (Adam's moments are not RAdam's or SGD's momentum).
 pub fn load(path: &Path, vs: &mut VarStore, opt: &mut Optimizer) -> Result<TrainState, TrainError> {
-    let state = read_state(path)?;
-    if let Some(saved) = read_metadata(path)?.get(OPTIMIZER_KEY).filter(|k| k.as_str() != opt.kind()) {
+    let meta = read_metadata(path)?;
+    let state = state_of(path, &meta)?;
+    if let Some(saved) = meta.get(OPTIMIZER_KEY).filter(|k| k.as_str() != opt.kind()) {
         return Err(TrainError::Config(format!(
             "{}: the checkpoint holds {saved}'s optimizer state but the config asks for optimizer.kind = \"{}\"; \
              resuming would feed one optimizer the other's moments. Resume with optimizer.kind = \"{saved}\", or \
