@@ -48,13 +48,21 @@ pub struct DepthFit {
     /// Least squares of ln(norm) on ln(L) over every seed's point.
     pub fit: LineFit,
     /// What Theorem 1 predicts for the slope.
-    pub predicted_slope: f64,
+    /// `None` where Theorem 1 says nothing (placements other than Post-LN and Pre-LN).
+    pub predicted_slope: Option<f64>,
 }
 
-pub fn predicted_slope(placement: NormPlacement) -> f64 {
+pub fn predicted_slope(placement: NormPlacement) -> Option<f64> {
     match placement {
-        NormPlacement::Post => 0.0,
-        NormPlacement::Pre => -0.5,
+        NormPlacement::Post => Some(0.0),
+        NormPlacement::Pre => Some(-0.5),
+        NormPlacement::Sandwich
+        | NormPlacement::Peri
+        | NormPlacement::DeepNorm
+        | NormPlacement::Admin
+        | NormPlacement::ReZero
+        | NormPlacement::B2t
+        | NormPlacement::Mix => None,
     }
 }
 

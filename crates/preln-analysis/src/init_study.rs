@@ -38,9 +38,10 @@ pub struct PlacementInit {
     /// FFN W1 (`fc1.weight`) and W2 (`fc2.weight`) gradient norms per layer (Figure 3a/b).
     pub encoder_ffn: Vec<FfnLayer>,
     pub decoder_ffn: Vec<FfnLayer>,
-    /// W2 gradient norm of the last layer over that of the first (mean over seeds).
-    pub encoder_w2_last_over_first: f64,
-    pub decoder_w2_last_over_first: f64,
+    /// W2 gradient norm of the last layer over that of the first (mean over seeds); `None`
+    /// where the first is zero (ReZero at initialization: every branch gradient is 0).
+    pub encoder_w2_last_over_first: Option<f64>,
+    pub decoder_w2_last_over_first: Option<f64>,
     pub encoder_hidden: HiddenReport,
     pub decoder_hidden: HiddenReport,
 }
@@ -74,15 +75,23 @@ pub struct HiddenLayer {
     pub sq_norm_over_d: Stat,
     /// Lemma 2 for this placement: Post-LN 3/2 (both bounds); Pre-LN `1 + l/2` and `1 + 3l/2`,
     /// which assume `E ||x_1||^2 = d`.
-    pub lemma2_lower: f64,
-    pub lemma2_upper: f64,
+    pub lemma2_lower: Option<f64>,
+    pub lemma2_upper: Option<f64>,
 }
 
 /// Lemma 2's bounds on `E ||x||^2 / d` after `l` layers.
-pub fn lemma2_bounds(placement: NormPlacement, l: usize) -> (f64, f64) {
+/// The lemma is proved for Post-LN and Pre-LN; the other placements have no such bound.
+pub fn lemma2_bounds(placement: NormPlacement, l: usize) -> Option<(f64, f64)> {
     match placement {
-        NormPlacement::Post => (1.5, 1.5),
-        NormPlacement::Pre => (1.0 + l as f64 / 2.0, 1.0 + 1.5 * l as f64),
+        NormPlacement::Post => Some((1.5, 1.5)),
+        NormPlacement::Pre => Some((1.0 + l as f64 / 2.0, 1.0 + 1.5 * l as f64)),
+        NormPlacement::Sandwich
+        | NormPlacement::Peri
+        | NormPlacement::DeepNorm
+        | NormPlacement::Admin
+        | NormPlacement::ReZero
+        | NormPlacement::B2t
+        | NormPlacement::Mix => None,
     }
 }
 
@@ -114,7 +123,8 @@ fn hidden(
         input: stat_of(probes, |p| pick(p).input),
         layers: (0..layers)
             .map(|i| {
-                let (lemma2_lower, lemma2_upper) = lemma2_bounds(placement, i + 1);
+                let bounds = lemma2_bounds(placement, i + 1);
+                let (lemma2_lower, lemma2_upper) = (bounds.map(|b| b.0), bounds.map(|b| b.1));
                 HiddenLayer {
                     layer: i + 1,
                     sq_norm_over_d: stat_of(probes, |p| pick(p).layers[i]),
@@ -126,8 +136,14 @@ fn hidden(
     }
 }
 
-fn last_over_first(layers: &[FfnLayer]) -> f64 {
-    layers.last().map(|l| l.w2.mean).unwrap_or(f64::NAN) / layers.first().map(|l| l.w2.mean).unwrap_or(f64::NAN)
+fn last_over_first(layers: &[FfnLayer]) -> Option<f64> {
+    let (first, last) = (layers.first()?.w2.mean, layers.last()?.w2.mean);
+    (first > 0.0).then(|| last / first)
+}
+
+/// A last/first ratio for people: two decimals, or why there is none.
+pub fn ratio_text(r: Option<f64>) -> String {
+    r.map_or_else(|| "none (the first layer's gradient is 0)".into(), |r| format!("{r:.2}"))
 }
 
 /// Aggregates the probes of one placement.
@@ -182,8 +198,9 @@ mod tests {
 
     #[test]
     fn lemma2_bounds_grow_linearly_for_pre_ln() {
-        assert_eq!(lemma2_bounds(NormPlacement::Pre, 2), (2.0, 4.0));
-        assert_eq!(lemma2_bounds(NormPlacement::Pre, 6), (4.0, 10.0));
-        assert_eq!(lemma2_bounds(NormPlacement::Post, 6), (1.5, 1.5));
+        assert_eq!(lemma2_bounds(NormPlacement::Pre, 2), Some((2.0, 4.0)));
+        assert_eq!(lemma2_bounds(NormPlacement::Pre, 6), Some((4.0, 10.0)));
+        assert_eq!(lemma2_bounds(NormPlacement::Post, 6), Some((1.5, 1.5)));
+        assert_eq!(lemma2_bounds(NormPlacement::Sandwich, 6), None);
     }
 }

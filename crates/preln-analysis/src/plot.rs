@@ -11,6 +11,22 @@ pub const POST_COLOR: RGBColor = RGBColor(214, 39, 40);
 pub const PRE_COLOR: RGBColor = RGBColor(31, 119, 180);
 pub const GREY: RGBColor = RGBColor(110, 110, 110);
 
+/// One colour per placement, the same in every figure (Post-LN red and Pre-LN blue as before).
+pub fn placement_color(p: preln_model::NormPlacement) -> RGBColor {
+    use preln_model::NormPlacement as P;
+    match p {
+        P::Post => POST_COLOR,
+        P::Pre => PRE_COLOR,
+        P::Sandwich => RGBColor(44, 160, 44),
+        P::Peri => RGBColor(148, 103, 189),
+        P::DeepNorm => RGBColor(255, 127, 14),
+        P::Admin => RGBColor(140, 86, 75),
+        P::ReZero => RGBColor(227, 119, 194),
+        P::B2t => RGBColor(188, 189, 34),
+        P::Mix => RGBColor(23, 190, 207),
+    }
+}
+
 /// One line of a panel.
 pub struct Series {
     pub label: String,
@@ -78,11 +94,16 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let tf = |v: f64| if panel.log_log { v.log10() } else { v };
-    let all = || panel.series.iter().flat_map(|s| s.points.iter());
+    // Log axes cannot show a value <= 0 (a gradient that is exactly zero): such points are left out.
+    let visible = move |p: &&(f64, f64, f64)| !panel.log_log || (p.0 > 0.0 && p.1 > 0.0);
+    let all = || panel.series.iter().flat_map(|s| s.points.iter()).filter(visible);
     let (x0, x1) = bounds(all().map(|p| tf(p.0)));
     let (y0, y1) = bounds(
         all()
-            .flat_map(|p| [tf(p.1 - p.2).max(if panel.log_log { f64::MIN } else { f64::NEG_INFINITY }), tf(p.1 + p.2)])
+            .flat_map(|p| {
+                let low = if panel.log_log && p.1 - p.2 <= 0.0 { p.1 } else { p.1 - p.2 };
+                [tf(low), tf(p.1 + p.2)]
+            })
             .filter(|v| v.is_finite()),
     );
     let mut chart = ChartBuilder::on(area)
@@ -126,7 +147,7 @@ fn draw_panel<DB: DrawingBackend>(
         .draw()?;
     for s in &panel.series {
         let style = s.color.stroke_width(2);
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (tf(p.0), tf(p.1))).collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().filter(visible).map(|p| (tf(p.0), tf(p.1))).collect();
         let color = s.color;
         let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2));
         if s.dashed {
@@ -150,4 +171,38 @@ fn draw_panel<DB: DrawingBackend>(
         .border_style(BLACK.mix(0.4))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log-log panel with a series that is exactly zero (ReZero's gradients at initialization,
+    /// or an error bar reaching below zero) draws the rest and leaves those points out; it once
+    /// sent the axis range to -1.8e308 and never finished.
+    #[test]
+    fn a_log_log_panel_with_zeros_leaves_them_out_and_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let series = |label: &str, ys: [f64; 3], err: f64| Series {
+            label: label.into(),
+            color: GREY,
+            points: [2.0, 4.0, 8.0].iter().zip(ys).map(|(&x, y)| (x, y, err)).collect(),
+            dashed: false,
+            markers: true,
+        };
+        let panel = Panel {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![series("zero", [0.0; 3], 0.0), series("wide", [1.0, 0.5, 0.25], 2.0)],
+            log_log: true,
+            integer_x: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(draw(&p, "zeros", &[panel], 1, (300, 200)).is_ok()));
+        let drawn = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("drawing did not finish in 60 s");
+        assert!(drawn && path.exists());
+    }
 }

@@ -40,13 +40,14 @@ fn add_hidden(acc: &mut HiddenNorms, stack: &StackOut, keep: &Tensor, weight: f6
     }
 }
 
-/// Initializes `cfg` (dropout off) with `seed` and runs forward and backward over `batches`,
+/// Initializes `cfg` (dropout off) with `seed` (Admin's profiling pass on the first batch) and runs forward and backward over `batches`,
 /// accumulating the gradient of the loss averaged over all their target tokens (as if they
 /// were one batch). Hidden norms are averaged over batches, weighted by their tokens.
 pub fn probe(cfg: &Seq2SeqConfig, batches: &[Batch], seed: u64, smoothing: f64, device: Device) -> Result<Probe> {
     assert!(!batches.is_empty(), "probe needs at least one batch");
     let vs = VarStore::new(device);
     let model = seeded(seed, || Seq2Seq::new(&vs.root(), &cfg.clone().without_dropout()))?;
+    model.profile_init(&batches[0].src.to_device(device), &batches[0].prev.to_device(device));
     let total_target: i64 = batches.iter().map(|b| b.target_tokens).sum();
     let total_src: i64 = batches.iter().map(|b| b.src_tokens).sum();
     let (mut loss_sum, mut encoder, mut decoder) = (0.0, HiddenNorms::default(), HiddenNorms::default());

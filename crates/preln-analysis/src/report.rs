@@ -3,24 +3,25 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use preln_model::NormPlacement;
-
 use crate::depth_study::DepthReport;
 use crate::doc::{markdown, Block};
 use crate::init_study::{FfnLayer, HiddenReport, InitReport};
-use crate::plot::{draw, Panel, Series, GREY, POST_COLOR, PRE_COLOR};
+use crate::plot::{draw, placement_color as color, Panel, Series, GREY};
 
 pub use crate::doc::ReportError;
 
-fn write(path: &Path, text: &str) -> Result<(), ReportError> {
-    std::fs::write(path, text).map_err(|error| ReportError::Io { path: path.into(), error })
+/// A number with `digits` decimals, or empty where there is none.
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_default()
 }
 
-fn color(p: NormPlacement) -> plotters::style::RGBColor {
-    match p {
-        NormPlacement::Post => POST_COLOR,
-        NormPlacement::Pre => PRE_COLOR,
-    }
+/// A dashed theory line.
+fn line(label: String, color: plotters::style::RGBColor, points: Vec<(f64, f64, f64)>) -> Series {
+    Series { label, color, points, dashed: true, markers: false }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|error| ReportError::Io { path: path.into(), error })
 }
 
 /// Writes `init.json`, the two CSV files, Figure 3, the hidden-norm figure and `init.md` into
@@ -82,8 +83,8 @@ fn init_hidden_csv(report: &InitReport) -> String {
                     l.layer,
                     l.sq_norm_over_d.mean,
                     l.sq_norm_over_d.std,
-                    l.lemma2_lower,
-                    l.lemma2_upper
+                    opt(l.lemma2_lower, 6),
+                    opt(l.lemma2_upper, 6)
                 );
             }
         }
@@ -149,38 +150,17 @@ fn draw_hidden(report: &InitReport, shape: &str, path: &Path) -> Result<(), Repo
                 dashed: false,
                 markers: true,
             });
-            let bound = |upper: bool| -> Vec<(f64, f64, f64)> {
-                h.layers
-                    .iter()
-                    .map(|l| (l.layer as f64, if upper { l.lemma2_upper } else { l.lemma2_lower }, 0.0))
-                    .collect()
+            let bound = |pick_bound: fn(&crate::init_study::HiddenLayer) -> Option<f64>| -> Vec<(f64, f64, f64)> {
+                h.layers.iter().filter_map(|l| pick_bound(l).map(|b| (l.layer as f64, b, 0.0))).collect()
             };
-            match r.placement {
-                NormPlacement::Pre => {
-                    series.push(Series {
-                        label: "Pre-LN Lemma 2: 1 + l/2".into(),
-                        color: PRE_COLOR,
-                        points: bound(false),
-                        dashed: true,
-                        markers: false,
-                    });
-                    series.push(Series {
-                        label: "Pre-LN Lemma 2: 1 + 3l/2".into(),
-                        color: GREY,
-                        points: bound(true),
-                        dashed: true,
-                        markers: false,
-                    });
-                }
-                NormPlacement::Post => {
-                    series.push(Series {
-                        label: "Post-LN Lemma 2: 3/2".into(),
-                        color: POST_COLOR,
-                        points: bound(false),
-                        dashed: true,
-                        markers: false,
-                    });
-                }
+            // Lemma 2 is proved for Post-LN and Pre-LN only.
+            let (lower, upper) = (bound(|l| l.lemma2_lower), bound(|l| l.lemma2_upper));
+            let c = color(r.placement);
+            if !lower.is_empty() && lower == upper {
+                series.push(line(format!("{} Lemma 2: 3/2", r.placement), c, lower));
+            } else if !lower.is_empty() {
+                series.push(line(format!("{} Lemma 2: 1 + l/2", r.placement), c, lower));
+                series.push(line(format!("{} Lemma 2: 1 + 3l/2", r.placement), GREY, upper));
             }
         }
         Panel {
@@ -218,7 +198,7 @@ fn init_doc(report: &InitReport, shape: &str) -> Vec<Block> {
                 stack.to_string(),
                 format!("{:.4} +- {:.4}", first.mean, first.std),
                 format!("{:.4} +- {:.4}", last.mean, last.std),
-                format!("{ratio:.2}"),
+                crate::init_study::ratio_text(ratio),
             ]);
         }
     }
@@ -284,9 +264,9 @@ fn hidden_rows(report: &InitReport) -> Vec<Vec<String>> {
                     l.layer.to_string(),
                     format!("{now:.3}"),
                     format!("{:.3}", now - previous),
-                    format!("{:.2}", l.lemma2_lower),
-                    format!("{:.2}", l.lemma2_upper),
-                    format!("{:.2}", now / l.lemma2_lower),
+                    opt(l.lemma2_lower, 2),
+                    opt(l.lemma2_upper, 2),
+                    opt(l.lemma2_lower.map(|b| now / b), 2),
                 ]);
                 previous = now;
             }
@@ -344,7 +324,9 @@ fn draw_depth(report: &DepthReport, path: &Path) -> Result<(), ReportError> {
                 series.push(Series {
                     label: format!(
                         "{p} fit: slope {:.3} +- {:.3} (theory {})",
-                        f.fit.slope, f.fit.slope_stderr, f.predicted_slope
+                        f.fit.slope,
+                        f.fit.slope_stderr,
+                        opt(f.predicted_slope, 1)
                     ),
                     color: color(p),
                     points: line,
@@ -417,7 +399,7 @@ fn depth_doc(report: &DepthReport) -> Vec<Block> {
                         format!("{:.3}", f.fit.slope),
                         format!("{:.3}", f.fit.slope_stderr),
                         format!("{:.3}", f.fit.r2),
-                        f.predicted_slope.to_string(),
+                        f.predicted_slope.map_or_else(|| "none".into(), |v| v.to_string()),
                     ]
                 })
                 .collect(),

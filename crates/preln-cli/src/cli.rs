@@ -409,9 +409,13 @@ pub struct ModelArgs {
     /// Vocabulary size of the built-in batches.
     #[arg(long)]
     pub vocab: Option<i64>,
-    /// Placements to compare (post, pre).
-    #[arg(long, value_delimiter = ',', default_value = "post,pre")]
-    pub placements: Vec<preln_model::NormPlacement>,
+    /// Placements to compare, comma-separated, or `all`: post, pre, sandwich, peri, deepnorm,
+    /// admin, rezero, b2t, mix.
+    #[arg(long, default_value = "post,pre", value_parser = preln_model::placement::parse_placements)]
+    pub placements: std::vec::Vec<preln_model::NormPlacement>,
+    /// The norm in every slot: layernorm or rmsnorm.
+    #[arg(long, default_value = "layernorm")]
+    pub norm: preln_model::NormKind,
 }
 
 #[derive(Args, Debug, Clone)]

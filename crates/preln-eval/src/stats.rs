@@ -74,8 +74,12 @@ impl LineFit {
         Some(LineFit { slope, intercept, slope_stderr, r2 })
     }
 
-    /// Fits `ln y = a + b ln x`: `slope` is the exponent of a power law `y ~ x^b`.
+    /// Fits `ln y = a + b ln x`: `slope` is the exponent of a power law `y ~ x^b`. `None` when
+    /// a value is not positive (a gradient that is exactly zero has no logarithm).
     pub fn fit_log_log(points: &[(f64, f64)]) -> Option<LineFit> {
+        if points.iter().any(|&(x, y)| !(x > 0.0 && y > 0.0)) {
+            return None;
+        }
         let logs: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x.ln(), y.ln())).collect();
         LineFit::fit(&logs)
     }
@@ -124,5 +128,6 @@ mod tests {
     fn degenerate_fits() {
         assert!(LineFit::fit(&[(1.0, 2.0)]).is_none());
         assert!(LineFit::fit(&[(1.0, 2.0), (1.0, 3.0)]).is_none());
+        assert!(LineFit::fit_log_log(&[(1.0, 2.0), (2.0, 0.0)]).is_none());
     }
 }

@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use crate::config::LayerConfig;
-use crate::init::linear;
+use crate::init::{linear, scale_weight};
 use crate::linear::apply;
 
 #[derive(Debug)]
@@ -18,16 +18,20 @@ pub struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
-    pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
+    /// The value and output projections' weights start multiplied by `gain` (DeepNorm's beta).
+    pub fn new(p: nn::Path, cfg: &LayerConfig, gain: f64) -> Self {
         let d = cfg.d_model;
-        MultiHeadAttention {
+        let m = MultiHeadAttention {
             q_proj: linear(&p / "q_proj", d, d, cfg.init),
             k_proj: linear(&p / "k_proj", d, d, cfg.init),
             v_proj: linear(&p / "v_proj", d, d, cfg.init),
             out_proj: linear(&p / "out_proj", d, d, cfg.init),
             heads: cfg.heads,
             dropout: cfg.attention_dropout,
-        }
+        };
+        scale_weight(&m.v_proj, gain);
+        scale_weight(&m.out_proj, gain);
+        m
     }
 
     /// Splits the last dimension into heads.

@@ -13,6 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::init::{embedding_weight, layer_norm, linear};
 use crate::linear::apply;
 use crate::mask;
+use crate::placement::StackRole;
 use crate::stack::{Encoder, StackOut};
 
 #[derive(Debug)]
@@ -30,7 +31,7 @@ pub struct Bert {
 
 impl Bert {
     /// Paths: `embeddings.{tokens,positions,segments}.weight`, `embeddings.norm.*`,
-    /// `encoder.layers.{i}.*`, `encoder.final_norm.*` (Pre-LN only), `mlm_head.{dense,norm}.*`,
+    /// `encoder.layers.{i}.*`, `encoder.final_norm.*` (where the placement has one), `mlm_head.{dense,norm}.*`,
     /// `mlm_head.bias`.
     pub fn new(p: &nn::Path, cfg: &BertConfig) -> Result<Self> {
         cfg.validate()?;
@@ -44,7 +45,7 @@ impl Bert {
             positions: embedding_weight(&(&e / "positions"), "weight", cfg.max_positions, d, std, None),
             segments: embedding_weight(&(&e / "segments"), "weight", cfg.segments, d, std, None),
             embed_norm: layer_norm(&e / "norm", d, cfg.layer_norm_eps),
-            encoder: Encoder::new(p / "encoder", &layer, cfg.layers),
+            encoder: Encoder::new(p / "encoder", &layer, StackRole::Single { layers: cfg.layers }),
             head_dense: linear(&h / "dense", d, d, layer.init),
             head_norm: layer_norm(&h / "norm", d, cfg.layer_norm_eps),
             head_bias: h.zeros("bias", &[v]),
@@ -74,6 +75,22 @@ impl Bert {
             + Tensor::embedding(&self.segments, segments, -1, false, false);
         let x = preln_ops::dropout(&self.embed_norm.forward(&x), self.cfg.dropout, train);
         Ok(self.encoder.forward(&x, &mask::key_padding(tokens, self.cfg.pad_id), train))
+    }
+
+    /// Finishes initialization on a batch where the placement asks for it (Admin's profiling
+    /// pass sets every omega); other placements are left untouched.
+    ///
+    /// # Shapes
+    /// tokens, segments: `[B, T]`
+    pub fn profile_init(&self, tokens: &Tensor, segments: &Tensor) -> Result<()> {
+        if self.cfg.placement.profiles_init() {
+            let profile = self.encoder.profile();
+            profile.start();
+            let run = tch::no_grad(|| self.encode(tokens, segments, false).map(|_| ()));
+            profile.stop();
+            run?;
+        }
+        Ok(())
     }
 
     /// MLM logits for hidden states.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::placement::NormPlacement;
+use crate::placement::{DeepNormInit, NormKind, NormPlacement, PlacementOptions};
 
 /// The FFN non-linearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,7 @@ pub struct LayerConfig {
     pub activation_dropout: f64,
     pub layer_norm_eps: f64,
     pub init: WeightInit,
+    pub options: PlacementOptions,
 }
 
 /// An encoder-decoder Transformer for translation (fairseq conventions).
@@ -62,6 +63,14 @@ pub struct Seq2SeqConfig {
     /// three separate matrices.
     pub share_embeddings: bool,
     pub layer_norm_eps: f64,
+    /// LayerNorm or RMSNorm in every norm slot of the placement.
+    pub norm: NormKind,
+    /// Mix-LN: the fraction of each stack's layers, from the bottom, that are Post-LN.
+    pub mix_post_fraction: f64,
+    /// DeepNorm: the encoder's beta in an encoder-decoder (`paper` or `torchscale`).
+    pub deepnorm_init: DeepNormInit,
+    /// Peri-LN: a norm on each stack's embedded input.
+    pub peri_embed_norm: bool,
 }
 
 impl Default for Seq2SeqConfig {
@@ -81,6 +90,10 @@ impl Default for Seq2SeqConfig {
             activation_dropout: 0.0,
             share_embeddings: true,
             layer_norm_eps: 1e-5,
+            norm: NormKind::LayerNorm,
+            mix_post_fraction: 0.25,
+            deepnorm_init: DeepNormInit::Paper,
+            peri_embed_norm: true,
         }
     }
 }
@@ -117,7 +130,8 @@ impl Seq2SeqConfig {
         check_probability("dropout", self.dropout)?;
         check_probability("attention_dropout", self.attention_dropout)?;
         check_probability("activation_dropout", self.activation_dropout)?;
-        check_eps(self.layer_norm_eps)
+        check_eps(self.layer_norm_eps)?;
+        check_fraction(self.mix_post_fraction)
     }
 
     pub fn layer(&self) -> LayerConfig {
@@ -132,6 +146,12 @@ impl Seq2SeqConfig {
             activation_dropout: self.activation_dropout,
             layer_norm_eps: self.layer_norm_eps,
             init: WeightInit::Xavier,
+            options: PlacementOptions {
+                norm: self.norm,
+                mix_post_fraction: self.mix_post_fraction,
+                deepnorm_init: self.deepnorm_init,
+                peri_embed_norm: self.peri_embed_norm,
+            },
         }
     }
 
@@ -164,6 +184,11 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     /// Standard deviation of the normal init of linear layers and embeddings.
     pub init_std: f64,
+    /// LayerNorm or RMSNorm in every norm slot of the placement (the embedding and MLM-head
+    /// norms stay LayerNorm, as in BERT).
+    pub norm: NormKind,
+    /// Mix-LN: the fraction of the layers, from the bottom, that are Post-LN.
+    pub mix_post_fraction: f64,
 }
 
 impl Default for BertConfig {
@@ -183,6 +208,8 @@ impl Default for BertConfig {
             attention_dropout: 0.1,
             layer_norm_eps: 1e-12,
             init_std: 0.02,
+            norm: NormKind::LayerNorm,
+            mix_post_fraction: 0.25,
         }
     }
 }
@@ -199,7 +226,7 @@ impl BertConfig {
         if self.init_std.is_nan() || self.init_std <= 0.0 {
             return Err(invalid("init_std", "must be > 0"));
         }
-        Ok(())
+        check_fraction(self.mix_post_fraction)
     }
 
     pub fn layer(&self) -> LayerConfig {
@@ -214,6 +241,13 @@ impl BertConfig {
             activation_dropout: 0.0,
             layer_norm_eps: self.layer_norm_eps,
             init: WeightInit::Normal { std: self.init_std },
+            options: PlacementOptions {
+                norm: self.norm,
+                mix_post_fraction: self.mix_post_fraction,
+                // Peri-LN's embedding norm is BERT's own embedding LayerNorm.
+                peri_embed_norm: false,
+                ..Default::default()
+            },
         }
     }
 
@@ -269,6 +303,13 @@ fn check_dims(vocab: i64, pad: i64, d: i64, ffn: i64, heads: i64) -> Result<()> 
 fn check_probability(key: &'static str, p: f64) -> Result<()> {
     if !(0.0..1.0).contains(&p) {
         return Err(invalid(key, format!("must lie in [0, 1), got {p}")));
+    }
+    Ok(())
+}
+
+fn check_fraction(f: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&f) {
+        return Err(invalid("mix_post_fraction", format!("must lie in [0, 1], got {f}")));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::config::{Activation, LayerConfig};
-use crate::init::linear;
+use crate::init::{linear, scale_weight};
 use crate::linear::apply;
 
 #[derive(Debug)]
@@ -16,14 +16,14 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    /// `fc1` is the paper's W1 (`[ffn, d]`), `fc2` its W2 (`[d, ffn]`).
-    pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
-        FeedForward {
-            fc1: linear(&p / "fc1", cfg.d_model, cfg.ffn_dim, cfg.init),
-            fc2: linear(&p / "fc2", cfg.ffn_dim, cfg.d_model, cfg.init),
-            activation: cfg.activation,
-            dropout: cfg.activation_dropout,
-        }
+    /// `fc1` is the paper's W1 (`[ffn, d]`), `fc2` its W2 (`[d, ffn]`); both weights start
+    /// multiplied by `gain` (DeepNorm's beta).
+    pub fn new(p: nn::Path, cfg: &LayerConfig, gain: f64) -> Self {
+        let fc1 = linear(&p / "fc1", cfg.d_model, cfg.ffn_dim, cfg.init);
+        let fc2 = linear(&p / "fc2", cfg.ffn_dim, cfg.d_model, cfg.init);
+        scale_weight(&fc1, gain);
+        scale_weight(&fc2, gain);
+        FeedForward { fc1, fc2, activation: cfg.activation, dropout: cfg.activation_dropout }
     }
 
     /// # Shapes

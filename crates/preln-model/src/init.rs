@@ -16,6 +16,15 @@ pub fn linear(p: nn::Path, d_in: i64, d_out: i64, init: WeightInit) -> nn::Linea
     nn::linear(p, d_in, d_out, nn::LinearConfig { ws_init, bs_init: Some(Init::Const(0.0)), bias: true })
 }
 
+/// Multiplies a linear layer's weight by `gain` in place (DeepNorm's beta); 1 leaves it alone.
+pub fn scale_weight(l: &nn::Linear, gain: f64) {
+    if gain != 1.0 {
+        tch::no_grad(|| {
+            let _ = l.ws.shallow_clone().g_mul_scalar_(gain);
+        });
+    }
+}
+
 /// A LayerNorm over the last dimension, gain 1 and bias 0.
 pub fn layer_norm(p: nn::Path, d: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![d], nn::LayerNormConfig { eps, ..Default::default() })

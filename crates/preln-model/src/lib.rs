@@ -1,5 +1,5 @@
-//! Post-LN and Pre-LN Transformers on libtorch: the encoder-decoder of Xiong et al. (2020) for
-//! translation and an encoder-only BERT, with the norm placement as one enum.
+//! Transformers on libtorch with the norm placement as one enum (Post-LN, Pre-LN and their
+//! family): the encoder-decoder of Xiong et al. (2020) for translation and an encoder-only BERT.
 //!
 //! Every parameter has a stable dotted path (`encoder.layers.3.ffn.fc2.weight`), built by
 //! scoping `tch::nn::Path`s; those paths are the checkpoint keys and the names diagnostics use.
@@ -19,6 +19,7 @@ pub mod linear;
 pub mod loss;
 pub mod mask;
 pub mod memory;
+pub mod norm;
 pub mod placement;
 pub mod seq2seq;
 pub mod stack;
@@ -28,5 +29,5 @@ pub use bert::Bert;
 pub use config::{Activation, BertConfig, LayerConfig, Seq2SeqConfig, WeightInit};
 pub use error::{ModelError, Result};
 pub use loss::{label_smoothed_nll, LossSums};
-pub use placement::{NormPlacement, NormPosition, Slots};
+pub use placement::{DeepNormInit, NormKind, NormPlacement, PlacementOptions, StackRole};
 pub use seq2seq::Seq2Seq;

@@ -8,7 +8,9 @@ use crate::embedding::{lookup, sinusoidal};
 use crate::error::Result;
 use crate::init::{embedding_std, embedding_weight};
 use crate::mask;
+use crate::placement::StackRole;
 use crate::stack::{Decoder, DecoderCache, Encoder, StackOut};
+use crate::sublayer::AdminProfile;
 
 /// Embedding matrices. With sharing, all three are the one variable `embed_tokens.weight`.
 #[derive(Debug)]
@@ -41,8 +43,10 @@ pub struct Decoded {
 
 impl Seq2Seq {
     /// Creates the variables under `p`; paths are `embed_tokens.weight`,
-    /// `encoder.layers.{i}.{self_attn,self_attn_norm,ffn,ffn_norm}.*`, `encoder.final_norm.*`
-    /// (Pre-LN only), and the same under `decoder` with `cross_attn` and `cross_attn_norm`.
+    /// `encoder.layers.{i}.{self_attn,ffn}.*`, the norm slots of each sublayer
+    /// (`encoder.layers.{i}.ffn_norm.*`, ..., see [`crate::sublayer::Residual::new`]), the outer
+    /// norms `encoder.{embed_norm,final_norm}.*` where the placement has them, and the same
+    /// under `decoder` with `cross_attn`.
     pub fn new(p: &nn::Path, cfg: &Seq2SeqConfig) -> Result<Self> {
         cfg.validate()?;
         let (v, d) = (cfg.vocab_size, cfg.d_model);
@@ -59,12 +63,27 @@ impl Seq2Seq {
             }
         };
         let layer = cfg.layer();
+        let (encoder, decoder) = (cfg.encoder_layers, cfg.decoder_layers);
         Ok(Seq2Seq {
             cfg: cfg.clone(),
             embed,
-            encoder: Encoder::new(p / "encoder", &layer, cfg.encoder_layers),
-            decoder: Decoder::new(p / "decoder", &layer, cfg.decoder_layers),
+            encoder: Encoder::new(p / "encoder", &layer, StackRole::Encoder { encoder, decoder }),
+            decoder: Decoder::new(p / "decoder", &layer, StackRole::Decoder { encoder, decoder }),
         })
+    }
+
+    /// Finishes initialization on a batch where the placement asks for it (Admin's profiling
+    /// pass sets every omega); other placements are left untouched.
+    ///
+    /// # Shapes
+    /// src: `[B, S]`; prev: `[B, T]`
+    pub fn profile_init(&self, src: &Tensor, prev: &Tensor) {
+        if self.cfg.placement.profiles_init() {
+            let stacks: [&AdminProfile; 2] = [self.encoder.profile(), self.decoder.profile()];
+            stacks.iter().for_each(|s| s.start());
+            tch::no_grad(|| self.forward(src, prev, false));
+            stacks.iter().for_each(|s| s.stop());
+        }
     }
 
     pub fn config(&self) -> &Seq2SeqConfig {

@@ -1,13 +1,14 @@
 //! Encoder and decoder layers and the stacks built from them.
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use crate::attention::{KvCache, MultiHeadAttention};
 use crate::config::LayerConfig;
 use crate::ffn::FeedForward;
-use crate::init::layer_norm;
-use crate::sublayer::{Residual, ResidualOut};
+use crate::norm::Norm;
+use crate::placement::{LayerSlots, StackRole};
+use crate::sublayer::{AdminProfile, Residual, ResidualOut};
 
 /// The path segment under which a stack keeps its layers: `encoder.layers.3`.
 pub const LAYERS: &str = "layers";
@@ -33,12 +34,13 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &LayerConfig, slots: &LayerSlots, profile: &AdminProfile) -> Self {
+        let gain = slots.branch_init_gain;
         EncoderLayer {
-            self_attn: MultiHeadAttention::new(&p / "self_attn", cfg),
-            self_attn_res: Residual::new(&p / "self_attn_norm", cfg),
-            ffn: FeedForward::new(&p / "ffn", cfg),
-            ffn_res: Residual::new(&p / "ffn_norm", cfg),
+            self_attn: MultiHeadAttention::new(&p / "self_attn", cfg, gain),
+            self_attn_res: Residual::new(&p, "self_attn", cfg, slots, false, profile),
+            ffn: FeedForward::new(&p / "ffn", cfg, gain),
+            ffn_res: Residual::new(&p, "ffn", cfg, slots, true, profile),
         }
     }
 
@@ -46,7 +48,7 @@ impl EncoderLayer {
     /// x: `[B, S, d]`; mask: `[B, 1, 1, S]` -> `[B, S, d]`
     pub fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> ResidualOut {
         let a = self.self_attn_res.forward(x, train, |h| self.self_attn.forward(h, h, Some(mask), train));
-        self.ffn_res.forward(&a.out, train, |h| self.ffn.forward(h, train))
+        self.ffn_res.forward_last(&a.out, x, train, |h| self.ffn.forward(h, train))
     }
 }
 
@@ -62,14 +64,15 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn new(p: nn::Path, cfg: &LayerConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &LayerConfig, slots: &LayerSlots, profile: &AdminProfile) -> Self {
+        let gain = slots.branch_init_gain;
         DecoderLayer {
-            self_attn: MultiHeadAttention::new(&p / "self_attn", cfg),
-            self_attn_res: Residual::new(&p / "self_attn_norm", cfg),
-            cross_attn: MultiHeadAttention::new(&p / "cross_attn", cfg),
-            cross_attn_res: Residual::new(&p / "cross_attn_norm", cfg),
-            ffn: FeedForward::new(&p / "ffn", cfg),
-            ffn_res: Residual::new(&p / "ffn_norm", cfg),
+            self_attn: MultiHeadAttention::new(&p / "self_attn", cfg, gain),
+            self_attn_res: Residual::new(&p, "self_attn", cfg, slots, false, profile),
+            cross_attn: MultiHeadAttention::new(&p / "cross_attn", cfg, gain),
+            cross_attn_res: Residual::new(&p, "cross_attn", cfg, slots, false, profile),
+            ffn: FeedForward::new(&p / "ffn", cfg, gain),
+            ffn_res: Residual::new(&p, "ffn", cfg, slots, true, profile),
         }
     }
 
@@ -88,7 +91,7 @@ impl DecoderLayer {
         let c = self
             .cross_attn_res
             .forward(&a.out, train, |h| self.cross_attn.forward(h, memory, Some(memory_mask), train));
-        self.ffn_res.forward(&c.out, train, |h| self.ffn.forward(h, train))
+        self.ffn_res.forward_last(&c.out, x, train, |h| self.ffn.forward(h, train))
     }
 
     /// One new position, attending over the cached past (inference: no dropout).
@@ -113,7 +116,7 @@ impl DecoderLayer {
         let c = self
             .cross_attn_res
             .forward(&a.out, false, |h| self.cross_attn.attend(h, &cross.k, &cross.v, Some(memory_mask), false));
-        self.ffn_res.forward(&c.out, false, |h| self.ffn.forward(h, false)).out
+        self.ffn_res.forward_last(&c.out, x, false, |h| self.ffn.forward(h, false)).out
     }
 }
 
@@ -149,69 +152,106 @@ impl DecoderCache {
     }
 }
 
-/// Variables `{p}.layers.{i}.*` and, when the placement has one, `{p}.final_norm`.
-fn final_norm(p: &nn::Path, cfg: &LayerConfig) -> Option<nn::LayerNorm> {
-    cfg.placement.slots().final_norm.then(|| layer_norm(p / "final_norm", cfg.d_model, cfg.layer_norm_eps))
+/// What every stack holds besides its layers: its placement's outer norms and Admin's profile.
+#[derive(Debug)]
+struct Outer {
+    embed_norm: Option<Norm>,
+    final_norm: Option<Norm>,
+    profile: AdminProfile,
 }
 
-fn finish(input: &Tensor, x: Tensor, layer_sums: Vec<Tensor>, norm: &Option<nn::LayerNorm>) -> StackOut {
-    let out = match norm {
-        Some(ln) => ln.forward(&x),
-        None => x,
-    };
-    StackOut { input: input.shallow_clone(), out, layer_sums }
+impl Outer {
+    /// Variables `{p}.embed_norm` and `{p}.final_norm` where the placement has them.
+    fn new(p: &nn::Path, cfg: &LayerConfig) -> Self {
+        let slots = cfg.placement.stack_slots(&cfg.options);
+        let norm = |name: &str| Norm::new(p / name, cfg.options.norm, cfg.d_model, cfg.layer_norm_eps);
+        Outer {
+            embed_norm: slots.embed_norm.then(|| norm("embed_norm")),
+            final_norm: slots.final_norm.then(|| norm("final_norm")),
+            profile: AdminProfile::default(),
+        }
+    }
+
+    fn slots(cfg: &LayerConfig, role: StackRole) -> impl Iterator<Item = (i64, LayerSlots)> + '_ {
+        (0..role.layers()).map(move |i| (i, cfg.placement.layer_slots(&cfg.options, role, i)))
+    }
+
+    fn embedded(&self, x: &Tensor) -> Tensor {
+        match &self.embed_norm {
+            Some(n) => n.forward(x),
+            None => x.shallow_clone(),
+        }
+    }
+
+    fn finish(&self, x: Tensor) -> Tensor {
+        match &self.final_norm {
+            Some(n) => n.forward(&x),
+            None => x,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Encoder {
     layers: Vec<EncoderLayer>,
-    final_norm: Option<nn::LayerNorm>,
+    outer: Outer,
 }
 
 impl Encoder {
-    pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
+    /// Variables `{p}.layers.{i}.*` and the outer norms of the placement.
+    pub fn new(p: nn::Path, cfg: &LayerConfig, role: StackRole) -> Self {
         let lp = &p / LAYERS;
-        Encoder {
-            layers: (0..layers).map(|i| EncoderLayer::new(&lp / i, cfg)).collect(),
-            final_norm: final_norm(&p, cfg),
-        }
+        let outer = Outer::new(&p, cfg);
+        let layers =
+            Outer::slots(cfg, role).map(|(i, s)| EncoderLayer::new(&lp / i, cfg, &s, &outer.profile)).collect();
+        Encoder { layers, outer }
     }
 
     pub fn has_final_norm(&self) -> bool {
-        self.final_norm.is_some()
+        self.outer.final_norm.is_some()
+    }
+
+    /// Admin's profiling pass runs while this is alive (see [`AdminProfile`]).
+    pub fn profile(&self) -> &AdminProfile {
+        &self.outer.profile
     }
 
     /// # Shapes
     /// x: `[B, S, d]` (embedded input); mask: `[B, 1, 1, S]` -> out `[B, S, d]`
     pub fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> StackOut {
-        let mut h = x.shallow_clone();
+        let mut h = self.outer.embedded(x);
         let mut sums = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let r = layer.forward(&h, mask, train);
             sums.push(r.sum);
             h = r.out;
         }
-        finish(x, h, sums, &self.final_norm)
+        StackOut { input: x.shallow_clone(), out: self.outer.finish(h), layer_sums: sums }
     }
 }
 
 #[derive(Debug)]
 pub struct Decoder {
     layers: Vec<DecoderLayer>,
-    final_norm: Option<nn::LayerNorm>,
+    outer: Outer,
 }
 
 impl Decoder {
-    pub fn new(p: nn::Path, cfg: &LayerConfig, layers: i64) -> Self {
+    /// Variables `{p}.layers.{i}.*` and the outer norms of the placement.
+    pub fn new(p: nn::Path, cfg: &LayerConfig, role: StackRole) -> Self {
         let lp = &p / LAYERS;
-        Decoder {
-            layers: (0..layers).map(|i| DecoderLayer::new(&lp / i, cfg)).collect(),
-            final_norm: final_norm(&p, cfg),
-        }
+        let outer = Outer::new(&p, cfg);
+        let layers =
+            Outer::slots(cfg, role).map(|(i, s)| DecoderLayer::new(&lp / i, cfg, &s, &outer.profile)).collect();
+        Decoder { layers, outer }
     }
 
     pub fn has_final_norm(&self) -> bool {
-        self.final_norm.is_some()
+        self.outer.final_norm.is_some()
+    }
+
+    pub fn profile(&self) -> &AdminProfile {
+        &self.outer.profile
     }
 
     /// # Shapes
@@ -225,14 +265,14 @@ impl Decoder {
         memory_mask: &Tensor,
         train: bool,
     ) -> StackOut {
-        let mut h = x.shallow_clone();
+        let mut h = self.outer.embedded(x);
         let mut sums = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let r = layer.forward(&h, self_mask, memory, memory_mask, train);
             sums.push(r.sum);
             h = r.out;
         }
-        finish(x, h, sums, &self.final_norm)
+        StackOut { input: x.shallow_clone(), out: self.outer.finish(h), layer_sums: sums }
     }
 
     /// A cache for incremental decoding over `memory`.
@@ -251,19 +291,16 @@ impl Decoder {
         DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0 }
     }
 
-    /// One new position through every layer (and the final norm).
+    /// One new position through every layer (and the outer norms).
     ///
     /// # Shapes
     /// x: `[B, 1, d]` (embedded) -> `[B, 1, d]`
     pub fn forward_step(&self, x: &Tensor, cache: &mut DecoderCache) -> Tensor {
-        let mut h = x.shallow_clone();
+        let mut h = self.outer.embedded(x);
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             h = layer.forward_step(&h, c, &cache.memory_mask);
         }
         cache.len += 1;
-        match &self.final_norm {
-            Some(ln) => ln.forward(&h),
-            None => h,
-        }
+        self.outer.finish(h)
     }
 }

@@ -4,34 +4,38 @@
 
 mod common;
 
-use common::golden::{check, ModelKind};
-use preln_model::NormPlacement;
+use common::golden::{cases, check, ModelKind};
 use tch::Kind;
+
+/// fp32 against the fp64 reference. The loosest tensor is ReZero's scalar gate, whose gradient
+/// sums a few hundred fp32 products through un-normalized activations (measured 1.2e-5; every
+/// placement matches to 1e-10 in fp64).
+const FP32_TOL: f64 = 2e-5;
 
 #[test]
 fn seq2seq_matches_pytorch_fp32() {
-    for placement in NormPlacement::ALL {
-        check(ModelKind::Seq2Seq, placement, Kind::Float, 1e-5);
+    for case in cases() {
+        check(ModelKind::Seq2Seq, case, Kind::Float, FP32_TOL);
     }
 }
 
 #[test]
 fn seq2seq_matches_pytorch_fp64() {
-    for placement in NormPlacement::ALL {
-        check(ModelKind::Seq2Seq, placement, Kind::Double, 1e-10);
+    for case in cases() {
+        check(ModelKind::Seq2Seq, case, Kind::Double, 1e-10);
     }
 }
 
 #[test]
 fn bert_matches_pytorch_fp32() {
-    for placement in NormPlacement::ALL {
-        check(ModelKind::Bert, placement, Kind::Float, 1e-5);
+    for case in cases() {
+        check(ModelKind::Bert, case, Kind::Float, FP32_TOL);
     }
 }
 
 #[test]
 fn bert_matches_pytorch_fp64() {
-    for placement in NormPlacement::ALL {
-        check(ModelKind::Bert, placement, Kind::Double, 1e-10);
+    for case in cases() {
+        check(ModelKind::Bert, case, Kind::Double, 1e-10);
     }
 }

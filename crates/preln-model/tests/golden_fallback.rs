@@ -4,10 +4,14 @@
 
 mod common;
 
-use common::golden::{check, ModelKind};
-use preln_model::NormPlacement;
+use common::golden::{cases, check, ModelKind};
 use preln_ops::caps::{self, PathState};
 use tch::Kind;
+
+/// fp32 against the fp64 reference. The loosest tensor is ReZero's scalar gate, whose gradient
+/// sums a few hundred fp32 products through un-normalized activations (measured 1.2e-5; every
+/// placement matches to 1e-10 in fp64).
+const FP32_TOL: f64 = 2e-5;
 
 /// Forces the fallback for this whole process (every test here calls it first), and after the
 /// checks asserts that no AVX2 kernel ran.
@@ -21,8 +25,8 @@ fn with_fallback(f: impl FnOnce()) {
 #[test]
 fn seq2seq_matches_pytorch_fp32_on_the_fallback_paths() {
     with_fallback(|| {
-        for placement in NormPlacement::ALL {
-            check(ModelKind::Seq2Seq, placement, Kind::Float, 1e-5);
+        for case in cases() {
+            check(ModelKind::Seq2Seq, case, Kind::Float, FP32_TOL);
         }
     });
 }
@@ -30,8 +34,8 @@ fn seq2seq_matches_pytorch_fp32_on_the_fallback_paths() {
 #[test]
 fn bert_matches_pytorch_fp32_on_the_fallback_paths() {
     with_fallback(|| {
-        for placement in NormPlacement::ALL {
-            check(ModelKind::Bert, placement, Kind::Float, 1e-5);
+        for case in cases() {
+            check(ModelKind::Bert, case, Kind::Float, FP32_TOL);
         }
     });
 }

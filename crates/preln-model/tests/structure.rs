@@ -30,7 +30,7 @@ fn norm_weights(names: &[String]) -> Vec<&str> {
 
 #[test]
 fn pre_ln_has_exactly_one_final_norm_per_stack_and_post_ln_none() {
-    for placement in NormPlacement::ALL {
+    for placement in [NormPlacement::Pre, NormPlacement::Post] {
         let vs = VarStore::new(Device::Cpu);
         let model = Seq2Seq::new(&vs.root(), &tiny(placement)).unwrap();
         let names = param_names(&vs);
@@ -38,24 +38,112 @@ fn pre_ln_has_exactly_one_final_norm_per_stack_and_post_ln_none() {
         // 3 encoder layers x 2 sublayers + 2 decoder layers x 3 sublayers = 12 sublayer norms.
         let sublayer_norms = norm_weights(&names).len() - finals.len() / 2;
         assert_eq!(sublayer_norms, 12, "{placement}: {names:?}");
-        match placement {
-            NormPlacement::Pre => {
-                assert_eq!(
-                    finals,
-                    vec![
-                        "decoder.final_norm.bias",
-                        "decoder.final_norm.weight",
-                        "encoder.final_norm.bias",
-                        "encoder.final_norm.weight"
-                    ]
-                );
-                assert!(model.encoder().has_final_norm() && model.decoder().has_final_norm());
-            }
-            NormPlacement::Post => {
-                assert!(finals.is_empty(), "Post-LN must not have a final norm: {finals:?}");
-                assert!(!model.encoder().has_final_norm() && !model.decoder().has_final_norm());
-            }
+        if placement == NormPlacement::Pre {
+            assert_eq!(
+                finals,
+                vec![
+                    "decoder.final_norm.bias",
+                    "decoder.final_norm.weight",
+                    "encoder.final_norm.bias",
+                    "encoder.final_norm.weight"
+                ]
+            );
+            assert!(model.encoder().has_final_norm() && model.decoder().has_final_norm());
+        } else {
+            assert!(finals.is_empty(), "Post-LN must not have a final norm: {finals:?}");
+            assert!(!model.encoder().has_final_norm() && !model.decoder().has_final_norm());
         }
+    }
+}
+
+/// Every norm-like variable of layer 0 of the encoder and of the stacks, by placement: the
+/// checkpoint keys each placement adds (README, "Norm placements").
+#[test]
+fn each_placement_has_exactly_its_norms_and_checkpoint_keys() {
+    for placement in NormPlacement::ALL {
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = Seq2SeqConfig { encoder_layers: 4, decoder_layers: 4, ..tiny(placement) };
+        Seq2Seq::new(&vs.root(), &cfg).unwrap();
+        let names = param_names(&vs);
+        let of = |prefix: &str| -> Vec<String> {
+            let mut v: Vec<String> = names
+                .iter()
+                .filter_map(|n| n.strip_prefix(prefix))
+                .filter(|n| !n.starts_with("self_attn.") && !n.starts_with("ffn.") && !n.starts_with("layers."))
+                .map(String::from)
+                .collect();
+            v.sort();
+            v
+        };
+        let (layer0, stack) = (of("encoder.layers.0."), of("encoder."));
+        let ln = |name: &str| vec![format!("{name}.bias"), format!("{name}.weight")];
+        let both = |a: Vec<String>, b: Vec<String>| [a, b].concat();
+        let (want_layer0, want_stack): (Vec<String>, Vec<String>) = match placement {
+            NormPlacement::Post | NormPlacement::DeepNorm | NormPlacement::B2t | NormPlacement::Mix => {
+                (both(ln("ffn_norm"), ln("self_attn_norm")), vec![])
+            }
+            NormPlacement::Pre => (both(ln("ffn_norm"), ln("self_attn_norm")), ln("final_norm")),
+            NormPlacement::Sandwich => (
+                [ln("ffn_norm"), ln("ffn_out_norm"), ln("self_attn_norm"), ln("self_attn_out_norm")].concat(),
+                ln("final_norm"),
+            ),
+            NormPlacement::Peri => (
+                [ln("ffn_norm"), ln("ffn_out_norm"), ln("self_attn_norm"), ln("self_attn_out_norm")].concat(),
+                both(ln("embed_norm"), ln("final_norm")),
+            ),
+            NormPlacement::Admin => (
+                [
+                    ln("ffn_norm"),
+                    vec!["ffn_residual.omega".into()],
+                    ln("self_attn_norm"),
+                    vec!["self_attn_residual.omega".into()],
+                ]
+                .concat(),
+                vec![],
+            ),
+            NormPlacement::ReZero => (vec!["ffn_residual.alpha".into(), "self_attn_residual.alpha".into()], vec![]),
+        };
+        // Mix-LN's final norm: 4 layers x 0.25 puts layer 0 in Post-LN and the rest in Pre-LN.
+        let want_stack = if placement == NormPlacement::Mix { ln("final_norm") } else { want_stack };
+        assert_eq!(layer0, want_layer0, "{placement}");
+        assert_eq!(stack, want_stack, "{placement}");
+    }
+}
+
+#[test]
+fn rmsnorm_slots_have_a_gain_and_no_bias() {
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = Seq2SeqConfig { norm: preln_model::NormKind::RmsNorm, ..tiny(NormPlacement::Pre) };
+    Seq2Seq::new(&vs.root(), &cfg).unwrap();
+    let names = param_names(&vs);
+    assert!(names.iter().any(|n| n == "encoder.layers.0.ffn_norm.weight"));
+    assert!(names.iter().any(|n| n == "decoder.final_norm.weight"));
+    assert!(!names.iter().any(|n| n.contains("norm.bias")), "{names:?}");
+}
+
+#[test]
+fn deepnorm_scales_value_output_and_ffn_weights_by_beta_and_nothing_else() {
+    let cfg = |placement| Seq2SeqConfig { encoder_layers: 6, decoder_layers: 6, ..tiny(placement) };
+    let build = |placement| {
+        let vs = VarStore::new(Device::Cpu);
+        preln_model::init::seeded(11, || Seq2Seq::new(&vs.root(), &cfg(placement)).unwrap());
+        vs
+    };
+    let (post, deep) = (build(NormPlacement::Post), build(NormPlacement::DeepNorm));
+    let (pv, dv) = (post.variables(), deep.variables());
+    let s = 6f64.powf(5.0 / 16.0);
+    let (enc_beta, dec_beta) = (0.87 / s, 72f64.powf(-0.25));
+    for (name, p) in &pv {
+        let scaled = ["v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight"].iter().any(|w| name.ends_with(w));
+        let beta = if !scaled {
+            1.0
+        } else if name.starts_with("encoder.") {
+            enc_beta
+        } else {
+            dec_beta
+        };
+        let want = p * beta;
+        assert!(dv[name].allclose(&want, 1e-6, 1e-7, false), "{name}: want x{beta}");
     }
 }
 
@@ -74,7 +162,11 @@ fn bert_final_norm_follows_placement() {
         };
         Bert::new(&vs.root(), &cfg).unwrap();
         let has_final = param_names(&vs).iter().any(|n| n == "encoder.final_norm.weight");
-        assert_eq!(has_final, placement == NormPlacement::Pre, "{placement}");
+        let want = matches!(
+            placement,
+            NormPlacement::Pre | NormPlacement::Sandwich | NormPlacement::Peri | NormPlacement::Mix
+        );
+        assert_eq!(has_final, want, "{placement}");
     }
 }
 

@@ -161,20 +161,22 @@ pub fn init_claims(init: Option<&InitReport>, depth: Option<&DepthReport>) -> Ve
     if let Some(init) = init {
         let get = |p: NormPlacement| init.results.iter().find(|r| r.placement == p);
         if let (Some(post), Some(pre)) = (get(NormPlacement::Post), get(NormPlacement::Pre)) {
+            // Post-LN and Pre-LN gradients are never all zero at initialization.
+            let r = |x: Option<f64>| x.unwrap_or(f64::NAN);
             claims.push(Claim {
                 claim: "At initialization Post-LN's FFN gradients grow towards the output; Pre-LN's do not".into(),
                 paper: "W1/W2 gradient norm rises with the layer for Post-LN, stays level for Pre-LN (Fig. 3)".into(),
                 measured: format!(
                     "W2 gradient norm, last layer / first layer: Post-LN decoder {:.2}x, encoder {:.2}x; Pre-LN decoder {:.2}x, encoder {:.2}x",
-                    post.decoder_w2_last_over_first,
-                    post.encoder_w2_last_over_first,
-                    pre.decoder_w2_last_over_first,
-                    pre.encoder_w2_last_over_first
+                    r(post.decoder_w2_last_over_first),
+                    r(post.encoder_w2_last_over_first),
+                    r(pre.decoder_w2_last_over_first),
+                    r(pre.encoder_w2_last_over_first)
                 ),
                 verdict: verdict(
-                    post.decoder_w2_last_over_first > 1.5
-                        && pre.decoder_w2_last_over_first < 1.2
-                        && pre.encoder_w2_last_over_first < 1.2,
+                    r(post.decoder_w2_last_over_first) > 1.5
+                        && r(pre.decoder_w2_last_over_first) < 1.2
+                        && r(pre.encoder_w2_last_over_first) < 1.2,
                 ),
             });
             let last = post.decoder_ffn.last().map(|l| l.w2);

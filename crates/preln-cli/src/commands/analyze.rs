@@ -19,6 +19,7 @@ pub fn model_config(args: &ModelArgs) -> Result<Seq2SeqConfig> {
     cfg.ffn_dim = args.ffn_dim.unwrap_or(cfg.ffn_dim);
     cfg.heads = args.heads.unwrap_or(cfg.heads);
     cfg.vocab_size = args.vocab.unwrap_or(cfg.vocab_size);
+    cfg.norm = args.norm;
     cfg.validate()?;
     Ok(cfg.without_dropout())
 }
@@ -51,8 +52,10 @@ pub fn init(args: InitArgs) -> Result<()> {
         studies::init(&model_config(&args.model)?, &args.model.placements, &probe, |line| eprintln!("{line}"))?;
     for r in &report.results {
         eprintln!(
-            "{}: W2 grad norm last/first layer: encoder {:.2}, decoder {:.2}",
-            r.placement, r.encoder_w2_last_over_first, r.decoder_w2_last_over_first
+            "{}: W2 grad norm last/first layer: encoder {}, decoder {}",
+            r.placement,
+            init_study::ratio_text(r.encoder_w2_last_over_first),
+            init_study::ratio_text(r.decoder_w2_last_over_first)
         );
     }
     eprintln!("done in {:.0} s on {:?}", start.elapsed().as_secs_f64(), probe.device);
@@ -70,7 +73,11 @@ pub fn depth(args: DepthArgs) -> Result<()> {
     for f in &report.fits {
         eprintln!(
             "{} {}: slope of ln(norm) on ln(L) = {:.3} +- {:.3} (Theorem 1: {})",
-            f.placement, f.stack, f.fit.slope, f.fit.slope_stderr, f.predicted_slope
+            f.placement,
+            f.stack,
+            f.fit.slope,
+            f.fit.slope_stderr,
+            f.predicted_slope.map_or_else(|| "no prediction".into(), |v| v.to_string())
         );
     }
     eprintln!("done in {:.0} s on {:?}", start.elapsed().as_secs_f64(), probe.device);

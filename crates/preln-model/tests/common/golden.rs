@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use preln_model::checkpoint::{self, parameters};
-use preln_model::{label_smoothed_nll, Bert, BertConfig, NormPlacement, Seq2Seq, Seq2SeqConfig};
+use preln_model::{label_smoothed_nll, Bert, BertConfig, NormKind, NormPlacement, Seq2Seq, Seq2SeqConfig};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
@@ -16,6 +16,16 @@ const HEADS: i64 = 2;
 const LAYERS: i64 = 2;
 const SMOOTHING: f64 = 0.1;
 const IGNORE: i64 = -100;
+/// Mix-LN with 2 layers: layer 0 Post-LN, layer 1 Pre-LN.
+const MIX_POST_FRACTION: f64 = 0.5;
+
+/// The cases tools/make_golden.py writes: every placement with LayerNorm, and Pre-LN and
+/// Post-LN with RMSNorm.
+pub fn cases() -> Vec<(NormPlacement, NormKind)> {
+    let mut cases: Vec<_> = NormPlacement::ALL.iter().map(|p| (*p, NormKind::LayerNorm)).collect();
+    cases.extend([(NormPlacement::Pre, NormKind::RmsNorm), (NormPlacement::Post, NormKind::RmsNorm)]);
+    cases
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum ModelKind {
@@ -36,10 +46,14 @@ impl ModelKind {
 /// and returns logits and loss with the golden values.
 pub fn run(
     model: ModelKind,
-    placement: NormPlacement,
+    (placement, norm): (NormPlacement, NormKind),
     kind: Kind,
 ) -> (VarStore, Tensor, Tensor, HashMap<String, Tensor>) {
-    let base = super::golden_dir().join(format!("{}_{}", model.name(), placement.name()));
+    let suffix = match norm {
+        NormKind::LayerNorm => "",
+        NormKind::RmsNorm => "_rmsnorm",
+    };
+    let base = super::golden_dir().join(format!("{}_{}{suffix}", model.name(), placement.name()));
     let weights = base.with_extension("weights.safetensors");
     let golden_path = base.with_extension("golden.safetensors");
     for path in [&weights, &golden_path] {
@@ -60,6 +74,8 @@ pub fn run(
                 heads: HEADS,
                 encoder_layers: LAYERS,
                 decoder_layers: LAYERS,
+                norm,
+                mix_post_fraction: MIX_POST_FRACTION,
                 ..Default::default()
             }
             .without_dropout();
@@ -82,6 +98,8 @@ pub fn run(
                 layers: LAYERS,
                 max_positions: 12,
                 segments: 2,
+                norm,
+                mix_post_fraction: MIX_POST_FRACTION,
                 ..Default::default()
             }
             .without_dropout();
@@ -101,9 +119,9 @@ pub fn run(
     (vs, logits, loss, golden)
 }
 
-pub fn check(model: ModelKind, placement: NormPlacement, kind: Kind, tol: f64) {
-    let case = format!("{} {placement} {kind:?}", model.name());
-    let (vs, logits, loss, golden) = run(model, placement, kind);
+pub fn check(model: ModelKind, (placement, norm): (NormPlacement, NormKind), kind: Kind, tol: f64) {
+    let case = format!("{} {placement} {norm:?} {kind:?}", model.name());
+    let (vs, logits, loss, golden) = run(model, (placement, norm), kind);
     let mut report = vec![
         ("logits".to_string(), super::relative_error(&logits, &golden["output.logits"], 0.0)),
         ("loss".to_string(), super::relative_error(&loss.reshape([1]), &golden["output.loss"], 0.0)),

@@ -198,6 +198,14 @@ impl Trainer<MaskedLm> {
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Bert::new(&vs.root(), &resolved.model))?;
         let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        // Admin's omegas come from the first batch in batching order, masked with fixed seeds (a
+        // resumed run's checkpoint then replaces them).
+        if resolved.model.placement.profiles_init() {
+            let segs: Vec<&[u32]> = batches[0].iter().map(|&i| train[i].as_slice()).collect();
+            let seeds: Vec<u64> = batches[0].iter().map(|&i| valid_seed(i)).collect();
+            let first = mlm_batch(&segs, &seeds, resolved.model.vocab_size, device);
+            model.profile_init(&first.tokens, &first.segments)?;
+        }
         let loop_cfg = LoopConfig {
             optimizer: cfg.optimizer.clone(),
             schedule: cfg.schedule.clone(),

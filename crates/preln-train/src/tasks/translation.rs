@@ -181,6 +181,12 @@ impl Trainer<Translation> {
         let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
         let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
         let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        // Admin's omegas come from the first batch in batching order (a resumed run's checkpoint
+        // then replaces them).
+        if resolved.model.placement.profiles_init() {
+            let first = make_batch(&train, &batches[0], device);
+            model.profile_init(&first.src, &first.prev);
+        }
         let loop_cfg = LoopConfig {
             optimizer: cfg.optimizer.clone(),
             schedule: cfg.schedule.clone(),
