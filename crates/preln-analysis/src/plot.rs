@@ -29,6 +29,7 @@ pub fn placement_color(p: preln_model::NormPlacement) -> RGBColor {
 
 /// One line of a panel.
 pub struct Series {
+    /// The legend entry; empty for none.
     pub label: String,
     pub color: RGBColor,
     /// (x, y, y error) where the error is drawn as a bar of +-error.
@@ -150,10 +151,13 @@ fn draw_panel<DB: DrawingBackend>(
         let pts: Vec<(f64, f64)> = s.points.iter().filter(visible).map(|p| (tf(p.0), tf(p.1))).collect();
         let color = s.color;
         let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2));
-        if s.dashed {
-            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?.label(&s.label).legend(legend);
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))?
         } else {
-            chart.draw_series(LineSeries::new(pts.clone(), style))?.label(&s.label).legend(legend);
+            chart.draw_series(LineSeries::new(pts.clone(), style))?
+        };
+        if !s.label.is_empty() {
+            drawn.label(&s.label).legend(legend);
         }
         if s.markers {
             chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))?;

@@ -309,25 +309,26 @@ fn draw_depth(report: &DepthReport, path: &Path) -> Result<(), ReportError> {
                     (r.layers as f64, s.mean, s.std)
                 })
                 .collect();
-            series.push(Series {
-                label: format!("{p} measured"),
-                color: color(p),
-                points: pts,
-                dashed: false,
-                markers: true,
-            });
-            if let Some(f) = report.fits.iter().find(|f| f.placement == p && f.stack == stack) {
+            // One legend entry per placement: the measured points carry the fit's numbers, the
+            // dashed fit line none.
+            let fit = report.fits.iter().find(|f| f.placement == p && f.stack == stack);
+            let label = match fit {
+                Some(f) => format!(
+                    "{p}: slope {:.2} +- {:.2}{}",
+                    f.fit.slope,
+                    f.fit.slope_stderr,
+                    f.predicted_slope.map(|t| format!(" (theory {t})")).unwrap_or_default()
+                ),
+                None => format!("{p}: zero gradient, not drawn"),
+            };
+            series.push(Series { label, color: color(p), points: pts, dashed: false, markers: true });
+            if let Some(f) = fit {
                 let line = rows
                     .iter()
                     .map(|r| (r.layers as f64, (f.fit.intercept + f.fit.slope * (r.layers as f64).ln()).exp(), 0.0))
                     .collect();
                 series.push(Series {
-                    label: format!(
-                        "{p} fit: slope {:.3} +- {:.3} (theory {})",
-                        f.fit.slope,
-                        f.fit.slope_stderr,
-                        opt(f.predicted_slope, 1)
-                    ),
+                    label: String::new(),
                     color: color(p),
                     points: line,
                     dashed: true,
