@@ -3,6 +3,7 @@
 
 pub mod depth_study;
 pub mod doc;
+pub mod heatmap;
 pub mod init_study;
 pub mod plot;
 pub mod probe;

@@ -57,7 +57,8 @@ pub enum Command {
 pub struct ReproduceArgs {
     /// `init`: Figure 3 and the depth scan; `warmup`: the grid of training runs; `all`: both;
     /// `bert`: Figure 5 (pre-training on a `prepare-mlm` folder given as --data, then GLUE
-    /// fine-tuning from --glue).
+    /// fine-tuning from --glue); `stability`: the stability map of every norm placement over
+    /// depth, peak lr and warmup.
     #[arg(default_value = "all")]
     pub what: preln_repro::What,
     /// A data folder made by `preln prepare` (e.g. Multi30k De-En). Without it: a built-in
@@ -74,7 +75,8 @@ pub struct ReproduceArgs {
     /// Training runs at the same time (default: one per CPU thread, each on one thread).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Only these runs of the grid (comma-separated names of configs/reproduce/*.toml).
+    /// Only these runs of the grid (comma-separated names of configs/reproduce/*.toml, or of
+    /// stability cells such as `post-L12-lr2e-3-w0`).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Override a value in every run's config, after the scale (e.g. `train.device=cuda`).
@@ -86,6 +88,9 @@ pub struct ReproduceArgs {
     /// For `bert`: the GLUE folder holding MRPC/ and RTE/ (train.tsv, dev.tsv).
     #[arg(long)]
     pub glue: Option<PathBuf>,
+    /// For `stability`: the placements of the map, comma-separated, or `all`.
+    #[arg(long, default_value = "all", value_parser = preln_model::placement::parse_placements)]
+    pub placements: std::vec::Vec<preln_model::NormPlacement>,
 }
 
 #[derive(Subcommand, Debug)]

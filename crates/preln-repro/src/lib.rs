@@ -5,6 +5,7 @@
 //!   Theorem 1, on the paper's model, through the studies of `preln analyze`.
 //! - `warmup`: the grid of training runs of Figures 2 and 4 (`configs/reproduce/`), scaled.
 //! - `bert`: the pre-training runs of Figure 5 and GLUE fine-tuning.
+//! - `stability`: the stability map of every norm placement over depth, peak lr and warmup.
 //!
 //! Everything lands in `out`: `init/`, `depth/`, one folder per run, `report.md` and
 //! `report.html`. Finished pieces are kept and skipped, so rerunning continues an interrupted
@@ -22,6 +23,8 @@ pub mod paper;
 pub mod report;
 pub mod results;
 pub mod scale;
+pub mod stability;
+pub mod stability_report;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -45,6 +48,8 @@ pub enum What {
     All,
     /// Figure 5: BERT pre-training and GLUE fine-tuning.
     Bert,
+    /// The stability map: placements x depth x peak lr x warmup.
+    Stability,
 }
 
 impl std::str::FromStr for What {
@@ -56,7 +61,8 @@ impl std::str::FromStr for What {
             "warmup" => Ok(What::Warmup),
             "all" => Ok(What::All),
             "bert" => Ok(What::Bert),
-            _ => Err(format!("unknown experiment `{s}` (known: init, warmup, all, bert)")),
+            "stability" => Ok(What::Stability),
+            _ => Err(format!("unknown experiment `{s}` (known: init, warmup, all, bert, stability)")),
         }
     }
 }
@@ -73,6 +79,8 @@ pub struct ReproduceSpec {
     pub glue: Option<PathBuf>,
     /// Grid runs to train (all when empty).
     pub only: Vec<String>,
+    /// The placements of the stability map.
+    pub placements: Vec<NormPlacement>,
     /// `key=value` overrides applied to every run.
     pub overrides: Vec<String>,
     /// Redraw the report from what is on disk, training nothing.
@@ -98,6 +106,7 @@ pub fn run(spec: &ReproduceSpec, say: Say) -> Result<Outcome> {
     let started = Instant::now();
     match spec.what {
         What::Bert => run_bert(spec, started, say),
+        What::Stability => run_stability(spec, started, say),
         What::Init | What::Warmup | What::All => run_translation(spec, started, say),
     }
 }
@@ -114,6 +123,67 @@ fn run_bert(spec: &ReproduceSpec, started: Instant, say: Say) -> Result<Outcome>
         failures = bert::run(&runs, &scale, data, glue, &spec.pool, spec.cores, say)?;
     }
     finish(spec, started, data, &[], &runs, failures)
+}
+
+/// `stability`: the depth scan at initialization over the map's depths for every placement,
+/// the cells (kept when finished), and the map's report.
+fn run_stability(spec: &ReproduceSpec, started: Instant, say: Say) -> Result<Outcome> {
+    let scale = stability::StabilityScale::of(spec.scale);
+    let data = match &spec.data {
+        Some(d) => {
+            Dataset::open(d)?;
+            d.clone()
+        }
+        None => builtin::ensure(&spec.out.join("data"), say)?,
+    };
+    let cells = stability::plan(&scale, &spec.placements, &spec.out, &spec.overrides)?;
+    for o in &spec.only {
+        if !cells.iter().any(|c| &c.name == o) {
+            bail!("--only: no cell `{o}` in the map (cells are named like {})", cells[0].name);
+        }
+    }
+    let mut failures = Vec::new();
+    if !spec.report_only {
+        let depth_json = spec.out.join(stability_report::DEPTH_DIR).join("depth.json");
+        if depth_json.exists() {
+            say(&format!("depth scan: {} exists (kept)", depth_json.display()));
+        } else {
+            let mut model = Seq2SeqConfig::iwslt14(NormPlacement::Pre).without_dropout();
+            if let Some((d, ffn, heads)) = scale.width {
+                (model.d_model, model.ffn_dim, model.heads) = (d, ffn, heads);
+            }
+            let probe = ProbeSpec {
+                data: spec.data.clone(),
+                split: "train".into(),
+                langs: Vec::new(),
+                seeds: scale.init_seeds,
+                tokens: scale.init_tokens,
+                batch_seed: 0,
+                label_smoothing: 0.1,
+                device: tch::Device::cuda_if_available(),
+                out: spec.out.join(stability_report::DEPTH_DIR),
+            };
+            say(&format!(
+                "depth scan at initialization: {:?} layers, {} placements",
+                scale.scan_depths,
+                spec.placements.len()
+            ));
+            studies::depth(&model, &spec.placements, &scale.scan_depths, &probe, say)?;
+        }
+        let jobs: Vec<grid::Job> =
+            cells.iter().filter(|c| spec.only.is_empty() || spec.only.contains(&c.name)).map(|c| c.job()).collect();
+        failures = grid::run_all(&jobs, &data, &spec.pool, say)?;
+    }
+    let map = stability::StabilityMap::read(&scale, &cells, &data)?;
+    let files = stability_report::write(&stability_report::Context {
+        out: &spec.out,
+        map: &map,
+        data: &data,
+        builtin: spec.data.is_none(),
+        command: spec.command.clone(),
+        wall_s: started.elapsed().as_secs_f64(),
+    })?;
+    Ok(Outcome { files, failures })
 }
 
 /// `init|warmup|all`: Figure 3 and the depth scan, and/or the warmup grid, then the report

@@ -20,6 +20,7 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
         data: args.data,
         glue: args.glue,
         only: args.only,
+        placements: args.placements,
         overrides: args.overrides,
         report_only: args.report_only,
         pool: Pool { exe: own_executable()?, jobs, threads: (cores / jobs).max(1) },
