@@ -192,3 +192,73 @@ fn an_interrupted_reproduction_resumes_its_run() {
         .collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
 }
+
+#[test]
+fn the_stability_map_trains_its_cells_reports_them_and_keeps_them() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("stab");
+    let out_s = out.to_str().unwrap();
+    // A tiny depth scan in place of the scale's (kept, as the init studies are).
+    let scan = out.join("stability-depth");
+    let mut depth = vec!["analyze", "depth", "--seeds", "2", "--tokens", "200", "--depths", "2,4", "--device", "cpu"];
+    depth.extend(TINY_MODEL);
+    depth.extend(["--placements", "post,pre", "--out", scan.to_str().unwrap()]);
+    ok(&depth);
+
+    let cells = "post-L6-lr2e-3-w0,rezero-L6-lr2e-3-w0";
+    let tiny = [
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "model.ffn_dim=32",
+        "--set",
+        "model.heads=2",
+        "--set",
+        "train.max_updates=30",
+    ];
+    let mut args = vec!["reproduce", "stability", "--placements", "post,pre,rezero", "--out", out_s, "--only", cells];
+    args.extend(tiny);
+    let o = preln(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("depth scan: ") && stderr.contains("(kept)"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    for f in ["stability.json", "stability_map.png", "stability.md", "stability.html"] {
+        assert!(stdout.contains(f) && out.join(f).exists(), "{f}:\n{stdout}");
+    }
+
+    // 3 placements x 2 depths x 3 lrs x 2 warmups; the two cells asked for finished, each with
+    // 30 updates of its own placement at 6 layers.
+    let map = json(&out.join("stability.json"));
+    let all = map["cells"].as_array().unwrap();
+    assert_eq!(all.len(), 36);
+    let finished: Vec<&serde_json::Value> = all.iter().filter(|c| c["outcome"]["kind"] != "not_run").collect();
+    assert_eq!(finished.len(), 2, "{map}");
+    for c in &finished {
+        assert!(["trained", "stuck", "diverged"].contains(&c["outcome"]["kind"].as_str().unwrap()), "{c}");
+        assert_eq!((c["depth"].as_i64(), c["lr"].as_f64(), c["warmup"].as_u64()), (Some(6), Some(2e-3), Some(0)));
+    }
+    let cfg: toml::Table = toml::from_str(&read(&out.join("stability/rezero-L6-lr2e-3-w0/config.toml"))).unwrap();
+    assert_eq!(cfg["model"]["placement"].as_str(), Some("rezero"));
+    assert_eq!(cfg["model"]["encoder_layers"].as_integer(), Some(6));
+    assert_eq!(cfg["train"]["max_updates"].as_integer(), Some(30));
+    let baseline = map["baseline_nll"].as_f64().unwrap();
+    assert!(baseline > 1.0 && baseline < 8.0, "{baseline}");
+
+    // The report: the table of largest lrs, the Theorem 1 claim from the kept scan, every cell.
+    let md = read(&out.join("stability.md"));
+    assert!(md.contains("## The largest peak lr that trains without warmup"), "{md}");
+    assert!(md.contains("| Post-LN | "), "{md}");
+    assert!(md.contains("Pre-LN's last-layer gradients shrink with depth"), "{md}");
+    assert!(md.contains("| ReZero | 6 | 2e-3 | 0 | "), "{md}");
+    assert!(read(&out.join("stability.html")).contains("data:image/png;base64,"));
+
+    // Rerunning keeps the finished cells; an unknown cell is refused with the naming scheme.
+    assert!(ok(&args).contains("2 of 2 runs already finished"));
+    let o = preln(&["reproduce", "stability", "--out", out_s, "--only", "post-L7-lr1-w0"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("no cell `post-L7-lr1-w0`") && stderr.contains("post-L6-lr5e-4-w0"),
+        "{stderr}"
+    );
+}

@@ -138,15 +138,20 @@ pub struct Job {
     pub normalize: fn(&str) -> Option<String>,
 }
 
+/// A `preln train` run of `config` in `dir`.
+pub fn train_job(name: &str, dir: &Path, config: &TrainConfig) -> Job {
+    Job {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        command: "train",
+        toml: config.to_toml(),
+        normalize: |t| resolve("", t, &[]).ok().map(|c| c.to_toml()),
+    }
+}
+
 impl PlannedRun {
     pub fn job(&self) -> Job {
-        Job {
-            name: self.name.clone(),
-            dir: self.dir.clone(),
-            command: "train",
-            toml: self.config.to_toml(),
-            normalize: |t| resolve("", t, &[]).ok().map(|c| c.to_toml()),
-        }
+        train_job(&self.name, &self.dir, &self.config)
     }
 }
 

@@ -53,7 +53,7 @@ pub struct StabilityScale {
 impl StabilityScale {
     pub fn of(scale: Scale) -> StabilityScale {
         let (name, width, depths, updates, max_tokens, init_seeds, init_tokens) = match scale {
-            Scale::Quick => ("quick", Some((64, 256, 4)), vec![6, 12], 240, 512, 4, 2048),
+            Scale::Quick => ("quick", Some((64, 256, 4)), vec![6, 12], 200, 512, 4, 2048),
             Scale::Cpu => ("cpu", Some((128, 512, 4)), vec![6, 12, 24], 1500, 4096, 5, 4096),
             Scale::Paper => ("paper", None, vec![6, 12, 24], 16_500, 4096, 10, 4096),
         };
@@ -70,8 +70,8 @@ impl StabilityScale {
         }
     }
 
-    /// The two warmups of the map: none (lr_max / sqrt(t) from the first update, the paper's
-    /// "no warmup") and the paper's 4000 updates scaled by run length.
+    /// The two warmups of the map: none (the peak lr from the first update) and the paper's 4000
+    /// updates scaled by run length (a linear ramp to the peak).
     pub fn warmups(&self) -> [u64; 2] {
         [0, scaled_warmup(PAPER_WARMUP, self.updates, 1)]
     }
@@ -91,13 +91,7 @@ pub struct Cell {
 
 impl Cell {
     pub fn job(&self) -> Job {
-        Job {
-            name: self.name.clone(),
-            dir: self.dir.clone(),
-            command: "train",
-            toml: self.config.to_toml(),
-            normalize: |t| resolve("", t, &[]).ok().map(|c| c.to_toml()),
-        }
+        crate::grid::train_job(&self.name, &self.dir, &self.config)
     }
 }
 
@@ -419,12 +413,13 @@ mod tests {
         let scale = StabilityScale::of(Scale::Quick);
         let cells = plan(&scale, &[NormPlacement::DeepNorm], Path::new("/x"), &[]).unwrap();
         assert_eq!(cells.len(), 2 * 3 * 2);
-        let c = cells.iter().find(|c| c.name == "deepnorm-L12-lr2e-3-w58").expect("named by its settings");
+        let c = cells.iter().find(|c| c.name == "deepnorm-L12-lr2e-3-w48").expect("named by its settings");
         let m = &c.config.model;
         assert_eq!((m.placement, m.encoder_layers, m.decoder_layers, m.d_model), (NormPlacement::DeepNorm, 12, 12, 64));
-        assert_eq!((c.config.train.lr, c.config.schedule.warmup(), c.config.train.max_updates), (2e-3, 58, 240));
-        assert_eq!(c.dir, Path::new("/x/stability/deepnorm-L12-lr2e-3-w58"));
-        assert_eq!(scale.warmups(), [0, 58]);
+        assert_eq!((c.config.train.lr, c.config.schedule.warmup(), c.config.train.max_updates), (2e-3, 48, 200));
+        assert_eq!(c.config.schedule.lr_at(2e-3, 100, 1), 2e-3, "constant after the warmup");
+        assert_eq!(c.dir, Path::new("/x/stability/deepnorm-L12-lr2e-3-w48"));
+        assert_eq!(scale.warmups(), [0, 48]);
     }
 
     fn map(cells: &[(NormPlacement, i64, f64, u64, Outcome)]) -> StabilityMap {
@@ -448,12 +443,12 @@ mod tests {
     fn post_ln_needs_warmup_when_it_fails_or_lags_without_it() {
         use NormPlacement::Post;
         let diverged = Outcome::Diverged { step: 3, parameter: "x".into() };
-        let m = map(&[(Post, 6, 2e-3, 0, diverged), (Post, 6, 2e-3, 58, Outcome::Trained { nll: 2.0 })]);
+        let m = map(&[(Post, 6, 2e-3, 0, diverged), (Post, 6, 2e-3, 48, Outcome::Trained { nll: 2.0 })]);
         assert_eq!(claims(&m, &[])[0].verdict, Verdict::Reproduced);
         assert_eq!(m.largest_lr_without_warmup(Post, 6), None);
         let m = map(&[
             (Post, 6, 2e-3, 0, Outcome::Trained { nll: 2.05 }),
-            (Post, 6, 2e-3, 58, Outcome::Trained { nll: 2.0 }),
+            (Post, 6, 2e-3, 48, Outcome::Trained { nll: 2.0 }),
         ]);
         assert_eq!(claims(&m, &[])[0].verdict, Verdict::NotReproduced);
         assert_eq!(m.largest_lr_without_warmup(Post, 6), Some(2e-3));
