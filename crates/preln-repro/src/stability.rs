@@ -302,30 +302,41 @@ impl StabilityMap {
 pub fn claims(map: &StabilityMap, depth_slopes: &[(NormPlacement, &str, f64)]) -> Vec<Claim> {
     let has = |p| map.placements().contains(&p);
     let warm = map.scale.warmups()[1];
-    let top = map.scale.lrs.iter().copied().fold(f64::MIN, f64::max);
     let deepest = map.scale.depths.iter().copied().max().unwrap_or(0);
     let cell = |p, d, lr, w| map.get(p, d, lr, w).cloned().unwrap_or(Outcome::NotRun);
     let verdict = |held: bool| if held { Verdict::Reproduced } else { Verdict::NotReproduced };
     let mut out = Vec::new();
     if has(NormPlacement::Post) {
-        // At the largest lr, without warmup: fails, or ends clearly worse than with warmup.
-        let rows: Vec<(i64, Outcome, Outcome)> = map
+        // At each depth, at the largest lr that trains with warmup: without warmup the run fails,
+        // or ends clearly worse.
+        let post = NormPlacement::Post;
+        let complete = map.scale.depths.iter().all(|&d| {
+            map.scale.lrs.iter().all(|&lr| cell(post, d, lr, 0).finished() && cell(post, d, lr, warm).finished())
+        });
+        let rows: Vec<(i64, Option<(f64, Outcome, Outcome)>)> = map
             .scale
             .depths
             .iter()
-            .map(|&d| (d, cell(NormPlacement::Post, d, top, 0), cell(NormPlacement::Post, d, top, warm)))
+            .map(|&d| {
+                let lr = map.scale.lrs.iter().copied().filter(|&lr| cell(post, d, lr, warm).trained()).reduce(f64::max);
+                (d, lr.map(|lr| (lr, cell(post, d, lr, 0), cell(post, d, lr, warm))))
+            })
             .collect();
-        let held = rows.iter().all(|(_, no, yes)| match (no.nll(), yes) {
-            (_, Outcome::Trained { nll: with }) => !no.trained() || no.nll().is_some_and(|n| n > with + 0.1),
+        let held = rows.iter().all(|(_, r)| match r {
+            Some((_, no, Outcome::Trained { nll: with })) => !no.trained() || no.nll().is_some_and(|n| n > with + 0.1),
             _ => false,
         });
-        let complete = rows.iter().all(|(_, no, yes)| no.finished() && yes.finished());
         out.extend(complete.then(|| Claim {
             claim: "Post-LN needs the learning-rate warmup".into(),
-            paper: format!("Xiong et al. (2020), Figure 2: without warmup Post-LN fails or ends far worse (here: at lr {}, worse by > 0.1 nats or failed, while the warmup run trains)", lr_text(top)),
+            paper: "Xiong et al. (2020), Figure 2: without warmup Post-LN fails or ends far worse (here: at each depth, at the largest lr that trains with warmup, the run without warmup is stuck, diverged or worse by > 0.1 nats)".into(),
             measured: rows
                 .iter()
-                .map(|(d, no, yes)| format!("{d} layers: no warmup {}, warmup {warm}: {}", no.text(), yes.text()))
+                .map(|(d, r)| match r {
+                    Some((lr, no, yes)) => {
+                        format!("{d} layers, lr {}: no warmup {}, warmup {warm}: {}", lr_text(*lr), no.text(), yes.text())
+                    }
+                    None => format!("{d} layers: no lr trains even with warmup"),
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
             verdict: verdict(held),
@@ -440,18 +451,34 @@ mod tests {
     }
 
     #[test]
-    fn post_ln_needs_warmup_when_it_fails_or_lags_without_it() {
+    fn post_ln_needs_warmup_when_it_fails_or_lags_without_it_at_the_largest_lr_warmup_trains() {
         use NormPlacement::Post;
+        let t = |nll| Outcome::Trained { nll };
+        let stuck = Outcome::Stuck { nll: 4.1 };
         let diverged = Outcome::Diverged { step: 3, parameter: "x".into() };
-        let m = map(&[(Post, 6, 2e-3, 0, diverged), (Post, 6, 2e-3, 48, Outcome::Trained { nll: 2.0 })]);
-        assert_eq!(claims(&m, &[])[0].verdict, Verdict::Reproduced);
-        assert_eq!(m.largest_lr_without_warmup(Post, 6), None);
+        // 2e-3 fails either way; at 1e-3 warmup trains and no warmup is stuck: held.
         let m = map(&[
-            (Post, 6, 2e-3, 0, Outcome::Trained { nll: 2.05 }),
-            (Post, 6, 2e-3, 48, Outcome::Trained { nll: 2.0 }),
+            (Post, 6, 1e-3, 0, stuck.clone()),
+            (Post, 6, 1e-3, 48, t(2.0)),
+            (Post, 6, 2e-3, 0, diverged.clone()),
+            (Post, 6, 2e-3, 48, stuck.clone()),
+        ]);
+        let c = &claims(&m, &[])[0];
+        assert_eq!(c.verdict, Verdict::Reproduced, "{}", c.measured);
+        assert!(c.measured.contains("6 layers, lr 1e-3: no warmup stuck (4.10), warmup 48: 2.00"), "{}", c.measured);
+        assert_eq!(m.largest_lr_without_warmup(Post, 6), None);
+        // Without warmup as good as with it: not reproduced.
+        let m = map(&[
+            (Post, 6, 1e-3, 0, t(2.2)),
+            (Post, 6, 1e-3, 48, t(2.2)),
+            (Post, 6, 2e-3, 0, t(2.05)),
+            (Post, 6, 2e-3, 48, t(2.0)),
         ]);
         assert_eq!(claims(&m, &[])[0].verdict, Verdict::NotReproduced);
         assert_eq!(m.largest_lr_without_warmup(Post, 6), Some(2e-3));
+        // A cell still missing: no claim yet.
+        let m = map(&[(Post, 6, 2e-3, 0, t(2.05)), (Post, 6, 2e-3, 48, t(2.0))]);
+        assert!(claims(&m, &[]).is_empty());
     }
 
     #[test]
