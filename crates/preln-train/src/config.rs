@@ -46,6 +46,8 @@ pub struct TrainSection {
     pub valid_every: u64,
     /// Save the `last` checkpoint every this many updates, besides every epoch end (0: epoch ends only).
     pub save_every: u64,
+    /// Also write TensorBoard event files (`RUN/tb/`) with the numbers of `metrics.jsonl`.
+    pub tensorboard: bool,
     /// The data split used for validation.
     pub valid_split: String,
     /// `auto`, `cpu` or `cuda`.
@@ -74,6 +76,7 @@ impl Default for TrainSection {
             log_every: 10,
             diag_every: 100,
             save_every: 500,
+            tensorboard: true,
             valid_every: 0,
             valid_split: "valid".into(),
             valid_bleu_beam: 0,

@@ -15,6 +15,7 @@ pub mod seeds;
 pub mod state;
 pub mod task;
 pub mod tasks;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use tasks::{finetune, mlm, translation};

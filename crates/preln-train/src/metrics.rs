@@ -133,6 +133,8 @@ pub fn valid_records(records: &[Record]) -> impl Iterator<Item = &ValidRecord> {
 pub struct Metrics {
     path: PathBuf,
     file: File,
+    /// The same records as TensorBoard scalars, when the run writes them.
+    tb: Option<crate::tensorboard::EventWriter>,
 }
 
 /// The records of a metrics file, and the line number of a torn last line that was skipped.
@@ -166,7 +168,22 @@ impl Metrics {
         }
         let file =
             OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
-        Ok(Metrics { path: path.to_path_buf(), file })
+        Ok(Metrics { path: path.to_path_buf(), file, tb: None })
+    }
+
+    /// Also writes every record to a new TensorBoard event file in `dir`, starting with the
+    /// resolved `config` (text, update 0) and the records already in the file (a resumed run's
+    /// history, as kept by [`Metrics::open`]).
+    pub fn with_tensorboard(mut self, dir: &Path, config: &str) -> Result<Metrics, TrainError> {
+        let mut tb = crate::tensorboard::EventWriter::create(dir).map_err(|e| TrainError::Io(dir.to_path_buf(), e))?;
+        let path = tb.path().to_path_buf();
+        let io = |e| TrainError::Io(path.clone(), e);
+        tb.text(0, "config", &format!("```toml\n{config}\n```")).map_err(io)?;
+        for r in Metrics::read(&self.path)? {
+            tb.write(&r).map_err(io)?;
+        }
+        self.tb = Some(tb);
+        Ok(self)
     }
 
     /// Appends one record as one line, in one write.
@@ -174,7 +191,11 @@ impl Metrics {
         let mut line = serde_json::to_string(record).expect("records serialize");
         line.push('\n');
         preln_model::fsio::write_record(&mut self.file, &self.path, line.as_bytes())
-            .map_err(|e| TrainError::Io(self.path.clone(), e))
+            .map_err(|e| TrainError::Io(self.path.clone(), e))?;
+        if let Some(tb) = &mut self.tb {
+            tb.write(record).map_err(|e| TrainError::Io(tb.path().to_path_buf(), e))?;
+        }
+        Ok(())
     }
 
     /// All records of a metrics file. A torn last line (no newline, not JSON) is skipped and

@@ -171,6 +171,10 @@ impl<T: Task> Trainer<T> {
     pub fn run(&mut self, opts: &RunOptions) -> Result<Summary, TrainError> {
         let path = self.run_dir.join("metrics.jsonl");
         let mut metrics = Metrics::open(&path, opts.resume.then_some(self.state.step))?;
+        if self.cfg.train.tensorboard {
+            let dir = self.run_dir.join(crate::tensorboard::TB_DIR);
+            metrics = metrics.with_tensorboard(&dir, &self.cfg.toml)?;
+        }
         let clock = (Instant::now(), self.state.wall_s);
         let mut window = Window { tokens: 0, start: Instant::now() };
         while self.state.epoch <= self.cfg.train.max_epochs && !self.state.done {
