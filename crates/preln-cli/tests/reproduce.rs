@@ -1,6 +1,8 @@
 //! `preln reproduce` end to end with tiny models on the built-in task: the grid's runs, the
 //! report, skipping finished runs, refusing a changed config, resuming an interrupted run.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -117,6 +119,12 @@ fn warmup_pair_and_init_studies_make_a_report_and_rerun_skips_them() {
     let html = read(&out.join("report.html"));
     assert!(html.matches("data:image/png;base64,").count() >= 4, "images not embedded");
     assert!(!html.contains("src=\"init/"), "HTML must not link files");
+    // In a real browser: every figure loads, no error, a screenshot.
+    let shot = out.join("report.png");
+    if let Some(page) = common::browser::check_page(&out.join("report.html"), &shot) {
+        assert!(page.images >= 4 && page.broken.is_empty() && page.errors.is_empty(), "{page:?}");
+        assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot");
+    }
 
     // A second invocation keeps both runs as they are.
     let before = read(&warm.join("metrics.jsonl"));
@@ -252,6 +260,9 @@ fn the_stability_map_trains_its_cells_reports_them_and_keeps_them() {
     assert!(md.contains("Pre-LN's last-layer gradients shrink with depth"), "{md}");
     assert!(md.contains("| ReZero | 6 | 2e-3 | 0 | "), "{md}");
     assert!(read(&out.join("stability.html")).contains("data:image/png;base64,"));
+    if let Some(page) = common::browser::check_page(&out.join("stability.html"), &out.join("stability.png")) {
+        assert!(page.images == 2 && page.broken.is_empty() && page.errors.is_empty(), "{page:?}");
+    }
 
     // Rerunning keeps the finished cells; an unknown cell is refused with the naming scheme.
     assert!(ok(&args).contains("2 of 2 runs already finished"));

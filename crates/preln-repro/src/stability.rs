@@ -212,6 +212,12 @@ pub fn outcome(dir: &Path, baseline: f64) -> Result<Outcome> {
     })
 }
 
+/// The training clock of the run's last validation.
+fn train_seconds(dir: &Path) -> Option<f64> {
+    let records = preln_train::metrics::Metrics::read(&dir.join("metrics.jsonl")).ok()?;
+    valid_records(&records).last().map(|v| v.wall_s)
+}
+
 /// The cross-entropy (nats per token) of the validation targets, end-of-sentence included,
 /// under the training targets' unigram distribution with add-one smoothing: what a model that
 /// has learned word frequencies and nothing else scores.
@@ -241,6 +247,9 @@ pub struct CellResult {
     pub lr: f64,
     pub warmup: u64,
     pub outcome: Outcome,
+    /// Training seconds of the run (its last validation's clock), if it validated.
+    #[serde(default)]
+    pub train_s: Option<f64>,
 }
 
 /// Everything the map measured (`stability.json`).
@@ -263,6 +272,7 @@ impl StabilityMap {
                     lr: c.lr,
                     warmup: c.warmup,
                     outcome: outcome(&c.dir, baseline_nll)?,
+                    train_s: train_seconds(&c.dir),
                 })
             })
             .collect::<Result<_>>()?;
@@ -445,6 +455,7 @@ mod tests {
                 lr: *lr,
                 warmup: *warmup,
                 outcome: outcome.clone(),
+                train_s: None,
             })
             .collect();
         StabilityMap { scale, baseline_nll: 4.0, cells }

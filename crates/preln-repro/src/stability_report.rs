@@ -127,7 +127,12 @@ fn document(ctx: &Context, claims: &[Claim], depth: Option<&DepthReport>) -> Vec
             format!("Scale `{}`: encoder = decoder depth {:?}, {width}; {} updates of {} tokens per run; Adam (0.9, 0.98), the peak lr constant after the warmup, label smoothing 0.1, dropout 0.1 (`configs/reproduce/stability.toml`)", s.name, s.depths, s.updates, s.max_tokens),
             format!("Peak lr {}; warmup 0 (the peak lr from the first update) or a linear warmup of {warm} updates (the paper's 4000 in runs of 16,500 updates, scaled by run length)", s.lrs.iter().map(|l| lr_text(*l)).collect::<Vec<_>>().join(", ")),
             format!("Data: {data}. Unigram baseline (target word frequencies, no context): {:.3} nats per token; a run within {:.2} of it counts as stuck", map.baseline_nll, crate::stability::STUCK_MARGIN),
-            format!("Wall time of this invocation: {:.0} s; CPU: {}", ctx.wall_s, crate::report::cpu_name()),
+            format!(
+                "Training time of the cells: {:.1} min in all (summed over cells, which run `--jobs` at a time); wall time of this invocation: {:.0} s; CPU: {}",
+                map.cells.iter().filter_map(|c| c.train_s).sum::<f64>() / 60.0,
+                ctx.wall_s,
+                crate::report::cpu_name()
+            ),
         ]),
         Block::Image { path: "stability_map.png".into(), alt: "stability map".into() },
         Block::Heading(2, "The largest peak lr that trains without warmup".into()),

@@ -1,6 +1,8 @@
 //! What the CLI tests share: running `preln`, and a tiny prepared data folder.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
