@@ -214,18 +214,10 @@ fn the_stability_map_trains_its_cells_reports_them_and_keeps_them() {
     ok(&depth);
 
     let cells = "post-L6-lr2e-3-w0,rezero-L6-lr2e-3-w0";
-    let tiny = [
-        "--set",
-        "model.d_model=16",
-        "--set",
-        "model.ffn_dim=32",
-        "--set",
-        "model.heads=2",
-        "--set",
-        "train.max_updates=30",
-    ];
     let mut args = vec!["reproduce", "stability", "--placements", "post,pre,rezero", "--out", out_s, "--only", cells];
-    args.extend(tiny);
+    // The grid's tiny width (not its depth: the cells set their own), 30 updates.
+    args.extend(&TINY[..6]);
+    args.extend(["--set", "train.max_updates=30"]);
     let o = preln(&args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
