@@ -100,9 +100,8 @@ pub fn lr_text(lr: f64) -> String {
     format!("{lr:e}")
 }
 
-/// Every cell at this scale under `out/stability/`, in the order they are trained (deepest,
-/// largest lr first within a placement would finish the telling cells last; placements first
-/// keeps each heatmap filling in together). `user` overrides apply to every cell, last.
+/// Every cell at this scale under `out/stability/`, in the order they are trained: placement by
+/// placement, so that each heatmap fills in together. `user` overrides apply to every cell, last.
 pub fn plan(scale: &StabilityScale, placements: &[NormPlacement], out: &Path, user: &[String]) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for &placement in placements {
