@@ -20,7 +20,7 @@ venv=${PRELN_TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/preln/torch-$torch_vers
 
 venv_ok() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" - "$torch_version" <<'PY' >/dev/null 2>&1
-import sys, torch, safetensors, numpy, sacrebleu, tensorboard
+import sys, torch, safetensors, numpy, sacrebleu, tensorboard, ctranslate2
 assert torch.__version__.split("+")[0] == sys.argv[1]
 PY
 }

@@ -40,6 +40,9 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Translate stdin (one sentence a line) with a trained run; detokenized text on stdout.
     Translate(TranslateArgs),
+    /// Write a trained translation run in another engine's format (CTranslate2).
+    #[command(subcommand)]
+    Export(Export),
     /// Corpus BLEU of hypotheses on stdin against reference files, exactly as sacreBLEU 2.x.
     Bleu(BleuArgs),
     /// Gradient and hidden-state norms at initialization (Figure 3, Lemma 2, Theorem 1).
@@ -94,6 +97,45 @@ pub struct ReproduceArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum Export {
+    /// A CTranslate2 model directory (`ctranslate2.Translator(DIR)`): model.bin, config.json,
+    /// shared_vocabulary.json, plus the run's tokenizer.json. Post-LN and Pre-LN runs only.
+    Ctranslate2(ExportCt2Args),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportCt2Args {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The model directory to create (it must not exist yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How linear and embedding weights are stored: `float32`, or `int8` (per-row scales, as
+    /// CTranslate2's own converters quantize).
+    #[arg(long, value_enum, default_value = "float32")]
+    pub quantization: Ct2Quantization,
+    /// Rows of the sinusoid position table: the longest input or output CTranslate2 can then
+    /// handle (its own default input limit is 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub max_positions: i64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Ct2Quantization {
+    Float32,
+    Int8,
+}
+
+impl From<Ct2Quantization> for preln_model::ctranslate2::Quantization {
+    fn from(q: Ct2Quantization) -> Self {
+        match q {
+            Ct2Quantization::Float32 => preln_model::ctranslate2::Quantization::Float32,
+            Ct2Quantization::Int8 => preln_model::ctranslate2::Quantization::Int8,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Bench {
     /// Full training steps (forward, loss, backward, Adam) of a config on a fixed batch.
     Train(BenchTrainArgs),
@@ -116,6 +158,21 @@ pub struct BenchTranslateArgs {
     /// Also decode with tools/translate_ref.py (plain PyTorch) and compare outputs and speed.
     #[arg(long)]
     pub vs_pytorch: bool,
+    /// Also export the run to CTranslate2 (float32 and int8, in a temporary folder) and decode
+    /// with it through tools/ct2_translate.py (the `ctranslate2` package): speed, identical
+    /// outputs, BLEU.
+    #[arg(long)]
+    pub vs_ctranslate2: bool,
+    /// Reference translations, one a line, aligned with --input: BLEU (sacreBLEU's 13a) of
+    /// every system.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// CPU thread counts to time, comma-separated (default: the --threads in effect).
+    #[arg(long, value_delimiter = ',')]
+    pub thread_counts: Vec<i32>,
+    /// Also write the table as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     #[arg(long)]
     pub python: Option<PathBuf>,
     #[arg(long, default_value = "auto")]

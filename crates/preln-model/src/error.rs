@@ -11,6 +11,9 @@ pub enum ModelError {
     TooLarge(String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    /// A model that a foreign format cannot hold, or a checkpoint that does not match it.
+    #[error("export: {0}")]
+    Export(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error("{path}: {error}")]

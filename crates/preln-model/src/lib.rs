@@ -9,6 +9,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod ctranslate2;
 pub mod diagnostics;
 pub mod embedding;
 pub mod error;

@@ -2,20 +2,17 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
-use preln_data::{Batch, Specials};
+use anyhow::{bail, Result};
+use preln_data::Specials;
 use preln_train::bench::{peak_rss_mib, time_steps};
 use preln_train::compare::{
-    measure, python, reference_translate, speedups, synthetic_batch, tensor_rows, tool, Measured, Reference, Timing,
+    measure, python, speedups, synthetic_batch, tensor_rows, tool, Measured, Reference, Timing,
 };
 use preln_train::config::{config_text, resolve, Precision};
 use serde_json::json;
 use tch::Device;
 
-use crate::cli::{BenchTrainArgs, BenchTranslateArgs};
-use preln_data::text::read_lines;
-use preln_eval::beam_search;
-use preln_train::translation::TrainedModel;
+use crate::cli::BenchTrainArgs;
 
 pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     if args.len < 2 || args.sentences < 1 || args.steps < 1 || args.rounds < 1 {
@@ -137,56 +134,4 @@ fn gpu_name(index: usize) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| format!("CUDA device {index}"))
-}
-
-pub fn translate(args: BenchTranslateArgs, threads: Option<i32>) -> Result<()> {
-    if args.beams.is_empty() || args.beams.contains(&0) || args.search.batch_size < 1 {
-        bail!("--beams must list sizes of at least 1, and --batch-size must be at least 1");
-    }
-    let device = super::device(args.device)?;
-    let run = TrainedModel::load(&args.run.checkpoint, &args.run.which, device)?;
-    let lines = read_lines(&args.input)?;
-    let mut sources: Vec<Vec<i64>> = Vec::new();
-    for (i, l) in lines.iter().filter(|l| !l.trim().is_empty()).enumerate() {
-        let ids = run.bpe.encode(l).with_context(|| format!("{} sentence {}", args.input.display(), i + 1))?;
-        sources.push(ids.into_iter().map(i64::from).collect());
-    }
-    sources.sort_by_key(|s| s.len());
-    let batches: Vec<Vec<Vec<i64>>> = sources.chunks(args.search.batch_size).map(|c| c.to_vec()).collect();
-    let n = sources.len() as f64;
-    eprintln!(
-        "{} sentences from {}; {} threads; {device:?}",
-        sources.len(),
-        args.input.display(),
-        tch::get_num_threads()
-    );
-    for &beam in &args.beams {
-        let search = args.search.config(beam, false)?;
-        let t0 = std::time::Instant::now();
-        let mut ours = Vec::new();
-        for b in &batches {
-            let pairs: Vec<(Vec<i64>, Vec<i64>)> = b.iter().map(|s| (s.clone(), Vec::new())).collect();
-            let batch = Batch::from_pairs(&pairs, Specials::DEFAULT, device);
-            ours.extend(beam_search(&run.model, &batch.src, &search));
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        println!("beam {beam}: preln   {:.1} sentences/s ({secs:.1} s)", n / secs);
-        if !args.vs_pytorch {
-            continue;
-        }
-        let with_eos: Vec<Vec<Vec<i64>>> = batches
-            .iter()
-            .map(|b| b.iter().map(|s| [s.as_slice(), &[Specials::DEFAULT.eos]].concat()).collect())
-            .collect();
-        let spec = json!({
-            "config": run.config_path, "checkpoint": run.checkpoint, "batches": with_eos, "beam": beam,
-            "lenpen": args.search.lenpen, "max_len_a": args.search.max_len_a, "max_len_b": args.search.max_len_b,
-            "threads": threads.unwrap_or(0), "device": if device.is_cuda() { "cuda" } else { "cpu" },
-        });
-        let (theirs, their_secs) = reference_translate(&python(args.python.as_deref()), &spec)?;
-        let same = ours.iter().zip(&theirs).filter(|(a, b)| a.tokens == **b).count();
-        println!("beam {beam}: PyTorch {:.1} sentences/s ({their_secs:.1} s)", n / their_secs);
-        println!("beam {beam}: speed-up {:.2}x; identical outputs {same}/{}", their_secs / secs, ours.len());
-    }
-    Ok(())
 }

@@ -2,8 +2,10 @@
 
 mod analyze;
 mod bench;
+mod bench_translate;
 mod bleu;
 mod data;
+mod export;
 mod finetune;
 mod info;
 mod prepare;
@@ -15,7 +17,7 @@ mod translate;
 use anyhow::{bail, Result};
 use tch::Device;
 
-use crate::cli::{Analyze, Bench, Cli, Command};
+use crate::cli::{Analyze, Bench, Cli, Command, Export};
 use preln_train::device::DeviceChoice;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -38,13 +40,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Pretrain(args) => train::pretrain(args),
         Command::Finetune(args) => finetune::run(args),
+        Command::Export(Export::Ctranslate2(args)) => export::ctranslate2(args),
         Command::Bleu(args) => bleu::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Analyze(Analyze::Init(args)) => analyze::init(args),
         Command::Analyze(Analyze::Depth(args)) => analyze::depth(args),
         Command::Analyze(Analyze::Replot { out }) => analyze::replot(&out),
         Command::Bench(Bench::Train(args)) => bench::train(args, cli.threads),
-        Command::Bench(Bench::Translate(args)) => bench::translate(args, cli.threads),
+        Command::Bench(Bench::Translate(args)) => bench_translate::translate(args),
         Command::Reproduce(args) => reproduce::run(args, cli.threads),
     }
 }

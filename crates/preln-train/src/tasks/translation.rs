@@ -212,7 +212,7 @@ pub struct TrainedModel {
     pub bpe: Bpe,
     pub config_path: std::path::PathBuf,
     pub checkpoint: std::path::PathBuf,
-    _vs: VarStore,
+    vs: VarStore,
 }
 
 impl TrainedModel {
@@ -232,7 +232,12 @@ impl TrainedModel {
         let mut vs = VarStore::new(device);
         let model = Seq2Seq::new(&vs.root(), &cfg.model.clone().without_dropout())?;
         crate::state::load_model(&ckpt, &mut vs)?;
-        Ok(TrainedModel { model, bpe, config_path: cfg_path, checkpoint: ckpt, _vs: vs })
+        Ok(TrainedModel { model, bpe, config_path: cfg_path, checkpoint: ckpt, vs })
+    }
+
+    /// The model's variables by checkpoint key.
+    pub fn variables(&self) -> std::collections::HashMap<String, tch::Tensor> {
+        self.vs.variables()
     }
 }
 
