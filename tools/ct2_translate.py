@@ -35,6 +35,7 @@ def main():
         beam_size=spec["beam"],
         length_penalty=spec.get("lenpen", 1.0),
         max_decoding_length=spec["max_decoding_length"],
+        min_decoding_length=0,
         max_batch_size=spec.get("batch_size", 64),
         return_end_token=True,
         return_scores=True,

@@ -89,7 +89,7 @@ impl Variable {
         let amax = w.abs().amax([1].as_slice(), false);
         // A row of zeros keeps scale 1 (CTranslate2's converter: amax 127).
         let amax = amax.where_scalarother(&amax.ne(0.0), 127.0);
-        let scale = amax.reciprocal() * 127.0;
+        let scale = amax.full_like(127.0) / &amax;
         // torch's round is half-to-even, as numpy's rint.
         let q = (&w * scale.unsqueeze(1)).round().to_kind(Kind::Int8).contiguous();
         let values = Vec::<i8>::try_from(q.flatten(0, -1)).expect("int8 values");

@@ -26,12 +26,40 @@ struct Row {
     threads: i32,
     sentences_per_s: f64,
     seconds: f64,
-    /// Sentences whose tokens equal preln's (same beam and threads).
+    /// The sentences compared (all for PyTorch, which ends them as preln does; for CTranslate2
+    /// those that end before the length limit in both), and how many of them have exactly
+    /// preln's tokens (same beam and threads).
+    compared: Option<usize>,
     identical: Option<usize>,
-    /// Sentences that ran into the length limit (their endings differ by design, see below).
+    /// Sentences that ran into the length limit: preln (as fairseq) ends them with a forced EOS,
+    /// CTranslate2 keeps the last token, and its one limit is the largest of preln's
+    /// per-sentence limits `a * source + b`, so their outputs differ by design.
     at_limit: usize,
     bleu: Option<f64>,
+    /// The first sentences whose output differs from preln's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    differ: Vec<Differ>,
 }
+
+/// A sentence decoded differently by another system.
+#[derive(Serialize)]
+struct Differ {
+    /// 1-based line of --input.
+    line: usize,
+    preln: String,
+    theirs: String,
+}
+
+/// How another system's outputs compare with preln's.
+struct Compared {
+    compared: Option<usize>,
+    identical: Option<usize>,
+    bleu: Option<f64>,
+    differ: Vec<Differ>,
+}
+
+/// The most differing sentences a row lists.
+const DIFFER_SHOWN: usize = 20;
 
 /// The sentences to decode, sorted by length, with their line numbers.
 struct Inputs {
@@ -89,19 +117,43 @@ pub fn translate(args: BenchTranslateArgs) -> Result<()> {
             let (ours, secs) = decode(&run, &input.sources, &search, args.search.batch_size, device);
             let ours_tokens: Vec<Vec<i64>> = ours.iter().map(|h| h.tokens.clone()).collect();
             let limits = max_lens(&input.sources, &search);
-            let at_limit = ours_tokens.iter().zip(&limits).filter(|(h, &m)| h.len() + 1 >= m).count();
-            let bleu = bleu_of(&run, &ours_tokens, input.references.as_deref())?;
-            let row = |system: &str, secs: f64, identical, at_limit, bleu| Row {
+            let ours_ended: Vec<bool> = ours_tokens.iter().zip(&limits).map(|(h, &m)| h.len() + 1 < m).collect();
+            let at_limit = ours_ended.iter().filter(|e| !**e).count();
+            let ours_text = texts(&run, &ours_tokens)?;
+            let bleu = bleu_of(&ours_text, input.references.as_deref())?;
+            // Of the sentences `comparable`, how many `theirs` decodes as we do.
+            let compare_some = |theirs: &[Vec<i64>], comparable: &dyn Fn(usize) -> bool| -> Result<Compared> {
+                let text = texts(&run, theirs)?;
+                let both: Vec<usize> = (0..theirs.len()).filter(|&i| comparable(i)).collect();
+                let differ = both
+                    .iter()
+                    .filter(|&&i| theirs[i] != ours_tokens[i])
+                    .take(DIFFER_SHOWN)
+                    .map(|&i| Differ { line: input.lines[i] + 1, preln: ours_text[i].clone(), theirs: text[i].clone() })
+                    .collect();
+                Ok(Compared {
+                    compared: Some(both.len()),
+                    identical: Some(both.iter().filter(|&&i| theirs[i] == ours_tokens[i]).count()),
+                    bleu: bleu_of(&text, input.references.as_deref())?,
+                    differ,
+                })
+            };
+            let compare = |theirs: &[Vec<i64>], ended: &[bool]| compare_some(theirs, &|i| ours_ended[i] && ended[i]);
+            let compare_all = |theirs: &[Vec<i64>]| compare_some(theirs, &|_| true);
+            let row = |system: &str, secs: f64, c: Compared, at_limit| Row {
                 system: system.to_string(),
                 beam,
                 threads: t,
                 sentences_per_s: input.sources.len() as f64 / secs,
                 seconds: secs,
-                identical,
+                compared: c.compared,
+                identical: c.identical,
                 at_limit,
-                bleu,
+                bleu: c.bleu,
+                differ: c.differ,
             };
-            rows.push(row("preln", secs, None, at_limit, bleu));
+            let ours_row = Compared { compared: None, identical: None, bleu, differ: Vec::new() };
+            rows.push(row("preln", secs, ours_row, at_limit));
             print_row(rows.last().expect("just pushed"));
             if args.vs_pytorch {
                 let with_eos: Vec<Vec<Vec<i64>>> = input
@@ -116,16 +168,15 @@ pub fn translate(args: BenchTranslateArgs) -> Result<()> {
                     "device": if device.is_cuda() { "cuda" } else { "cpu" },
                 });
                 let (theirs, secs) = reference_translate(&python(args.python.as_deref()), &spec)?;
-                let same = same_count(&ours_tokens, &theirs);
-                let bleu = bleu_of(&run, &theirs, input.references.as_deref())?;
-                rows.push(row("PyTorch", secs, Some(same), at_limit, bleu));
+                // The reference ends sentences at the limit as preln does: all of them compare.
+                let all = compare_all(&theirs);
+                rows.push(row("PyTorch", secs, all?, at_limit));
                 print_row(rows.last().expect("just pushed"));
             }
             for (system, dir, quant) in ct2.iter().flat_map(|c| c.each()) {
                 let out = ct2_decode(&args, &run, dir, quant, &input.sources, beam, &limits, t)?;
-                let same = same_count(&ours_tokens, &out.tokens);
-                let bleu = bleu_of(&run, &out.tokens, input.references.as_deref())?;
-                rows.push(row(system, out.seconds, Some(same), out.at_limit, bleu));
+                let at_limit = out.ended.iter().filter(|e| !**e).count();
+                rows.push(row(system, out.seconds, compare(&out.tokens, &out.ended)?, at_limit));
                 print_row(rows.last().expect("just pushed"));
             }
         }
@@ -143,7 +194,10 @@ pub fn translate(args: BenchTranslateArgs) -> Result<()> {
 }
 
 fn print_row(r: &Row) {
-    let same = r.identical.map(|n| format!(", identical to preln {n}")).unwrap_or_default();
+    let same = match (r.identical, r.compared) {
+        (Some(n), Some(m)) => format!(", identical to preln {n}/{m}"),
+        _ => String::new(),
+    };
     let bleu = r.bleu.map(|b| format!(", BLEU {b:.2}")).unwrap_or_default();
     println!(
         "beam {} threads {}: {:18} {:7.1} sentences/s ({:.2} s){same}{bleu}{}",
@@ -182,17 +236,15 @@ fn max_lens(sources: &[Vec<i64>], search: &SearchConfig) -> Vec<usize> {
     sources.iter().map(n).collect()
 }
 
-fn same_count(a: &[Vec<i64>], b: &[Vec<i64>]) -> usize {
-    a.iter().zip(b).filter(|(x, y)| x == y).count()
+/// The detokenized text of each output.
+fn texts(run: &TrainedModel, outputs: &[Vec<i64>]) -> Result<Vec<String>> {
+    let text = |t: &Vec<i64>| run.bpe.decode(&t.iter().map(|&i| i as u32).collect::<Vec<_>>());
+    Ok(outputs.iter().map(text).collect::<Result<Vec<_>, _>>()?)
 }
 
-fn bleu_of(run: &TrainedModel, outputs: &[Vec<i64>], refs: Option<&[String]>) -> Result<Option<f64>> {
+fn bleu_of(hyps: &[String], refs: Option<&[String]>) -> Result<Option<f64>> {
     let Some(refs) = refs else { return Ok(None) };
-    let hyps = outputs
-        .iter()
-        .map(|t| run.bpe.decode(&t.iter().map(|&i| i as u32).collect::<Vec<_>>()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(corpus_bleu(&hyps, &[refs.to_vec()], BleuOptions::default())?.score))
+    Ok(Some(corpus_bleu(hyps, &[refs.to_vec()], BleuOptions::default())?.score))
 }
 
 /// The run exported twice into a temporary folder, removed when dropped.
@@ -236,7 +288,8 @@ impl Drop for Ct2Models {
 struct Ct2Out {
     tokens: Vec<Vec<i64>>,
     seconds: f64,
-    at_limit: usize,
+    /// Whether each sentence ended with EOS (else it ran into the length limit).
+    ended: Vec<bool>,
 }
 
 /// CTranslate2's decode of `sources` (our token ids, given as pieces) with our search options;
@@ -269,6 +322,6 @@ fn ct2_decode(
     Ok(Ct2Out {
         tokens: outputs.iter().map(|o| o.iter().map(id).collect()).collect(),
         seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
-        at_limit: ended.iter().filter(|e| !**e).count(),
+        ended,
     })
 }
