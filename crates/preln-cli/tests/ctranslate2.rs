@@ -160,7 +160,7 @@ fn exported_post_and_pre_models_decode_in_ctranslate2_as_in_preln() {
                 < std::fs::metadata(f32_dir.join("model.bin")).unwrap().len() * 2
         );
         let decode = |dir: &PathBuf| {
-            ct2(json!({"model": dir, "sources": sources, "beam": 4, "lenpen": 1.2, "max_decoding_length": 40,
+            ct2(json!({"model": dir, "sources": sources, "beam": 4, "lenpen": 1.2, "limits": vec![40; sources.len()],
                        "threads": 1, "compute_type": "int8", "batch_size": 16}))
         };
         let (loaded, ours) = (decode(&f32_dir), decode(&i8_dir));

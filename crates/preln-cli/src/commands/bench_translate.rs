@@ -32,8 +32,8 @@ struct Row {
     compared: Option<usize>,
     identical: Option<usize>,
     /// Sentences that ran into the length limit: preln (as fairseq) ends them with a forced EOS,
-    /// CTranslate2 keeps the last token, and its one limit is the largest of preln's
-    /// per-sentence limits `a * source + b`, so their outputs differ by design.
+    /// CTranslate2 stops without one, and its limit is one per batch (the largest of preln's
+    /// per-sentence limits `a * source + b` in it, less the EOS), so they are not compared.
     at_limit: usize,
     bleu: Option<f64>,
     /// The first sentences whose output differs from preln's.
@@ -292,8 +292,8 @@ struct Ct2Out {
     ended: Vec<bool>,
 }
 
-/// CTranslate2's decode of `sources` (our token ids, given as pieces) with our search options;
-/// its single length limit is the largest of ours.
+/// CTranslate2's decode of `sources` (our token ids, given as pieces) with our search options
+/// and batches; each batch's length limit is the largest of its sentences' limits in preln.
 #[allow(clippy::too_many_arguments)]
 fn ct2_decode(
     args: &BenchTranslateArgs,
@@ -309,7 +309,7 @@ fn ct2_decode(
         sources.iter().map(|s| run.bpe.pieces(&s.iter().map(|&i| i as u32).collect::<Vec<_>>())).collect();
     let spec = json!({
         "model": dir, "sources": pieces, "beam": beam, "lenpen": args.search.lenpen,
-        "max_decoding_length": limits.iter().copied().max().unwrap_or(1), "threads": threads,
+        "limits": limits.iter().map(|m| m.saturating_sub(1).max(1)).collect::<Vec<_>>(), "threads": threads,
         "compute_type": quant.name(), "batch_size": args.search.batch_size, "warmup": true,
     });
     let script = tool("ct2_translate.py");
