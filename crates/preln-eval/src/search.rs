@@ -86,9 +86,10 @@ impl Stepper {
         }
     }
 
-    fn select(&mut self, index: &Tensor) {
+    /// Keeps rows `index`; `sources_changed = false`: beams reordered within each sentence.
+    fn select(&mut self, index: &Tensor, sources_changed: bool) {
         match self {
-            Stepper::Cached(cache) => cache.select(index),
+            Stepper::Cached(cache) => cache.select_beams(index, sources_changed),
             Stepper::Full { enc, prefix } => {
                 enc.stack.out = enc.stack.out.index_select(0, index);
                 enc.mask = enc.mask.index_select(0, index);
@@ -245,7 +246,7 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
     } else {
         Stepper::Cached(model.start_decoding(&enc))
     };
-    stepper.select(&expand);
+    stepper.select(&expand, true);
 
     // Sentences still being decoded; finished ones leave the batch (and the cache), as in
     // fairseq, so late steps only pay for what is left.
@@ -275,10 +276,11 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
         if still.is_empty() {
             break;
         }
+        let sources_changed = still != active;
         active = still;
         let identity = src_rows.len() == rows && src_rows.iter().enumerate().all(|(r, &src)| src == r as i64);
         if !identity {
-            stepper.select(&Tensor::from_slice(&src_rows).to_device(device));
+            stepper.select(&Tensor::from_slice(&src_rows).to_device(device), sources_changed);
         }
         last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())
             .to_device(device);

@@ -99,19 +99,9 @@ impl DecoderLayer {
     /// # Shapes
     /// x: `[B, 1, d]`; memory_mask: `[B, 1, 1, S]` -> `[B, 1, d]`
     pub fn forward_step(&self, x: &Tensor, cache: &mut LayerCache, memory_mask: &Tensor) -> Tensor {
-        let a = self.self_attn_res.forward(x, false, |h| {
-            let kv = self.self_attn.keys_values(h);
-            let past = match cache.self_kv.take() {
-                Some(mut c) => {
-                    c.append(kv);
-                    c
-                }
-                None => KvCache { k: kv.0, v: kv.1 },
-            };
-            let out = self.self_attn.attend(h, &past.k, &past.v, None, false);
-            cache.self_kv = Some(past);
-            out
-        });
+        let a = self
+            .self_attn_res
+            .forward(x, false, |h| self.self_attn.self_attend_cached(h, &cache.self_qkv, &mut cache.self_kv));
         let cross = &cache.cross_kv;
         let c = self
             .cross_attn_res
@@ -127,6 +117,8 @@ pub struct LayerCache {
     pub self_kv: Option<KvCache>,
     /// Keys and values of the encoder output (computed once).
     pub cross_kv: KvCache,
+    /// The self-attention's stacked query, key and value projections (computed once).
+    pub self_qkv: (Tensor, Option<Tensor>),
 }
 
 /// The state of incremental decoding.
@@ -142,13 +134,25 @@ pub struct DecoderCache {
 impl DecoderCache {
     /// Keeps rows `index` of the batch (beam search reordering, or expansion to beams).
     pub fn select(&mut self, index: &Tensor) {
+        self.select_beams(index, true);
+    }
+
+    /// As [`Self::select`]; `sources_changed = false` promises that every new row takes an old
+    /// row of the same source sentence (beams reordered among themselves, no sentence added or
+    /// dropped), whose encoder keys and values are the same: then only the self-attention
+    /// caches move.
+    pub fn select_beams(&mut self, index: &Tensor, sources_changed: bool) {
         for l in &mut self.layers {
             if let Some(c) = &mut l.self_kv {
                 c.select(index);
             }
-            l.cross_kv.select(index);
+            if sources_changed {
+                l.cross_kv.select(index);
+            }
         }
-        self.memory_mask = self.memory_mask.index_select(0, index);
+        if sources_changed {
+            self.memory_mask = self.memory_mask.index_select(0, index);
+        }
     }
 }
 
@@ -285,7 +289,7 @@ impl Decoder {
             .iter()
             .map(|l| {
                 let (k, v) = l.cross_attn.keys_values(memory);
-                LayerCache { self_kv: None, cross_kv: KvCache { k, v } }
+                LayerCache { self_kv: None, cross_kv: KvCache { k, v }, self_qkv: l.self_attn.stacked_qkv() }
             })
             .collect();
         DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0 }

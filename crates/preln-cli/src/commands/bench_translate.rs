@@ -225,9 +225,14 @@ fn decode(
     if let Some(first) = sources.chunks(batch_size).next() {
         beam_search(&run.model, &batch(first).src, search);
     }
+    // `PRELN_PROFILE=trace.json`: libtorch's operator trace of the timed decode (the last one
+    // timed, where there are several).
+    let profile = std::env::var("PRELN_PROFILE").ok().and_then(|p| preln_ops::Profile::start(Path::new(&p)).ok());
     let t0 = std::time::Instant::now();
     let out = sources.chunks(batch_size).flat_map(|b| beam_search(&run.model, &batch(b).src, search)).collect();
-    (out, t0.elapsed().as_secs_f64())
+    let secs = t0.elapsed().as_secs_f64();
+    drop(profile);
+    (out, secs)
 }
 
 /// Each sentence's length limit (EOS included), as the search computes it.
