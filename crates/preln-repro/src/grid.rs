@@ -31,6 +31,14 @@ pub const GRID: &[(&str, &str)] = &[
     ("pre-radam-5e-4-nowarmup", include_str!("../../../configs/reproduce/pre-radam-5e-4-nowarmup.toml")),
     ("post-sgd-5e-3-warmup", include_str!("../../../configs/reproduce/post-sgd-5e-3-warmup.toml")),
     ("post-sgd-5e-3-nowarmup", include_str!("../../../configs/reproduce/post-sgd-5e-3-nowarmup.toml")),
+    ("post-adam-5e-4-warmup500", include_str!("../../../configs/reproduce/post-adam-5e-4-warmup500.toml")),
+    ("post-adam-1e-3-warmup500", include_str!("../../../configs/reproduce/post-adam-1e-3-warmup500.toml")),
+    (
+        "post-adam-1e-4-constant-nowarmup",
+        include_str!("../../../configs/reproduce/post-adam-1e-4-constant-nowarmup.toml"),
+    ),
+    ("post-sgd-1e-3-warmup", include_str!("../../../configs/reproduce/post-sgd-1e-3-warmup.toml")),
+    ("post-sgd-1e-3-nowarmup", include_str!("../../../configs/reproduce/post-sgd-1e-3-nowarmup.toml")),
 ];
 
 /// One run of the grid, as it will be trained.
