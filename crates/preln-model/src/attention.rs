@@ -56,10 +56,7 @@ impl MultiHeadAttention {
     /// The query, key and value projections stacked into one weight `[3d, d]` and bias `[3d]`
     /// (a decoding session computes them once; the weights do not change while it runs).
     pub fn stacked_qkv(&self) -> (Tensor, Option<Tensor>) {
-        let layers = [&self.q_proj, &self.k_proj, &self.v_proj];
-        let w = Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0);
-        let b: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
-        (w, (b.len() == layers.len()).then(|| Tensor::cat(&b, 0)))
+        stacked(&[&self.q_proj, &self.k_proj, &self.v_proj])
     }
 
     /// Self-attention of new positions `x` over the cached past and themselves: their keys and
@@ -184,10 +181,16 @@ pub fn scaled_dot_product(
 /// (the outputs side by side in the last dimension), which keeps separate parameters (and
 /// checkpoint keys) while doing one larger, faster product.
 fn fused_linear(x: &Tensor, layers: &[&nn::Linear]) -> Tensor {
+    let (w, b) = stacked(layers);
+    preln_ops::linear(x, &w, b.as_ref())
+}
+
+/// The weights of several linear layers stacked in their output dimension, and their biases
+/// where every layer has one.
+fn stacked(layers: &[&nn::Linear]) -> (Tensor, Option<Tensor>) {
     let w = Tensor::cat(&layers.iter().map(|l| &l.ws).collect::<Vec<_>>(), 0);
     let b: Vec<&Tensor> = layers.iter().filter_map(|l| l.bs.as_ref()).collect();
-    let b = (b.len() == layers.len()).then(|| Tensor::cat(&b, 0));
-    preln_ops::linear(x, &w, b.as_ref())
+    (w, (b.len() == layers.len()).then(|| Tensor::cat(&b, 0)))
 }
 
 /// Keys and values of one attention layer during incremental decoding.
