@@ -49,6 +49,10 @@ $torch_env
 PRELN_TORCH_VENV = "$venv"
 TOML
 
+if [ ! -e "${GLOO_INCLUDE:-/usr/include}/gloo/algorithm.h" ]; then
+  echo "setup: Gloo's headers are missing, so data-parallel training (torch.distributed's Gloo backend) is left out of the build; on Debian: sudo apt-get install libgloo-dev, then rerun" >&2
+fi
+
 export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH"
 cargo build --release --workspace --quiet
 echo "setup: built $root/target/release/preln" >&2

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 mod link_libtorch;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/preln_ops.cpp");
+    for f in ["csrc/preln_ops.cpp", "csrc/dist.cpp", "csrc/guard.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
     link_libtorch::main();
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports DEP_TCH_LIBTORCH_LIB"));
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
@@ -28,9 +31,29 @@ fn main() {
             lib.display()
         ),
     }
+    // torch.distributed's Gloo backend (csrc/dist.cpp) needs Gloo's headers, which the torch
+    // wheel does not ship: Debian's libgloo-dev, or a folder named by GLOO_INCLUDE.
+    let gloo = std::env::var("GLOO_INCLUDE")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/include")))
+        .filter(|dir| dir.join("gloo/algorithm.h").exists());
+    match &gloo {
+        Some(dir) => {
+            build.define("PRELN_HAVE_GLOO", None);
+            // -I/usr/include would break libstdc++'s #include_next; it is searched anyway.
+            if dir != std::path::Path::new("/usr/include") {
+                build.include(dir);
+            }
+        }
+        None => println!(
+            "cargo:warning=Gloo's headers not found (Debian: libgloo-dev, or GLOO_INCLUDE): data-parallel training is left out"
+        ),
+    }
     build
         .cpp(true)
         .file("csrc/preln_ops.cpp")
+        .file("csrc/dist.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

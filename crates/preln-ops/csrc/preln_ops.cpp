@@ -1,6 +1,7 @@
 // A C shim over the few libtorch calls that tch 0.24 has no binding for. Every function
-// catches C++ exceptions and reports them through preln_last_error().
+// catches C++ exceptions and reports them through preln_last_error() (guard.h).
 
+#include "guard.h"
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
@@ -38,20 +39,7 @@ TORCH_API Tensor mkldnn_linear_pointwise(const Tensor &input_t, const Tensor &we
 // tch hands tensors over as pointers to at::Tensor.
 typedef at::Tensor *tensor;
 
-static thread_local std::string last_error;
-
-template <typename F> static int guarded(F f) {
-  try {
-    return f();
-  } catch (const c10::Error &e) {
-    // The message with the op and shapes, without libtorch's C++ stack trace.
-    last_error = e.what_without_backtrace();
-    return -1;
-  } catch (const std::exception &e) {
-    last_error = e.what();
-    return -1;
-  }
-}
+thread_local std::string last_error;
 
 static at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
 

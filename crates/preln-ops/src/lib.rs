@@ -5,6 +5,7 @@
 //! at run time, the operation falls back to libtorch's own op.
 
 pub mod caps;
+pub mod dist;
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_double, c_int};

@@ -1,0 +1,88 @@
+// torch.distributed's own engine (c10d) for data-parallel training: a TCPStore rendezvous and a
+// Gloo process group, with the store prefixes torch.distributed.init_process_group uses for its
+// default group, so that Python ranks and ours form one group. Built where Gloo's headers exist
+// (Debian's libgloo-dev; build.rs defines PRELN_HAVE_GLOO); elsewhere every call fails with
+// the reason.
+#include "guard.h"
+#include <ATen/ATen.h>
+
+typedef at::Tensor *tensor;
+
+#ifdef PRELN_HAVE_GLOO
+#define USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+struct PrelnGroup {
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+extern "C" {
+
+// Joins the group `rank` of `world` that meets at addr:port. server = 1: this rank hosts the
+// TCPStore (rank 0, unless a launcher such as torchrun hosts it); host: the address this rank's
+// Gloo device binds to. Every wait (rendezvous, collectives) gives up after timeout_ms.
+int preln_dist_new(void **out, const char *addr, int port, int rank, int world, int server, int64_t timeout_ms,
+                   const char *host) {
+  return guarded([&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions o;
+    o.port = static_cast<std::uint16_t>(port);
+    o.isServer = server != 0;
+    o.numWorkers = world;
+    o.timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+    // torch/distributed/distributed_c10d.py: PrefixStore("default_pg"), then the group name
+    // ("0/"), then the device ("cpu/").
+    store = c10::make_intrusive<c10d::PrefixStore>("default_pg", store);
+    store = c10::make_intrusive<c10d::PrefixStore>("0/", store);
+    store = c10::make_intrusive<c10d::PrefixStore>("cpu/", store);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
+    *out = new PrelnGroup{pg};
+    return 0;
+  });
+}
+
+// t <- the sum of t over all ranks, in place.
+int preln_dist_allreduce_sum(void *group, tensor t) {
+  return guarded([&] {
+    std::vector<at::Tensor> v{*t};
+    static_cast<PrelnGroup *>(group)->pg->allreduce(v)->wait();
+    return 0;
+  });
+}
+
+// t <- rank root's t, in place.
+int preln_dist_broadcast(void *group, tensor t, int root) {
+  return guarded([&] {
+    std::vector<at::Tensor> v{*t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    static_cast<PrelnGroup *>(group)->pg->broadcast(v, o)->wait();
+    return 0;
+  });
+}
+
+void preln_dist_free(void *group) { delete static_cast<PrelnGroup *>(group); }
+
+} // extern "C"
+
+#else
+
+static int unavailable() {
+  last_error = "this preln was built without torch.distributed's Gloo backend: Gloo's headers were not found "
+               "(install Debian's libgloo-dev, or set GLOO_INCLUDE to a folder holding gloo/, then rebuild)";
+  return -1;
+}
+
+extern "C" {
+int preln_dist_new(void **, const char *, int, int, int, int, int64_t, const char *) { return unavailable(); }
+int preln_dist_allreduce_sum(void *, tensor) { return unavailable(); }
+int preln_dist_broadcast(void *, tensor, int) { return unavailable(); }
+void preln_dist_free(void *) {}
+}
+
+#endif

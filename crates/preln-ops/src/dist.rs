@@ -1,0 +1,157 @@
+//! torch.distributed's engine (c10d) through the shim (`csrc/dist.cpp`): a TCPStore rendezvous
+//! and a Gloo process group that Python ranks (`torch.distributed.init_process_group("gloo")`)
+//! can join, with the variables `torchrun` sets.
+
+use std::ffi::{c_void, CString};
+use std::os::raw::{c_char, c_int};
+use std::time::Duration;
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use crate::{check, ptr, OpError};
+
+extern "C" {
+    fn preln_dist_new(
+        out: *mut *mut c_void,
+        addr: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        server: c_int,
+        timeout_ms: i64,
+        host: *const c_char,
+    ) -> c_int;
+    fn preln_dist_allreduce_sum(group: *mut c_void, t: *mut C_tensor) -> c_int;
+    fn preln_dist_broadcast(group: *mut c_void, t: *mut C_tensor, root: c_int) -> c_int;
+    fn preln_dist_free(group: *mut c_void);
+}
+
+/// Where and as whom a rank joins its group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendezvous {
+    /// `MASTER_ADDR`
+    pub addr: String,
+    /// `MASTER_PORT`
+    pub port: u16,
+    /// `RANK`
+    pub rank: usize,
+    /// `WORLD_SIZE`
+    pub world: usize,
+    /// Whether this rank hosts the store: rank 0, unless the launcher's agent hosts it
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`, torchrun's default).
+    pub server: bool,
+    /// How long the rendezvous and every collective may wait for the other ranks.
+    pub timeout: Duration,
+}
+
+impl Rendezvous {
+    /// The rendezvous `torchrun` describes in the environment; `None` outside a launcher
+    /// (no `WORLD_SIZE`); an error naming the variable that is missing or malformed.
+    pub fn from_env(timeout: Duration) -> Result<Option<Rendezvous>, String> {
+        Self::from_vars(|k| std::env::var(k).ok(), timeout)
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>, timeout: Duration) -> Result<Option<Rendezvous>, String> {
+        if var("WORLD_SIZE").is_none() {
+            return Ok(None);
+        }
+        let need = |k: &str| var(k).ok_or_else(|| format!("{k} is not set (WORLD_SIZE is)"));
+        let num = |k: &str| -> Result<usize, String> {
+            let v = need(k)?;
+            v.trim().parse().map_err(|_| format!("{k}={v:?} is not a number"))
+        };
+        let (rank, world) = (num("RANK")?, num("WORLD_SIZE")?);
+        if world < 1 || rank >= world {
+            return Err(format!("RANK={rank} must be below WORLD_SIZE={world}"));
+        }
+        let port = num("MASTER_PORT")?;
+        let port = u16::try_from(port).map_err(|_| format!("MASTER_PORT={port} is not a port"))?;
+        let agent = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(Some(Rendezvous { addr: need("MASTER_ADDR")?, port, rank, world, server: rank == 0 && !agent, timeout }))
+    }
+}
+
+/// A Gloo process group: collectives over CPU tensors with every other rank.
+pub struct ProcessGroup {
+    handle: *mut c_void,
+    rank: usize,
+    world: usize,
+}
+
+impl ProcessGroup {
+    /// Joins the group (blocks until every rank has, or the timeout); `host` is the address this
+    /// rank's Gloo device binds to (`127.0.0.1` for ranks on one machine).
+    pub fn join(r: &Rendezvous, host: &str) -> Result<ProcessGroup, OpError> {
+        let c = |s: &str| CString::new(s).map_err(|_| OpError(format!("{s:?} holds a NUL byte")));
+        let (addr, host) = (c(&r.addr)?, c(host)?);
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: the strings outlive the call; on success the shim writes a new group pointer,
+        // which this value owns and frees on drop.
+        check(unsafe {
+            preln_dist_new(
+                &mut handle,
+                addr.as_ptr(),
+                c_int::from(r.port),
+                r.rank as c_int,
+                r.world as c_int,
+                c_int::from(r.server),
+                r.timeout.as_millis() as i64,
+                host.as_ptr(),
+            )
+        })?;
+        Ok(ProcessGroup { handle, rank: r.rank, world: r.world })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// `t` becomes the sum of `t` over all ranks (in place; a contiguous CPU tensor).
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<(), OpError> {
+        // SAFETY: a live group and a live tensor.
+        check(unsafe { preln_dist_allreduce_sum(self.handle, ptr(t)) }).map(|_| ())
+    }
+
+    /// `t` becomes rank `root`'s `t` (in place).
+    pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), OpError> {
+        // SAFETY: a live group and a live tensor.
+        check(unsafe { preln_dist_broadcast(self.handle, ptr(t), root as c_int) }).map(|_| ())
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from preln_dist_new and is freed once.
+        unsafe { preln_dist_free(self.handle) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + '_ {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn torchrun_variables_make_a_rendezvous() {
+        let t = Duration::from_secs(5);
+        assert_eq!(Rendezvous::from_vars(vars(&[]), t), Ok(None));
+        let env = [("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
+        let r = Rendezvous::from_vars(vars(&env), t).unwrap().unwrap();
+        assert!(r.server && r.world == 2 && r.port == 29500);
+        let mut agent = env.to_vec();
+        agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+        assert!(!Rendezvous::from_vars(vars(&agent), t).unwrap().unwrap().server);
+        let err = Rendezvous::from_vars(vars(&env[..2]), t).unwrap_err();
+        assert!(err.contains("MASTER_ADDR"), "{err}");
+        let bad = [("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")];
+        assert!(Rendezvous::from_vars(vars(&bad), t).unwrap_err().contains("below WORLD_SIZE"));
+    }
+}
