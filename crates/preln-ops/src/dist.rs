@@ -65,10 +65,11 @@ impl Rendezvous {
         if world < 1 || rank >= world {
             return Err(format!("RANK={rank} must be below WORLD_SIZE={world}"));
         }
+        let addr = need("MASTER_ADDR")?;
         let port = num("MASTER_PORT")?;
         let port = u16::try_from(port).map_err(|_| format!("MASTER_PORT={port} is not a port"))?;
         let agent = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        Ok(Some(Rendezvous { addr: need("MASTER_ADDR")?, port, rank, world, server: rank == 0 && !agent, timeout }))
+        Ok(Some(Rendezvous { addr, port, rank, world, server: rank == 0 && !agent, timeout }))
     }
 }
 
@@ -135,7 +136,7 @@ impl Drop for ProcessGroup {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + '_ {
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
