@@ -99,7 +99,8 @@ pub struct ReproduceArgs {
 #[derive(Subcommand, Debug)]
 pub enum Export {
     /// A CTranslate2 model directory (`ctranslate2.Translator(DIR)`): model.bin, config.json,
-    /// shared_vocabulary.json, plus the run's tokenizer.json. Post-LN and Pre-LN runs only.
+    /// shared_vocabulary.json, plus the run's tokenizer.json. Post-LN and Pre-LN runs only
+    /// (LayerNorm or RMSNorm).
     Ctranslate2(ExportCt2Args),
 }
 

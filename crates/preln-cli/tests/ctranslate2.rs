@@ -1,6 +1,6 @@
 //! `preln export ctranslate2`: CTranslate2 (the `ctranslate2` package of the project's Python
 //! environment, through tools/ct2_translate.py) loads the exported Post-LN and Pre-LN models and
-//! decodes exactly what `preln` decodes; our int8 file is CTranslate2's own int8 quantization;
+//! decodes exactly what `preln` decodes (Pre-LN with RMSNorm too); our int8 file is CTranslate2's own int8 quantization;
 //! placements it cannot express are refused and nothing is left behind.
 
 mod common;
@@ -36,6 +36,10 @@ fn reversal_data(p: &Path) -> PathBuf {
 }
 
 fn train(data: &Path, run: &Path, placement: &str, epochs: usize) {
+    train_with(data, run, placement, "layernorm", epochs)
+}
+
+fn train_with(data: &Path, run: &Path, placement: &str, norm: &str, epochs: usize) {
     ok(&[
         "train",
         "--config",
@@ -48,6 +52,8 @@ fn train(data: &Path, run: &Path, placement: &str, epochs: usize) {
         "1",
         "--set",
         &format!("model.placement=\"{placement}\""),
+        "--set",
+        &format!("model.norm=\"{norm}\""),
         "--set",
         &format!("train.max_epochs={epochs}"),
         "--set",
@@ -90,12 +96,13 @@ fn exported_post_and_pre_models_decode_in_ctranslate2_as_in_preln() {
     let bpe = Bpe::load(&data.join("tokenizer.json")).unwrap();
     let sources: Vec<Vec<String>> =
         std::fs::read_to_string(&test_de).unwrap().lines().map(|l| bpe.pieces(&bpe.encode(l).unwrap())).collect();
-    for placement in ["post", "pre"] {
-        let run = d.path().join(placement);
-        train(&data, &run, placement, 6);
+    for (placement, norm) in [("post", "layernorm"), ("pre", "layernorm"), ("pre", "rmsnorm")] {
+        let name = format!("{placement}-{norm}");
+        let run = d.path().join(&name);
+        train_with(&data, &run, placement, norm, 6);
 
         // Our beam search and greedy decoding against CTranslate2's, float32 and int8.
-        let table = d.path().join(format!("{placement}.json"));
+        let table = d.path().join(format!("{name}.json"));
         let run_s = run.to_str().unwrap();
         let reference = d.path().join("test.en");
         let stdout = String::from_utf8(
@@ -123,23 +130,23 @@ fn exported_post_and_pre_models_decode_in_ctranslate2_as_in_preln() {
         .unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&table).expect(&stdout)).unwrap();
         let rows = doc["rows"].as_array().unwrap();
-        assert_eq!(rows.len(), 6, "{placement}: {stdout}");
+        assert_eq!(rows.len(), 6, "{name}: {stdout}");
         for r in rows.iter().filter(|r| r["system"] != "preln") {
             let (same, compared) = (r["identical"].as_u64().unwrap(), r["compared"].as_u64().unwrap());
             // Sentences at the length limit end differently by design (forced EOS vs none);
             // every other one must be decoded to the same tokens in float32.
-            assert!(compared >= 45, "{placement}: too few sentences end before the limit: {r}");
+            assert!(compared >= 45, "{name}: too few sentences end before the limit: {r}");
             if r["system"] == "CTranslate2 float32" {
-                assert_eq!(same, compared, "{placement}, beam {}: {r}", r["beam"]);
+                assert_eq!(same, compared, "{name}, beam {}: {r}", r["beam"]);
             } else {
-                assert!(same * 5 >= compared * 4, "{placement}: int8 far from float32: {r}");
+                assert!(same * 5 >= compared * 4, "{name}: int8 far from float32: {r}");
             }
             assert!(r["bleu"].as_f64().is_some(), "{r}");
         }
 
         // Our int8 file holds CTranslate2's own int8 quantization of the float32 export: the
         // same outputs and bit-identical scores as quantizing at load time.
-        let (f32_dir, i8_dir) = (d.path().join(format!("{placement}-f32")), d.path().join(format!("{placement}-i8")));
+        let (f32_dir, i8_dir) = (d.path().join(format!("{name}-f32")), d.path().join(format!("{name}-i8")));
         ok(&["export", "ctranslate2", "--checkpoint", run_s, "--out", f32_dir.to_str().unwrap()]);
         let stderr = ok(&[
             "export",
@@ -164,14 +171,14 @@ fn exported_post_and_pre_models_decode_in_ctranslate2_as_in_preln() {
                        "threads": 1, "compute_type": "int8", "batch_size": 16}))
         };
         let (loaded, ours) = (decode(&f32_dir), decode(&i8_dir));
-        assert_eq!(loaded["outputs"], ours["outputs"], "{placement}");
-        assert_eq!(loaded["scores"], ours["scores"], "{placement}");
+        assert_eq!(loaded["outputs"], ours["outputs"], "{name}");
+        assert_eq!(loaded["scores"], ours["scores"], "{name}");
     }
 
     // Refusals: an existing directory, and a placement CTranslate2 cannot express; no
     // half-written directory either way.
-    let pre = d.path().join("pre");
-    let existing = d.path().join("pre-f32");
+    let pre = d.path().join("pre-layernorm");
+    let existing = d.path().join("pre-layernorm-f32");
     let err =
         fails(&["export", "ctranslate2", "--checkpoint", pre.to_str().unwrap(), "--out", existing.to_str().unwrap()]);
     assert!(err.contains("already exists"), "{err}");

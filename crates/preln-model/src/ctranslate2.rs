@@ -7,8 +7,9 @@
 //! (before the branch for Pre-LN, after the add for Post-LN), a final LayerNorm only with
 //! `pre_norm`, self-attention with the query, key and value projections fused, cross-attention
 //! with the key and value projections fused, and `sqrt(d)`-scaled embeddings plus an explicit
-//! sinusoid table (ours, fairseq's layout, position 0 first). Only Post-LN and Pre-LN with
-//! LayerNorm fit that layout; every other placement is refused by name. Every variable of the
+//! sinusoid table (ours, fairseq's layout, position 0 first). Only Post-LN and Pre-LN fit that
+//! layout, with LayerNorm or RMSNorm (a norm without `beta`, which CTranslate2 reads as RMSNorm
+//! with the config's epsilon); every other placement is refused by name. Every variable of the
 //! checkpoint must land somewhere, or the export fails naming the ones left over.
 //!
 //! `int8` quantizes each linear and embedding weight per output row as CTranslate2's own
@@ -149,6 +150,7 @@ impl Source<'_> {
 struct Builder<'a> {
     src: Source<'a>,
     quant: Quantization,
+    norm: NormKind,
     out: Ct2Model,
 }
 
@@ -174,11 +176,17 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A LayerNorm (`gamma`, `beta`) or an RMSNorm (`gamma` only).
     fn layer_norm(&mut self, theirs: &str, ours: &str) -> Result<()> {
         let gamma = self.src.get(&format!("{ours}.weight"))?.shallow_clone();
-        let beta = self.src.get(&format!("{ours}.bias"))?.shallow_clone();
         self.put(Variable::f32(format!("{theirs}/gamma"), &gamma));
-        self.put(Variable::f32(format!("{theirs}/beta"), &beta));
+        match self.norm {
+            NormKind::LayerNorm => {
+                let beta = self.src.get(&format!("{ours}.bias"))?.shallow_clone();
+                self.put(Variable::f32(format!("{theirs}/beta"), &beta));
+            }
+            NormKind::RmsNorm => {}
+        }
         Ok(())
     }
 
@@ -216,9 +224,6 @@ impl Builder<'_> {
 
 /// Whether `cfg` fits CTranslate2's Transformer, and if so whether it is pre-norm.
 fn pre_norm(cfg: &Seq2SeqConfig) -> Result<bool> {
-    if cfg.norm != NormKind::LayerNorm {
-        return Err(ModelError::Export("`model.norm = \"rmsnorm\"`: the export writes LayerNorm models only".into()));
-    }
     match cfg.placement {
         NormPlacement::Post => Ok(false),
         NormPlacement::Pre => Ok(true),
@@ -230,8 +235,8 @@ fn pre_norm(cfg: &Seq2SeqConfig) -> Result<bool> {
         | NormPlacement::B2t
         | NormPlacement::Mix) => Err(ModelError::Export(format!(
             "placement `{}` ({}) cannot be expressed in CTranslate2's Transformer, which has one \
-             LayerNorm per sublayer, before the branch (pre_norm) or after the add, the same in \
-             every layer, and a plain residual add; export `post` or `pre` models",
+             norm per sublayer, before the branch (pre_norm) or after the add, the same in every \
+             layer, and a plain residual add; export `post` or `pre` models",
             p.name(),
             p.title()
         ))),
@@ -261,7 +266,8 @@ impl Ct2Model {
             return Err(ModelError::Export(format!("max positions must be at least 1, got {max_positions}")));
         }
         let heads = i16::try_from(cfg.heads).map_err(|_| ModelError::Export(format!("{} heads", cfg.heads)))?;
-        let mut b = Builder { src: Source { vars, used: BTreeSet::new() }, quant, out: Ct2Model::default() };
+        let mut b =
+            Builder { src: Source { vars, used: BTreeSet::new() }, quant, norm: cfg.norm, out: Ct2Model::default() };
 
         b.stack_scalars("encoder", heads, pre);
         b.put(Variable::i8_scalar("encoder/embeddings_merge", 0));
@@ -433,8 +439,13 @@ mod tests {
     use crate::Seq2Seq;
 
     fn tiny(placement: NormPlacement, share: bool) -> (Seq2SeqConfig, VarStore, Vec<String>) {
+        tiny_with(placement, share, NormKind::LayerNorm)
+    }
+
+    fn tiny_with(placement: NormPlacement, share: bool, norm: NormKind) -> (Seq2SeqConfig, VarStore, Vec<String>) {
         let cfg = Seq2SeqConfig {
             placement,
+            norm,
             vocab_size: 12,
             d_model: 8,
             ffn_dim: 16,
@@ -477,6 +488,15 @@ mod tests {
             let table = v["decoder/position_encodings/encodings"].as_f32().unwrap();
             assert_eq!(&table[..8], &[0., 0., 0., 0., 1., 1., 1., 1.]);
         }
+    }
+
+    #[test]
+    fn rmsnorm_slots_are_norms_without_beta() {
+        let (cfg, vs, vocab) = tiny_with(NormPlacement::Pre, true, NormKind::RmsNorm);
+        let m = Ct2Model::from_seq2seq(&cfg, &vs.variables(), &vocab, Quantization::Float32, 4).unwrap();
+        assert!(m.variables.contains_key("decoder/layer_0/ffn/layer_norm/gamma"));
+        assert!(m.variables.contains_key("encoder/layer_norm/gamma"));
+        assert!(!m.variables.keys().any(|k| k.ends_with("/beta")), "{:?}", m.variables.keys());
     }
 
     #[test]
