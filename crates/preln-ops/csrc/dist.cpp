@@ -68,6 +68,8 @@ int preln_dist_broadcast(void *group, tensor t, int root) {
 
 void preln_dist_free(void *group) { delete static_cast<PrelnGroup *>(group); }
 
+int preln_dist_available() { return 1; }
+
 } // extern "C"
 
 #else
@@ -83,6 +85,7 @@ int preln_dist_new(void **, const char *, int, int, int, int, int64_t, const cha
 int preln_dist_allreduce_sum(void *, tensor) { return unavailable(); }
 int preln_dist_broadcast(void *, tensor, int) { return unavailable(); }
 void preln_dist_free(void *) {}
+int preln_dist_available() { return 0; }
 }
 
 #endif

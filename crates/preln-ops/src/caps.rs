@@ -408,13 +408,21 @@ pub fn report() -> Vec<String> {
         "native bf16 matrix products (oneDNN)",
         "refused: train.precision = \"bf16\" stops at start on this CPU",
     ));
-    lines.push("path: attention in training (CPU): three steps up to 128 keys (512 in bf16), libtorch's fused kernel beyond; inference and CUDA: fused kernel".into());
+    lines.push("path: attention in training (CPU): three steps up to 128 keys (512 in bf16), libtorch's fused kernel beyond; decoding steps (one query, CPU): three steps; other inference and CUDA: fused kernel".into());
     lines.push(format!(
         "path: attention on CUDA: flash / memory-efficient kernels, cuDNN's {}",
         if env_is("PRELN_SDP_CUDNN", "on") {
             "allowed (PRELN_SDP_CUDNN=on)"
         } else {
             "off (a graph build per new shape)"
+        }
+    ));
+    lines.push(format!(
+        "torch.distributed (c10d) Gloo groups: {}",
+        if crate::dist::available() {
+            "built in"
+        } else {
+            "left out (Gloo's headers were missing at build time: libgloo-dev)"
         }
     ));
     lines

@@ -25,6 +25,13 @@ extern "C" {
     fn preln_dist_allreduce_sum(group: *mut c_void, t: *mut C_tensor) -> c_int;
     fn preln_dist_broadcast(group: *mut c_void, t: *mut C_tensor, root: c_int) -> c_int;
     fn preln_dist_free(group: *mut c_void);
+    fn preln_dist_available() -> c_int;
+}
+
+/// Whether this build has c10d's Gloo backend (Gloo's headers were found at build time).
+pub fn available() -> bool {
+    // SAFETY: a constant query.
+    unsafe { preln_dist_available() == 1 }
 }
 
 /// Where and as whom a rank joins its group.

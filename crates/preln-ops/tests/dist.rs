@@ -27,6 +27,14 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 #[test]
+fn this_build_has_the_gloo_backend() {
+    assert!(
+        preln_ops::dist::available(),
+        "built without Gloo's headers (Debian: apt-get install libgloo-dev, then rebuild); the tests below need them"
+    );
+}
+
+#[test]
 fn two_of_our_ranks_all_reduce_and_broadcast() {
     let port = free_port();
     let n = 1000;
