@@ -48,6 +48,14 @@ pub fn write_ct2(
         bail!("{}: already exists; give a new directory to --out", out.display());
     }
     let cfg = run.model.config();
+    if run.bpe.vocab_size() as i64 != cfg.vocab_size {
+        bail!(
+            "{}: the run's tokenizer has {} tokens but its model {} (`model.vocab_size`)",
+            run.checkpoint.display(),
+            run.bpe.vocab_size(),
+            cfg.vocab_size
+        );
+    }
     let ids: Vec<u32> = (0..cfg.vocab_size as u32).collect();
     let vocab = run.bpe.pieces(&ids);
     let model = Ct2Model::from_seq2seq(cfg, &run.variables(), &vocab, quant, max_positions)
