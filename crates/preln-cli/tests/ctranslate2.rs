@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_ok, fails, ok, prepare};
+use common::{assert_ok, fails, ok, prepare, tiny_train_args};
 use preln_data::tokenizer::Bpe;
 use serde_json::{json, Value};
 
@@ -40,31 +40,23 @@ fn train(data: &Path, run: &Path, placement: &str, epochs: usize) {
 }
 
 fn train_with(data: &Path, run: &Path, placement: &str, norm: &str, epochs: usize) {
-    ok(&[
-        "train",
-        "--config",
-        "tiny",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--set",
-        &format!("model.placement=\"{placement}\""),
-        "--set",
-        &format!("model.norm=\"{norm}\""),
-        "--set",
-        &format!("train.max_epochs={epochs}"),
-        "--set",
+    let (placement, norm, epochs) = (
+        format!("model.placement=\"{placement}\""),
+        format!("model.norm=\"{norm}\""),
+        format!("train.max_epochs={epochs}"),
+    );
+    let sets = [
+        &placement,
+        &norm,
+        &epochs,
         "train.lr=3e-3",
-        "--set",
         "schedule.warmup=20",
-        "--set",
         "train.device=\"cpu\"",
-        "--set",
         "train.valid_bleu_beam=0",
-    ]);
+    ];
+    let mut args = tiny_train_args(data, run, &sets);
+    args.extend(["--threads".to_string(), "1".to_string()]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// tools/ct2_translate.py on `spec`: its JSON answer.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ok, tiny_data};
+use common::{ok, tiny_data, tiny_train_args};
 use serde_json::Value;
 
 type Series = BTreeMap<String, Vec<(u64, f64)>>;
@@ -95,26 +95,11 @@ fn tensorboard_reads_exactly_the_metrics_also_after_a_kill_and_resume() {
     let data = tiny_data(d.path(), 60);
     let run = d.path().join("run");
     let run_s = run.to_str().unwrap();
-    let args = [
-        "train",
-        "--config",
-        "tiny",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run_s,
-        "--set",
-        "train.device=\"cpu\"",
-        "--set",
-        "train.valid_bleu_beam=1",
-        "--set",
-        "train.save_every=3",
-        "--set",
-        "train.diag_every=4",
-    ];
+    let sets = ["train.device=\"cpu\"", "train.valid_bleu_beam=1", "train.save_every=3", "train.diag_every=4"];
+    let args = tiny_train_args(&data, &run, &sets);
     // Killed inside the 9th metrics write, after a checkpoint at update 6 and records beyond it.
     let out = Command::new(env!("CARGO_BIN_EXE_preln"))
-        .args(args)
+        .args(&args)
         .env("PRELN_FAULT", "metrics.jsonl:kill@9")
         .output()
         .unwrap();
@@ -136,7 +121,7 @@ fn tensorboard_reads_exactly_the_metrics_also_after_a_kill_and_resume() {
 
     // Switched off: no event files.
     let quiet = d.path().join("quiet");
-    let mut off: Vec<&str> = args.to_vec();
+    let mut off: Vec<&str> = args.iter().map(String::as_str).collect();
     off[6] = quiet.to_str().unwrap();
     off.extend(["--set", "train.tensorboard=false", "--set", "train.max_epochs=1"]);
     ok(&off);

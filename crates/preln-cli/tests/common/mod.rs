@@ -40,6 +40,16 @@ pub fn prepare(p: &Path, train: &str, valid: Option<&str>, vocab: usize, out: &P
     Command::new(env!("CARGO_BIN_EXE_preln")).args(&args).output().expect("preln runs")
 }
 
+/// `preln train --config tiny --data DATA --out OUT`, then `--set S` for each of `sets`.
+pub fn tiny_train_args(data: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--config", "tiny", "--data"].map(String::from).to_vec();
+    args.extend([data.display().to_string(), "--out".into(), out.display().to_string()]);
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}
+
 /// Asserts that `out` succeeded.
 pub fn assert_ok(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
