@@ -320,6 +320,16 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel on this machine: start N ranks of this command (c10d, Gloo), as
+    /// `torchrun --no-python --nproc-per-node N preln train ...` would. Each rank computes 1/N of
+    /// every update's batches, so N ranks train exactly as one process with N times
+    /// train.update_freq. Without --threads each rank gets its share of the cores.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
+    /// Data-parallel: seconds a rank waits for the others (the rendezvous, every collective)
+    /// before it stops with an error.
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -21,8 +21,10 @@ struct PrelnGroup {
 extern "C" {
 
 // Joins the group `rank` of `world` that meets at addr:port. server = 1: this rank hosts the
-// TCPStore (rank 0, unless a launcher such as torchrun hosts it); host: the address this rank's
-// Gloo device binds to. Every wait (rendezvous, collectives) gives up after timeout_ms.
+// TCPStore (rank 0, unless a launcher such as torchrun hosts it); host: what this rank's Gloo
+// device binds to: an address or host name, "if:NAME" for a network interface, "" for the
+// address this machine's host name resolves to (torch.distributed's default). Every wait
+// (rendezvous, collectives) gives up after timeout_ms.
 int preln_dist_new(void **out, const char *addr, int port, int rank, int world, int server, int64_t timeout_ms,
                    const char *host) {
   return guarded([&] {
@@ -39,7 +41,13 @@ int preln_dist_new(void **out, const char *addr, int port, int rank, int world, 
     store = c10::make_intrusive<c10d::PrefixStore>("0/", store);
     store = c10::make_intrusive<c10d::PrefixStore>("cpu/", store);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    std::string h(host);
+    if (h.empty())
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    else if (h.rfind("if:", 0) == 0)
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(h.substr(3)));
+    else
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
     *out = new PrelnGroup{pg};
     return 0;

@@ -626,6 +626,14 @@ int preln_clear_grad(tensor t) {
   });
 }
 
+// t.grad = g (a tensor of t's shape, kind and device; it becomes the gradient itself).
+int preln_set_grad(tensor t, tensor g) {
+  return guarded([&] {
+    t->mutable_grad() = *g;
+    return 0;
+  });
+}
+
 // *out = x @ w^T + b (b may be null) through oneDNN, differentiable; entry 0 = matmul,
 // 1 = inner product (DnnlEntry).
 int preln_dnnl_linear(tensor *out, tensor x, tensor w, tensor b, int entry) {

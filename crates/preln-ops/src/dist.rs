@@ -43,6 +43,8 @@ pub struct Rendezvous {
     pub port: u16,
     /// `RANK`
     pub rank: usize,
+    /// `LOCAL_RANK` (the rank's index on its machine; `RANK` where unset)
+    pub local_rank: usize,
     /// `WORLD_SIZE`
     pub world: usize,
     /// Whether this rank hosts the store: rank 0, unless the launcher's agent hosts it
@@ -50,6 +52,10 @@ pub struct Rendezvous {
     pub server: bool,
     /// How long the rendezvous and every collective may wait for the other ranks.
     pub timeout: Duration,
+    /// What this rank's Gloo device binds to: `127.0.0.1` when the group meets on this machine
+    /// (`MASTER_ADDR` a loopback address), `if:NAME` for `GLOO_SOCKET_IFNAME=NAME`, else `""`:
+    /// the address this machine's host name resolves to (torch.distributed's defaults).
+    pub host: String,
 }
 
 impl Rendezvous {
@@ -69,6 +75,7 @@ impl Rendezvous {
             v.trim().parse().map_err(|_| format!("{k}={v:?} is not a number"))
         };
         let (rank, world) = (num("RANK")?, num("WORLD_SIZE")?);
+        let local_rank = if var("LOCAL_RANK").is_some() { num("LOCAL_RANK")? } else { rank };
         if world < 1 || rank >= world {
             return Err(format!("RANK={rank} must be below WORLD_SIZE={world}"));
         }
@@ -76,7 +83,13 @@ impl Rendezvous {
         let port = num("MASTER_PORT")?;
         let port = u16::try_from(port).map_err(|_| format!("MASTER_PORT={port} is not a port"))?;
         let agent = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        Ok(Some(Rendezvous { addr, port, rank, world, server: rank == 0 && !agent, timeout }))
+        let loopback = addr == "localhost" || addr.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        let host = match var("GLOO_SOCKET_IFNAME").filter(|s| !s.is_empty()) {
+            Some(iface) => format!("if:{}", iface.split(',').next().unwrap_or_default()),
+            None if loopback => "127.0.0.1".into(),
+            None => String::new(),
+        };
+        Ok(Some(Rendezvous { addr, port, rank, local_rank, world, server: rank == 0 && !agent, timeout, host }))
     }
 }
 
@@ -88,11 +101,10 @@ pub struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Joins the group (blocks until every rank has, or the timeout); `host` is the address this
-    /// rank's Gloo device binds to (`127.0.0.1` for ranks on one machine).
-    pub fn join(r: &Rendezvous, host: &str) -> Result<ProcessGroup, OpError> {
+    /// Joins the group (blocks until every rank has, or the timeout).
+    pub fn join(r: &Rendezvous) -> Result<ProcessGroup, OpError> {
         let c = |s: &str| CString::new(s).map_err(|_| OpError(format!("{s:?} holds a NUL byte")));
-        let (addr, host) = (c(&r.addr)?, c(host)?);
+        let (addr, host) = (c(&r.addr)?, c(&r.host)?);
         let mut handle = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; on success the shim writes a new group pointer,
         // which this value owns and frees on drop.
@@ -153,7 +165,12 @@ mod tests {
         assert_eq!(Rendezvous::from_vars(vars(&[]), t), Ok(None));
         let env = [("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
         let r = Rendezvous::from_vars(vars(&env), t).unwrap().unwrap();
-        assert!(r.server && r.world == 2 && r.port == 29500);
+        assert!(r.server && r.world == 2 && r.port == 29500 && r.host == "127.0.0.1");
+        let mut remote = env.to_vec();
+        remote[2] = ("MASTER_ADDR", "node0.cluster");
+        assert_eq!(Rendezvous::from_vars(vars(&remote), t).unwrap().unwrap().host, "");
+        remote.push(("GLOO_SOCKET_IFNAME", "eth1,eth2"));
+        assert_eq!(Rendezvous::from_vars(vars(&remote), t).unwrap().unwrap().host, "if:eth1");
         let mut agent = env.to_vec();
         agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
         assert!(!Rendezvous::from_vars(vars(&agent), t).unwrap().unwrap().server);

@@ -34,6 +34,7 @@ extern "C" {
         decoupled: c_int,
     ) -> c_int;
     fn preln_clear_grad(t: *mut C_tensor) -> c_int;
+    fn preln_set_grad(t: *mut C_tensor, g: *mut C_tensor) -> c_int;
     fn preln_profile_start(path: *const c_char) -> *mut std::ffi::c_void;
     fn preln_profile_stop(handle: *mut std::ffi::c_void) -> c_int;
     fn preln_grad_enabled() -> c_int;
@@ -350,6 +351,24 @@ pub fn clear_grad(t: &Tensor) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Makes `g` the gradient of `t` (same shape, kind and device), as `t.grad = g`.
+pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<(), OpError> {
+    if t.size() != g.size() || t.kind() != g.kind() || t.device() != g.device() {
+        return Err(OpError(format!(
+            "set_grad: a gradient of {:?} {:?} on {:?} for a tensor of {:?} {:?} on {:?}",
+            g.size(),
+            g.kind(),
+            g.device(),
+            t.size(),
+            t.kind(),
+            t.device()
+        )));
+    }
+    // SAFETY: both are live tensors.
+    check(unsafe { preln_set_grad(ptr(t), ptr(g)) })?;
+    Ok(())
+}
+
 /// The name of the autograd node that produced `t` (`""` for a leaf): which op a path recorded,
 /// e.g. `AddmmBackward0` for libtorch's linear.
 pub fn grad_fn_name(t: &Tensor) -> Result<String, OpError> {
@@ -399,6 +418,11 @@ mod tests {
         assert!(!w.grad().defined());
         (&w * 3.0).sum(Kind::Float).backward();
         assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![3.0; 3]);
+        clear_grad(&w).unwrap();
+        set_grad(&w, &Tensor::from_slice(&[1.0f32, 2.0, 3.0])).unwrap();
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(Vec::<f32>::try_from(w.grad()).unwrap(), vec![3.0, 4.0, 5.0]);
+        assert!(set_grad(&w, &Tensor::zeros([2], (Kind::Float, Device::Cpu))).unwrap_err().0.contains("[2]"));
     }
 
     #[test]

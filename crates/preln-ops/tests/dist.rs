@@ -14,7 +14,16 @@ fn free_port() -> u16 {
 }
 
 fn rendezvous(port: u16, rank: usize, world: usize) -> Rendezvous {
-    Rendezvous { addr: "127.0.0.1".into(), port, rank, world, server: rank == 0, timeout: Duration::from_secs(60) }
+    Rendezvous {
+        addr: "127.0.0.1".into(),
+        port,
+        rank,
+        local_rank: rank,
+        world,
+        server: rank == 0,
+        timeout: Duration::from_secs(60),
+        host: "127.0.0.1".into(),
+    }
 }
 
 /// `rank + 1 + arange(n) / 8`, what each rank contributes to the sum.
@@ -41,7 +50,7 @@ fn two_of_our_ranks_all_reduce_and_broadcast() {
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
             std::thread::spawn(move || {
-                let g = ProcessGroup::join(&rendezvous(port, rank, 2), "127.0.0.1").expect("joins");
+                let g = ProcessGroup::join(&rendezvous(port, rank, 2)).expect("joins");
                 assert_eq!((g.rank(), g.world()), (rank, 2));
                 let t = contribution(rank, n);
                 g.all_reduce_sum(&t).unwrap();
@@ -73,7 +82,7 @@ fn a_python_torch_distributed_rank_joins_our_group() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the project's Python environment");
-    let g = ProcessGroup::join(&rendezvous(port, 0, 2), "127.0.0.1").expect("our rank joins");
+    let g = ProcessGroup::join(&rendezvous(port, 0, 2)).expect("our rank joins");
     let t = contribution(0, n);
     g.all_reduce_sum(&t).unwrap();
     let b = Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 3.0;
@@ -94,7 +103,7 @@ fn a_missing_rank_ends_the_rendezvous_with_an_error() {
     let mut r = rendezvous(free_port(), 0, 2);
     r.timeout = Duration::from_secs(2);
     let t0 = std::time::Instant::now();
-    let err = ProcessGroup::join(&r, "127.0.0.1").err().expect("no second rank: an error, not a hang");
+    let err = ProcessGroup::join(&r).err().expect("no second rank: an error, not a hang");
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     assert!(err.0.contains("1/2"), "the message should say how many ranks came: {}", err.0);
 }

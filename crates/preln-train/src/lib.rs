@@ -5,6 +5,7 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod device;
+pub mod dist;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
@@ -42,6 +43,9 @@ pub enum TrainError {
     Busy { dir: std::path::PathBuf, holder: String },
     #[error("stopped by {}: update {step} is saved in {}; continue with --resume", crate::interrupt::signal_name(*signal), checkpoint.display())]
     Interrupted { signal: i32, step: u64, checkpoint: std::path::PathBuf },
+    /// A collective of data-parallel training that failed, or ranks that disagree.
+    #[error("data-parallel: {0}")]
+    Dist(String),
     #[error("{0}: {1}")]
     Io(std::path::PathBuf, std::io::Error),
     #[error(transparent)]

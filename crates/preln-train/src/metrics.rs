@@ -43,6 +43,10 @@ pub struct TrainRecord {
     pub grad_norm: f64,
     pub tokens: i64,
     pub tokens_per_s: f64,
+    /// Data-parallel runs: the mean time per update spent in collectives (the gradient
+    /// all-reduce and the small ones beside it), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,8 +135,8 @@ pub fn valid_records(records: &[Record]) -> impl Iterator<Item = &ValidRecord> {
 }
 
 pub struct Metrics {
-    path: PathBuf,
-    file: File,
+    /// `None`: records are dropped (the ranks of a data-parallel run other than rank 0).
+    out: Option<(PathBuf, File)>,
     /// The same records as TensorBoard scalars, when the run writes them.
     tb: Option<crate::tensorboard::EventWriter>,
 }
@@ -168,18 +172,25 @@ impl Metrics {
         }
         let file =
             OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
-        Ok(Metrics { path: path.to_path_buf(), file, tb: None })
+        Ok(Metrics { out: Some((path.to_path_buf(), file)), tb: None })
+    }
+
+    /// Metrics that write nothing.
+    pub fn discard() -> Metrics {
+        Metrics { out: None, tb: None }
     }
 
     /// Also writes every record to a new TensorBoard event file in `dir`, starting with the
     /// resolved `config` (text, update 0) and the records already in the file (a resumed run's
     /// history, as kept by [`Metrics::open`]).
     pub fn with_tensorboard(mut self, dir: &Path, config: &str) -> Result<Metrics, TrainError> {
+        let Some((metrics_path, _)) = &self.out else { return Ok(self) };
+        let records = Metrics::read(metrics_path)?;
         let mut tb = crate::tensorboard::EventWriter::create(dir).map_err(|e| TrainError::Io(dir.to_path_buf(), e))?;
         let path = tb.path().to_path_buf();
         let io = |e| TrainError::Io(path.clone(), e);
         tb.text(0, "config", &format!("```toml\n{config}\n```")).map_err(io)?;
-        for r in Metrics::read(&self.path)? {
+        for r in records {
             tb.write(&r).map_err(io)?;
         }
         self.tb = Some(tb);
@@ -188,10 +199,10 @@ impl Metrics {
 
     /// Appends one record as one line, in one write.
     pub fn write(&mut self, record: &Record) -> Result<(), TrainError> {
+        let Some((path, file)) = &mut self.out else { return Ok(()) };
         let mut line = serde_json::to_string(record).expect("records serialize");
         line.push('\n');
-        preln_model::fsio::write_record(&mut self.file, &self.path, line.as_bytes())
-            .map_err(|e| TrainError::Io(self.path.clone(), e))?;
+        preln_model::fsio::write_record(file, path, line.as_bytes()).map_err(|e| TrainError::Io(path.clone(), e))?;
         if let Some(tb) = &mut self.tb {
             tb.write(record).map_err(|e| TrainError::Io(tb.path().to_path_buf(), e))?;
         }
@@ -235,6 +246,7 @@ mod tests {
             grad_norm: 1.0,
             tokens: 10,
             tokens_per_s: 100.0,
+            allreduce_ms: None,
         })
     }
 

@@ -135,6 +135,11 @@ impl Optimizer {
         self.step
     }
 
+    /// Sets the updates taken so far (a data-parallel rank taking rank 0's position).
+    pub fn set_steps_taken(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
     pub fn config(&self) -> &OptimizerConfig {
         &self.cfg
     }

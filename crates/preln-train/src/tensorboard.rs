@@ -183,13 +183,17 @@ fn wall_time() -> f64 {
 /// `metrics.jsonl` writes them as null).
 pub fn scalars(record: &Record) -> Vec<(String, f64)> {
     let mut v: Vec<(String, f64)> = match record {
-        Record::Train(r) => vec![
-            ("train/loss".into(), r.loss),
-            ("train/nll".into(), r.nll),
-            ("train/lr".into(), r.lr),
-            ("train/grad_norm".into(), r.grad_norm),
-            ("train/tokens_per_s".into(), r.tokens_per_s),
-        ],
+        Record::Train(r) => {
+            let mut v = vec![
+                ("train/loss".to_string(), r.loss),
+                ("train/nll".into(), r.nll),
+                ("train/lr".into(), r.lr),
+                ("train/grad_norm".into(), r.grad_norm),
+                ("train/tokens_per_s".into(), r.tokens_per_s),
+            ];
+            v.extend(r.allreduce_ms.map(|ms| ("train/allreduce_ms".into(), ms)));
+            v
+        }
         Record::Valid(r) => {
             let mut v = vec![
                 ("valid/loss".to_string(), r.loss),

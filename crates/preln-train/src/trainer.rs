@@ -8,6 +8,10 @@
 //! the epoch; dropout masks (and MLM masks) are drawn from seeds derived from (seed, step, batch)
 //! ([`crate::seeds`]); model, optimizer and the epoch's loss sums are saved bit for bit. A resumed
 //! run therefore logs the same losses as an uninterrupted one.
+//!
+//! Data-parallel ([`Trainer::with_group`], [`crate::dist`]): each rank computes its share of an
+//! update's micro-batches and the gradients are summed, so `world` ranks train as one process
+//! with `update_freq * world`; rank 0 alone writes metrics and checkpoints.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,11 +22,12 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
+use crate::dist::{tensors_digest, DataParallel};
 use crate::metrics::{DiagRecord, DivergedRecord, InterruptedRecord, Metrics, Record, TrainRecord, ValidRecord};
 use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
 use crate::report::{Reporter, Silent};
-use crate::rundir::RunLock;
 pub use crate::rundir::{best_checkpoint, last_checkpoint};
+use crate::rundir::{prepare_run_dir, RunLock};
 use crate::schedule::Schedule;
 use crate::seeds::{data_seed, dropout_seed, epoch_order};
 use crate::state::{self, TrainState};
@@ -36,6 +41,44 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop (without saving) once this many updates are done, as if the process were killed.
     pub stop_at_step: Option<u64>,
+}
+
+/// How this process takes part in a run: a new or a resumed run, alone or as rank `rank` of a
+/// data-parallel group. Rank 0 holds the run folder (its lock, checkpoints, metrics); the other
+/// ranks read and write nothing there and receive rank 0's model and position when they join
+/// ([`Trainer::with_group`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Launch {
+    pub resume: bool,
+    pub rank: usize,
+    /// The rank's index on its machine (`LOCAL_RANK`): which GPU it trains on.
+    pub local_rank: usize,
+}
+
+impl From<bool> for Launch {
+    /// A process training alone; `resume`: from the run's last checkpoint.
+    fn from(resume: bool) -> Self {
+        Launch { resume, ..Default::default() }
+    }
+}
+
+impl Launch {
+    /// The device of this rank: `cuda:LOCAL_RANK` (modulo the GPUs there are) where the run
+    /// trains on CUDA.
+    pub fn device(&self, resolved: Device) -> Device {
+        match resolved {
+            Device::Cuda(_) => Device::Cuda(self.local_rank % tch::Cuda::device_count().max(1) as usize),
+            d => d,
+        }
+    }
+
+    /// Rank 0 locks and checks the run folder ([`prepare_run_dir`]); the others leave it alone.
+    pub fn prepare_run_dir(&self, run_dir: &Path) -> Result<Option<RunLock>, TrainError> {
+        match self.rank {
+            0 => Ok(Some(prepare_run_dir(run_dir, self.resume)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// What a finished (or stopped) run reports.
@@ -75,10 +118,17 @@ enum EpochEnd {
     Stopped,
 }
 
-/// Tokens and time since the last `train` line, for its tokens/s.
+/// Tokens, updates and time since the last `train` line, for its tokens/s.
 struct Window {
     tokens: i64,
+    updates: u64,
     start: Instant,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window { tokens: 0, updates: 0, start: Instant::now() }
+    }
 }
 
 pub struct Trainer<T: Task> {
@@ -92,28 +142,31 @@ pub struct Trainer<T: Task> {
     last_valid: Option<f64>,
     reporter: Box<dyn Reporter>,
     notes: Vec<String>,
-    /// Held while the trainer lives: no second process trains in this folder.
-    _lock: RunLock,
+    /// The data-parallel group this process is a rank of.
+    group: Option<DataParallel>,
+    /// Held by rank 0 while the trainer lives: no second process trains in this folder.
+    _lock: Option<RunLock>,
 }
 
 impl<T: Task> Trainer<T> {
-    /// Wraps `task` (whose model is freshly initialized); with `resume`, restores model and
+    /// Wraps `task` (whose model is freshly initialized); resuming, rank 0 restores model and
     /// optimizer from the last checkpoint and repairs what a kill may have left behind (the best
-    /// checkpoint, `last.json`). Call [`prepare_run_dir`] before building the task and pass its
-    /// lock.
+    /// checkpoint, `last.json`). Call [`Launch::prepare_run_dir`] before building the task and
+    /// pass its lock.
     pub fn with_task(
         mut task: T,
         cfg: LoopConfig,
         run_dir: &Path,
-        resume: bool,
-        lock: RunLock,
+        launch: Launch,
+        lock: Option<RunLock>,
     ) -> Result<Trainer<T>, TrainError> {
         let device = task.var_store().device();
         let params = parameters(task.var_store());
         let mut opt =
             Optimizer::new(cfg.optimizer.clone(), params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
         let mut notes = Vec::new();
-        let state = if resume {
+        let root = launch.rank == 0;
+        let state = if launch.resume && root {
             let last = last_checkpoint(run_dir);
             let mut state = state::load(&last, task.var_store_mut(), &mut opt)?;
             state::write_state_json(&last, &state)?;
@@ -123,7 +176,9 @@ impl<T: Task> Trainer<T> {
         } else {
             TrainState { epoch: 1, ..Default::default() }
         };
-        preln_model::checkpoint::write_file_atomic(&run_dir.join("config.toml"), cfg.toml.as_bytes())?;
+        if root {
+            preln_model::checkpoint::write_file_atomic(&run_dir.join("config.toml"), cfg.toml.as_bytes())?;
+        }
         let reporter: Box<dyn Reporter> = Box::new(Silent);
         Ok(Trainer {
             cfg,
@@ -136,8 +191,32 @@ impl<T: Task> Trainer<T> {
             last_valid: None,
             reporter,
             notes,
+            group: None,
             _lock: lock,
         })
+    }
+
+    /// Makes this trainer rank `group.rank()` of a data-parallel run: checks that every rank
+    /// resolved the same config and batches, then takes rank 0's position, model and optimizer
+    /// state (the one place where ranks start from the same numbers, fresh or resumed).
+    pub fn with_group(mut self, group: DataParallel) -> Result<Self, TrainError> {
+        let agreed = format!("{}\nbatches: {:?}", self.cfg.toml, self.task.batches());
+        group.check_same(agreed.as_bytes(), "the resolved config or the training batches")?;
+        let json = serde_json::to_vec(&self.state).expect("state serializes");
+        let json = group.broadcast_bytes(&json, 0, "rank 0's training position")?;
+        self.state = serde_json::from_slice(&json)
+            .map_err(|e| TrainError::Dist(format!("rank 0's training position is unreadable: {e}")))?;
+        self.opt.set_steps_taken(self.state.step);
+        let mut tensors: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        tensors.extend(self.opt.state_tensors().into_iter().map(|(_, t)| t));
+        group.broadcast_tensors(&tensors, "rank 0's model and optimizer state")?;
+        self.group = Some(group);
+        Ok(self)
+    }
+
+    /// Whether this process writes the run's files: alone, or rank 0 of a group.
+    pub fn is_root(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
     }
 
     /// Reports progress to `reporter` (the default says nothing).
@@ -170,13 +249,16 @@ impl<T: Task> Trainer<T> {
     /// ([`crate::interrupt`]).
     pub fn run(&mut self, opts: &RunOptions) -> Result<Summary, TrainError> {
         let path = self.run_dir.join("metrics.jsonl");
-        let mut metrics = Metrics::open(&path, opts.resume.then_some(self.state.step))?;
+        let mut metrics = match self.is_root() {
+            true => Metrics::open(&path, opts.resume.then_some(self.state.step))?,
+            false => Metrics::discard(),
+        };
         if self.cfg.train.tensorboard {
             let dir = self.run_dir.join(crate::tensorboard::TB_DIR);
             metrics = metrics.with_tensorboard(&dir, &self.cfg.toml)?;
         }
         let clock = (Instant::now(), self.state.wall_s);
-        let mut window = Window { tokens: 0, start: Instant::now() };
+        let mut window = Window::new();
         while self.state.epoch <= self.cfg.train.max_epochs && !self.state.done {
             let order = epoch_order(self.task.batches().len(), self.cfg.train.seed, self.state.epoch);
             self.reporter.epoch_started(self.state.epoch, order.len(), self.state.batch_in_epoch);
@@ -204,7 +286,9 @@ impl<T: Task> Trainer<T> {
             if opts.stop_at_step.is_some_and(|s| self.state.step >= s) {
                 return Ok(EpochEnd::Stopped);
             }
-            let group = &order[self.state.batch_in_epoch..(self.state.batch_in_epoch + t.update_freq).min(order.len())];
+            let world = self.group.as_ref().map_or(1, DataParallel::world);
+            let end = (self.state.batch_in_epoch + t.update_freq * world).min(order.len());
+            let group = &order[self.state.batch_in_epoch..end];
             let step = self.state.step + 1;
             let diag_now = t.diag_every > 0 && step % t.diag_every == 0;
             let acc = self.accumulate(group, step, diag_now)?;
@@ -232,29 +316,39 @@ impl<T: Task> Trainer<T> {
             } else if t.save_every > 0 && step % t.save_every == 0 {
                 self.save_last()?;
             }
-            if let Some(signal) = crate::interrupt::requested() {
+            if let Some(signal) = self.stop_requested()? {
                 return Err(self.interrupted(metrics, signal));
             }
         }
         Ok(EpochEnd::Finished)
     }
 
-    /// Forward and backward over the batches of update `step`, gradients summed; the loss and
-    /// global gradient norm read back in one transfer.
+    /// Forward and backward over this process's batches of update `step` (all of `group`, or a
+    /// rank's share), gradients summed over the group; the loss and global gradient norm read
+    /// back in one transfer. The hidden-state norms come from the group's last batch.
     fn accumulate(&mut self, group: &[usize], step: u64, diag_now: bool) -> Result<Accumulated, TrainError> {
         let t = &self.cfg.train;
-        let batches: Vec<T::Batch> = group
-            .iter()
-            .enumerate()
-            .map(|(k, &g)| self.task.batch(&self.task.batches()[g], data_seed(t.seed, step, k)))
+        let mine = match &self.group {
+            Some(g) => g.share(group.len(), t.update_freq),
+            None => 0..group.len(),
+        };
+        // A micro-batch's seeds follow its index `k` in the update's group, whichever rank runs it.
+        let batches: Vec<(usize, T::Batch)> = mine
+            .clone()
+            .map(|k| (k, self.task.batch(&self.task.batches()[group[k]], data_seed(t.seed, step, k))))
             .collect();
-        let tokens: i64 = batches.iter().map(|b| self.task.tokens(b)).sum();
+        let local_tokens: i64 = batches.iter().map(|(_, b)| self.task.tokens(b)).sum();
+        let tokens = match &self.group {
+            Some(g) => g.sum(&[local_tokens as f64], &format!("the token count of update {step}"))?[0] as i64,
+            None => local_tokens,
+        };
         let mut loss_sum = Tensor::zeros([], (Kind::Float, self.device));
         let mut nll_sum = Tensor::zeros([], (Kind::Float, self.device));
         let mut hidden = None;
-        for (k, b) in batches.iter().enumerate() {
-            tch::manual_seed(dropout_seed(t.seed, step, k) as i64);
-            let want_hidden = diag_now && k + 1 == batches.len();
+        let want_hidden_at = diag_now.then(|| group.len() - 1);
+        for (k, b) in &batches {
+            tch::manual_seed(dropout_seed(t.seed, step, *k) as i64);
+            let want_hidden = want_hidden_at == Some(*k);
             let (s, h) =
                 preln_ops::autocast_bf16(self.device, t.precision.is_bf16(), || self.task.loss(b, want_hidden))??;
             (&s.loss / tokens.max(1) as f64).backward();
@@ -262,6 +356,20 @@ impl<T: Task> Trainer<T> {
             nll_sum += s.nll.detach();
             if h.is_some() {
                 hidden = h;
+            }
+        }
+        if let Some(g) = &self.group {
+            let local = Vec::<f32>::try_from(Tensor::stack(&[&loss_sum, &nll_sum], 0).to_device(Device::Cpu))?;
+            let sums =
+                g.reduce_gradients(&self.params, &local, &format!("the gradient all-reduce of update {step}"))?;
+            loss_sum = Tensor::from(sums[0]).to_device(self.device);
+            nll_sum = Tensor::from(sums[1]).to_device(self.device);
+            if diag_now {
+                let owner = g.owner(group.len() - 1, t.update_freq);
+                let json = serde_json::to_vec(&hidden).expect("norms serialize");
+                let json = g.broadcast_bytes(&json, owner, &format!("the hidden-state norms of update {step}"))?;
+                hidden = serde_json::from_slice(&json)
+                    .map_err(|e| TrainError::Dist(format!("rank {owner}'s hidden-state norms are unreadable: {e}")))?;
             }
         }
         let norm = total_grad_norm(&self.params);
@@ -307,9 +415,12 @@ impl<T: Task> Trainer<T> {
         lr: f64,
     ) -> Result<Option<TrainRecord>, TrainError> {
         window.tokens += acc.tokens;
+        window.updates += 1;
         if self.state.step % self.cfg.train.log_every != 0 {
             return Ok(None);
         }
+        let allreduce_ms =
+            self.group.as_ref().map(|g| g.take_comm_time().as_secs_f64() * 1e3 / window.updates.max(1) as f64);
         let record = TrainRecord {
             step: self.state.step,
             epoch: self.state.epoch,
@@ -319,13 +430,18 @@ impl<T: Task> Trainer<T> {
             grad_norm: acc.grad_norm,
             tokens: acc.tokens,
             tokens_per_s: window.tokens as f64 / window.start.elapsed().as_secs_f64().max(1e-9),
+            allreduce_ms,
         };
         metrics.write(&Record::Train(record.clone()))?;
-        *window = Window { tokens: 0, start: Instant::now() };
+        *window = Window::new();
         Ok(Some(record))
     }
 
+    /// Saves the `last` checkpoint (rank 0 only).
     fn save_last(&self) -> Result<(), TrainError> {
+        if !self.is_root() {
+            return Ok(());
+        }
         state::save(&last_checkpoint(&self.run_dir), self.task.var_store(), &self.opt, &self.state)
     }
 
@@ -356,11 +472,32 @@ impl<T: Task> Trainer<T> {
             self.state.next_epoch(self.cfg.train.max_epochs);
         }
         self.save_last()?;
-        if improved {
+        if improved && self.is_root() {
             preln_model::fsio::publish_copy(&last_checkpoint(&self.run_dir), &best_checkpoint(&self.run_dir))?;
         }
         self.last_valid = Some(v.loss);
+        self.check_ranks_agree()
+    }
+
+    /// Data-parallel: checks that every rank holds rank 0's parameters, bit for bit.
+    fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
+        let Some(g) = &self.group else { return Ok(()) };
+        let what = format!("the parameters after update {}", self.state.step);
+        g.check_same(&tensors_digest(&self.params), &what)?;
+        let note = format!("all {} ranks hold identical parameters after update {}", g.world(), self.state.step);
+        self.reporter.note(&note);
         Ok(())
+    }
+
+    /// The signal that stops the run after this update: this process's, or, data-parallel,
+    /// one any rank received (all ranks stop at the same update).
+    fn stop_requested(&self) -> Result<Option<i32>, TrainError> {
+        let mine = crate::interrupt::requested();
+        let Some(g) = &self.group else { return Ok(mine) };
+        let what = format!("agreeing to stop after update {}", self.state.step);
+        let sums = g.sum(&[f64::from(u8::from(mine.is_some())), f64::from(mine.unwrap_or(0))], &what)?;
+        let (ranks, signals) = (sums[0], sums[1]);
+        Ok(mine.or((ranks > 0.0).then(|| (signals / ranks).round() as i32)))
     }
 
     /// Saves the update just finished and logs why the run stops.

@@ -8,6 +8,7 @@ mod data;
 mod export;
 mod finetune;
 mod info;
+mod launch;
 mod prepare;
 mod progress;
 mod reproduce;
@@ -37,8 +38,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Prepare(args) => prepare::run(args),
         Command::PrepareMlm(args) => prepare::run_mlm(args),
-        Command::Train(args) => train::run(args),
-        Command::Pretrain(args) => train::pretrain(args),
+        Command::Train(args) => train::run(args, cli.threads),
+        Command::Pretrain(args) => train::pretrain(args, cli.threads),
         Command::Finetune(args) => finetune::run(args),
         Command::Export(Export::Ctranslate2(args)) => export::ctranslate2(args),
         Command::Bleu(args) => bleu::run(args),

@@ -1,15 +1,19 @@
 //! `preln train`: config -> data -> trainer -> summary.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use preln_data::mlm::MlmDataset;
 use preln_data::prepare::fingerprint;
 use preln_data::Dataset;
+use preln_ops::dist::Rendezvous;
 use preln_train::config::{config_text, resolve, PRESETS};
+use preln_train::dist::DataParallel;
 use preln_train::mlm::{PretrainConfig, PRESETS as MLM_PRESETS};
 use preln_train::rundir::RunInfo;
-use preln_train::trainer::{RunOptions, Trainer};
+use preln_train::task::Task;
+use preln_train::trainer::{Launch, RunOptions, Trainer};
 
 use super::progress::Progress;
 use crate::cli::TrainArgs;
@@ -73,6 +77,42 @@ fn remember(args: &TrainArgs, data_dir: &Path, data_sha256: &str) -> Result<()> 
     Ok(())
 }
 
+/// This process's part in the run: alone, or one rank of the data-parallel group that torchrun
+/// (or `--nproc`) describes in the environment.
+fn launch(args: &TrainArgs) -> Result<(Launch, Option<Rendezvous>)> {
+    let rdv = Rendezvous::from_env(Duration::from_secs(args.dist_timeout))
+        .map_err(|e| anyhow!("data-parallel launch (torchrun's variables): {e}"))?;
+    if rdv.is_some() && args.nproc > 1 {
+        bail!("--nproc {} inside a launcher that already started the ranks (WORLD_SIZE is set)", args.nproc);
+    }
+    let launch = match &rdv {
+        Some(r) => Launch { resume: args.resume, rank: r.rank, local_rank: r.local_rank },
+        None => Launch::from(args.resume),
+    };
+    Ok((launch, rdv))
+}
+
+/// Joins the group (once the task is built: a rank with bad config or data fails before the
+/// first collective), reports progress on rank 0, trains, and prints the summary on rank 0.
+fn train_as_launched<T: Task>(mut trainer: Trainer<T>, args: &TrainArgs, rdv: Option<Rendezvous>) -> Result<()> {
+    if let Some(r) = &rdv {
+        eprintln!("rank {} of {}: joining the group at {}:{}", r.rank, r.world, r.addr, r.port);
+        trainer = trainer.with_group(DataParallel::join(r)?)?;
+    }
+    if trainer.is_root() {
+        trainer = trainer.with_reporter(Progress::boxed());
+        if args.resume {
+            let s = trainer.state();
+            eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
+        }
+    }
+    let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
+    if trainer.is_root() {
+        finish(args, &summary);
+    }
+    Ok(())
+}
+
 fn finish(args: &TrainArgs, summary: &preln_train::Summary) {
     eprintln!(
         "done: {} updates, {} epochs, best validation loss {:.4} (epoch {}), {:.0} s",
@@ -85,72 +125,79 @@ fn finish(args: &TrainArgs, summary: &preln_train::Summary) {
     println!("{}", args.out.display());
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
+    if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        return super::launch::run(args.nproc, threads);
+    }
+    let (launch, rdv) = launch(&args)?;
+    let root = launch.rank == 0;
     let (source, text) = config_source(&args, PRESETS)?;
     let cfg = resolve(&source, &text, &args.overrides)?;
     let data_dir = data_source(&args, "prepare")?;
     let ds = Dataset::open(&data_dir)?;
     let data_sha256 = fingerprint(&ds.manifest.sha256);
-    check_resume_data(&args, &data_dir, &data_sha256)?;
+    if root {
+        check_resume_data(&args, &data_dir, &data_sha256)?;
+    }
     let train = ds.split("train")?;
     let valid = ds.split(&cfg.train.valid_split)?;
-    eprintln!(
-        "{} training pairs, {} validation pairs, vocabulary {}; {} {}+{} layers, d {}, {} lr {} {:?}",
-        train.len(),
-        valid.len(),
-        ds.manifest.vocab_size,
-        cfg.model.placement,
-        cfg.model.encoder_layers,
-        cfg.model.decoder_layers,
-        cfg.model.d_model,
-        cfg.optimizer.name(),
-        cfg.train.lr,
-        cfg.schedule
-    );
-    let vocab = ds.manifest.vocab_size;
-    let mut trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, args.resume)?
-        .with_tokenizer(ds.tokenizer)
-        .with_reporter(Progress::boxed());
-    remember(&args, &data_dir, &data_sha256)?;
-    if args.resume {
-        let s = trainer.state();
-        eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
+    if root {
+        eprintln!(
+            "{} training pairs, {} validation pairs, vocabulary {}; {} {}+{} layers, d {}, {} lr {} {:?}",
+            train.len(),
+            valid.len(),
+            ds.manifest.vocab_size,
+            cfg.model.placement,
+            cfg.model.encoder_layers,
+            cfg.model.decoder_layers,
+            cfg.model.d_model,
+            cfg.optimizer.name(),
+            cfg.train.lr,
+            cfg.schedule
+        );
     }
-    let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
-    finish(&args, &summary);
-    Ok(())
+    let vocab = ds.manifest.vocab_size;
+    let trainer = Trainer::new(&cfg, train, valid, vocab, &args.out, launch)?.with_tokenizer(ds.tokenizer);
+    if root {
+        remember(&args, &data_dir, &data_sha256)?;
+    }
+    train_as_launched(trainer, &args, rdv)
 }
 
 /// `preln pretrain`: masked-language-model pre-training of BERT on a `prepare-mlm` folder.
-pub fn pretrain(args: TrainArgs) -> Result<()> {
+pub fn pretrain(args: TrainArgs, threads: Option<i32>) -> Result<()> {
+    if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        return super::launch::run(args.nproc, threads);
+    }
+    let (launch, rdv) = launch(&args)?;
+    let root = launch.rank == 0;
     let (source, text) = config_source(&args, MLM_PRESETS)?;
     let cfg = PretrainConfig::resolve(&source, &text, &args.overrides)?;
     let data_dir = data_source(&args, "prepare-mlm")?;
     let ds = MlmDataset::open(&data_dir)?;
     let data_sha256 = fingerprint(&ds.manifest.sha256);
-    check_resume_data(&args, &data_dir, &data_sha256)?;
+    if root {
+        check_resume_data(&args, &data_dir, &data_sha256)?;
+    }
     let train = ds.split("train")?;
     let valid = ds.split(&cfg.train.valid_split)?;
-    eprintln!(
-        "{} training segments, {} validation segments, vocabulary {}; BERT {} {} layers, d {}, {} lr {} {:?}",
-        train.len(),
-        valid.len(),
-        ds.manifest.vocab_size,
-        cfg.model.placement,
-        cfg.model.layers,
-        cfg.model.d_model,
-        cfg.optimizer.name(),
-        cfg.train.lr,
-        cfg.schedule
-    );
-    let mut trainer = Trainer::pretrain(&cfg, train, valid, ds.manifest.vocab_size, &args.out, args.resume)?
-        .with_reporter(Progress::boxed());
-    remember(&args, &data_dir, &data_sha256)?;
-    if args.resume {
-        let s = trainer.state();
-        eprintln!("resuming at update {} (epoch {}, batch {})", s.step, s.epoch, s.batch_in_epoch);
+    if root {
+        eprintln!(
+            "{} training segments, {} validation segments, vocabulary {}; BERT {} {} layers, d {}, {} lr {} {:?}",
+            train.len(),
+            valid.len(),
+            ds.manifest.vocab_size,
+            cfg.model.placement,
+            cfg.model.layers,
+            cfg.model.d_model,
+            cfg.optimizer.name(),
+            cfg.train.lr,
+            cfg.schedule
+        );
     }
-    let summary = trainer.run(&RunOptions { resume: args.resume, stop_at_step: None })?;
-    finish(&args, &summary);
-    Ok(())
+    let trainer = Trainer::pretrain(&cfg, train, valid, ds.manifest.vocab_size, &args.out, launch)?;
+    if root {
+        remember(&args, &data_dir, &data_sha256)?;
+    }
+    train_as_launched(trainer, &args, rdv)
 }

@@ -27,8 +27,8 @@ use crate::rundir::{last_checkpoint, RunInfo};
 use crate::schedule::Schedule;
 
 use crate::device::resolve_device;
-use crate::rundir::prepare_run_dir;
 use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::Launch;
 use crate::trainer::{LoopConfig, RunOptions, Trainer};
 use crate::TrainError;
 
@@ -220,7 +220,7 @@ impl Trainer<Classification> {
         run_dir: &Path,
     ) -> Result<Trainer<Classification>, TrainError> {
         let device = resolve_device(cfg.train.device, cfg.train.precision)?;
-        let lock = prepare_run_dir(run_dir, false)?;
+        let lock = Launch::default().prepare_run_dir(run_dir)?;
         let max_len = bert_cfg.max_positions as usize;
         let encode = |xs: &[PairExample]| -> Result<Vec<(Vec<i64>, Vec<i64>, i64)>, TrainError> {
             xs.iter()
@@ -252,7 +252,7 @@ impl Trainer<Classification> {
             toml: toml::to_string_pretty(cfg).expect("config serializes"),
         };
         let task = Classification { device, vs, bert, head, train, dev, batches };
-        Trainer::with_task(task, loop_cfg, run_dir, false, lock)
+        Trainer::with_task(task, loop_cfg, run_dir, Launch::default(), lock)
     }
 }
 

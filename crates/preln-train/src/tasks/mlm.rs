@@ -17,8 +17,8 @@ use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
 
 use crate::device::{check_memory, resolve_device};
-use crate::rundir::prepare_run_dir;
 use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::Launch;
 use crate::trainer::{LoopConfig, Trainer};
 use crate::translation::layer_sq_norms;
 use crate::TrainError;
@@ -169,14 +169,14 @@ impl Task for MaskedLm {
 }
 
 impl Trainer<MaskedLm> {
-    /// Builds BERT (vocabulary from the data) and the optimizer; with `resume`, restores them.
+    /// Builds BERT (vocabulary from the data) and the optimizer; resuming, rank 0 restores them.
     pub fn pretrain(
         cfg: &PretrainConfig,
         train: Vec<Vec<u32>>,
         valid: Vec<Vec<u32>>,
         vocab_size: usize,
         run_dir: &Path,
-        resume: bool,
+        launch: impl Into<Launch>,
     ) -> Result<Trainer<MaskedLm>, TrainError> {
         if train.is_empty() || valid.is_empty() {
             return Err(TrainError::Config("pre-training needs non-empty train and valid splits".into()));
@@ -188,13 +188,14 @@ impl Trainer<MaskedLm> {
                 cfg.model.max_positions
             )));
         }
-        let device = resolve_device(cfg.train.device, cfg.train.precision)?;
+        let launch = launch.into();
+        let device = launch.device(resolve_device(cfg.train.device, cfg.train.precision)?);
         let resolved = PretrainConfig {
             model: BertConfig { vocab_size: vocab_size as i64, pad_id: 0, ..cfg.model.clone() },
             ..cfg.clone()
         };
         check_memory("BERT", &preln_model::memory::bert(&resolved.model, cfg.train.max_tokens as f64), device)?;
-        let lock = prepare_run_dir(run_dir, resume)?;
+        let lock = launch.prepare_run_dir(run_dir)?;
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Bert::new(&vs.root(), &resolved.model))?;
         let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
@@ -213,7 +214,7 @@ impl Trainer<MaskedLm> {
             toml: resolved.to_toml(),
         };
         let task = MaskedLm { cfg: resolved, device, vs, model, train, valid, batches };
-        Trainer::with_task(task, loop_cfg, run_dir, resume, lock)
+        Trainer::with_task(task, loop_cfg, run_dir, launch, lock)
     }
 }
 

@@ -16,8 +16,8 @@ use crate::config::TrainConfig;
 use crate::rundir::RunInfo;
 
 use crate::device::{check_memory, resolve_device};
-use crate::rundir::prepare_run_dir;
 use crate::task::{HiddenNorms, Task, Validation};
+use crate::trainer::Launch;
 use crate::trainer::{LoopConfig, Trainer};
 use crate::TrainError;
 
@@ -151,7 +151,7 @@ impl Task for Translation {
 }
 
 impl Trainer<Translation> {
-    /// Builds the translation model and optimizer; with `resume`, restores them from the last
+    /// Builds the translation model and optimizer; resuming, rank 0 restores them from the last
     /// checkpoint.
     pub fn new(
         cfg: &TrainConfig,
@@ -159,7 +159,7 @@ impl Trainer<Translation> {
         valid: Pairs,
         vocab_size: usize,
         run_dir: &Path,
-        resume: bool,
+        launch: impl Into<Launch>,
     ) -> Result<Trainer<Translation>, TrainError> {
         cfg.validate()?;
         if train.is_empty() {
@@ -172,11 +172,12 @@ impl Trainer<Translation> {
                 cfg.train.valid_split
             )));
         }
-        let device = resolve_device(cfg.train.device, cfg.train.precision)?;
+        let launch = launch.into();
+        let device = launch.device(resolve_device(cfg.train.device, cfg.train.precision)?);
         let mcfg = model_config(cfg, vocab_size);
         let need = preln_model::memory::seq2seq(&mcfg, cfg.train.max_tokens as f64);
         check_memory("the encoder-decoder", &need, device)?;
-        let lock = prepare_run_dir(run_dir, resume)?;
+        let lock = launch.prepare_run_dir(run_dir)?;
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Seq2Seq::new(&vs.root(), &mcfg))?;
         let resolved = TrainConfig { model: mcfg, ..cfg.clone() };
@@ -194,7 +195,7 @@ impl Trainer<Translation> {
             toml: resolved.to_toml(),
         };
         let task = Translation { cfg: resolved, device, vs, model, train, valid, batches, tokenizer: None };
-        Trainer::with_task(task, loop_cfg, run_dir, resume, lock)
+        Trainer::with_task(task, loop_cfg, run_dir, launch, lock)
     }
 
     /// Enables validation BLEU (`train.valid_bleu_beam > 0`): hypotheses and references are
