@@ -14,8 +14,37 @@ typedef at::Tensor *tensor;
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <atomic>
+#include <thread>
+
 struct PrelnGroup {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  // The rendezvous store under "preln/": what ranks tell each other beside the collectives.
+  c10::intrusive_ptr<c10d::Store> store;
+  // Counts up "alive/RANK" in the store every second while the process runs: a rank whose
+  // count stops is frozen or dead (TCPStore's client serializes its operations).
+  std::atomic<bool> stop{false};
+  std::thread heartbeat;
+
+  PrelnGroup(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, c10::intrusive_ptr<c10d::Store> store, int rank)
+      : pg(std::move(pg)), store(std::move(store)) {
+    heartbeat = std::thread([this, rank] {
+      for (int64_t beat = 1; !stop; ++beat) {
+        try {
+          this->store->set("alive/" + std::to_string(rank), std::to_string(beat));
+        } catch (...) {
+          return;  // the store is gone: its host has stopped, and the collectives will say so
+        }
+        for (int i = 0; i < 10 && !stop; ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+
+  ~PrelnGroup() {
+    stop = true;
+    heartbeat.join();
+  }
 };
 
 extern "C" {
@@ -35,6 +64,7 @@ int preln_dist_new(void **out, const char *addr, int port, int rank, int world, 
     o.numWorkers = world;
     o.timeout = timeout;
     c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(addr, o);
+    auto own = c10::make_intrusive<c10d::PrefixStore>("preln", store);
     // torch/distributed/distributed_c10d.py: PrefixStore("default_pg"), then the group name
     // ("0/"), then the device ("cpu/").
     store = c10::make_intrusive<c10d::PrefixStore>("default_pg", store);
@@ -49,7 +79,7 @@ int preln_dist_new(void **out, const char *addr, int port, int rank, int world, 
     else
       opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
-    *out = new PrelnGroup{pg};
+    *out = new PrelnGroup(pg, own, rank);
     return 0;
   });
 }
@@ -74,6 +104,31 @@ int preln_dist_broadcast(void *group, tensor t, int root) {
   });
 }
 
+// store[key] = value.
+int preln_dist_store_set(void *group, const char *key, const char *value) {
+  return guarded([&] {
+    std::string v(value);
+    static_cast<PrelnGroup *>(group)->store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
+    return 0;
+  });
+}
+
+// store[key] into buf (NUL-terminated, at most len bytes); *found = 0 where the key is absent
+// (without waiting for it).
+int preln_dist_store_get(void *group, const char *key, char *buf, int len, int *found) {
+  return guarded([&] {
+    auto &store = static_cast<PrelnGroup *>(group)->store;
+    *found = store->check({key}) ? 1 : 0;
+    if (*found) {
+      auto v = store->get(key);
+      int n = std::min<int>(static_cast<int>(v.size()), len - 1);
+      std::copy(v.begin(), v.begin() + n, buf);
+      buf[n] = 0;
+    }
+    return 0;
+  });
+}
+
 void preln_dist_free(void *group) { delete static_cast<PrelnGroup *>(group); }
 
 int preln_dist_available() { return 1; }
@@ -92,6 +147,8 @@ extern "C" {
 int preln_dist_new(void **, const char *, int, int, int, int, int64_t, const char *) { return unavailable(); }
 int preln_dist_allreduce_sum(void *, tensor) { return unavailable(); }
 int preln_dist_broadcast(void *, tensor, int) { return unavailable(); }
+int preln_dist_store_set(void *, const char *, const char *) { return unavailable(); }
+int preln_dist_store_get(void *, const char *, char *, int, int *) { return unavailable(); }
 void preln_dist_free(void *) {}
 int preln_dist_available() { return 0; }
 }

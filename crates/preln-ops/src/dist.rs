@@ -2,7 +2,7 @@
 //! and a Gloo process group that Python ranks (`torch.distributed.init_process_group("gloo")`)
 //! can join, with the variables `torchrun` sets.
 
-use std::ffi::{c_void, CString};
+use std::ffi::{c_void, CStr, CString};
 use std::os::raw::{c_char, c_int};
 use std::time::Duration;
 
@@ -24,6 +24,14 @@ extern "C" {
     ) -> c_int;
     fn preln_dist_allreduce_sum(group: *mut c_void, t: *mut C_tensor) -> c_int;
     fn preln_dist_broadcast(group: *mut c_void, t: *mut C_tensor, root: c_int) -> c_int;
+    fn preln_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
+    fn preln_dist_store_get(
+        group: *mut c_void,
+        key: *const c_char,
+        buf: *mut c_char,
+        len: c_int,
+        found: *mut c_int,
+    ) -> c_int;
     fn preln_dist_free(group: *mut c_void);
     fn preln_dist_available() -> c_int;
 }
@@ -103,8 +111,7 @@ pub struct ProcessGroup {
 impl ProcessGroup {
     /// Joins the group (blocks until every rank has, or the timeout).
     pub fn join(r: &Rendezvous) -> Result<ProcessGroup, OpError> {
-        let c = |s: &str| CString::new(s).map_err(|_| OpError(format!("{s:?} holds a NUL byte")));
-        let (addr, host) = (c(&r.addr)?, c(&r.host)?);
+        let (addr, host) = (cstring(&r.addr)?, cstring(&r.host)?);
         let mut handle = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; on success the shim writes a new group pointer,
         // which this value owns and frees on drop.
@@ -137,11 +144,36 @@ impl ProcessGroup {
         check(unsafe { preln_dist_allreduce_sum(self.handle, ptr(t)) }).map(|_| ())
     }
 
+    /// Sets `key` in the group's store (under `preln/`): a note every rank can read.
+    pub fn store_set(&self, key: &str, value: &str) -> Result<(), OpError> {
+        let (key, value) = (cstring(key)?, cstring(value)?);
+        // SAFETY: a live group; the strings outlive the call.
+        check(unsafe { preln_dist_store_set(self.handle, key.as_ptr(), value.as_ptr()) }).map(|_| ())
+    }
+
+    /// The value of `key` in the group's store, `None` where no rank has set it (at most 255
+    /// bytes; no waiting).
+    pub fn store_get(&self, key: &str) -> Result<Option<String>, OpError> {
+        let key = cstring(key)?;
+        let mut buf = [0 as c_char; 256];
+        let mut found = 0;
+        // SAFETY: a live group; the shim writes at most `len` bytes, NUL-terminated.
+        check(unsafe {
+            preln_dist_store_get(self.handle, key.as_ptr(), buf.as_mut_ptr(), buf.len() as c_int, &mut found)
+        })?;
+        // SAFETY: NUL-terminated by the shim.
+        Ok((found == 1).then(|| unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()))
+    }
+
     /// `t` becomes rank `root`'s `t` (in place).
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), OpError> {
         // SAFETY: a live group and a live tensor.
         check(unsafe { preln_dist_broadcast(self.handle, ptr(t), root as c_int) }).map(|_| ())
     }
+}
+
+fn cstring(s: &str) -> Result<CString, OpError> {
+    CString::new(s).map_err(|_| OpError(format!("{s:?} holds a NUL byte")))
 }
 
 impl Drop for ProcessGroup {

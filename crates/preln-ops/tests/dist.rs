@@ -44,7 +44,7 @@ fn this_build_has_the_gloo_backend() {
 }
 
 #[test]
-fn two_of_our_ranks_all_reduce_and_broadcast() {
+fn two_of_our_ranks_all_reduce_broadcast_and_share_notes_in_the_store() {
     let port = free_port();
     let n = 1000;
     let ranks: Vec<_> = (0..2)
@@ -56,6 +56,11 @@ fn two_of_our_ranks_all_reduce_and_broadcast() {
                 g.all_reduce_sum(&t).unwrap();
                 let b = if rank == 1 { Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) } else { t.zeros_like() };
                 g.broadcast(&b, 1).unwrap();
+                g.store_set(&format!("note/{rank}"), &format!("rank {rank} was here")).unwrap();
+                g.all_reduce_sum(&Tensor::zeros([1], (Kind::Float, tch::Device::Cpu))).unwrap();
+                let other = 1 - rank;
+                assert_eq!(g.store_get(&format!("note/{other}")).unwrap(), Some(format!("rank {other} was here")));
+                assert_eq!(g.store_get("note/absent").unwrap(), None);
                 (values(&t), values(&b))
             })
         })

@@ -9,6 +9,7 @@
 //! before backward). Gradients are summed, so the optimizer sees the token-weighted mean of every
 //! rank's batches, and every rank takes the same step.
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,17 @@ use crate::TrainError;
 /// Elements per all-reduce (fp32: 16 MiB), as DDP's buckets.
 const BUCKET: i64 = 1 << 22;
 
+/// How long a rank whose collective failed watches the others' heartbeats (the shim beats
+/// every second).
+const HEARTBEAT_WAIT: Duration = Duration::from_millis(2500);
+
 /// This process's place in a data-parallel group, and the group.
 pub struct DataParallel {
     group: ProcessGroup,
     /// Time spent in collectives since [`DataParallel::take_comm_time`] was last called.
-    comm: std::cell::Cell<Duration>,
+    comm: Cell<Duration>,
+    /// Collectives this rank has entered (each announced in the store first).
+    entered: Cell<u64>,
 }
 
 impl DataParallel {
@@ -36,7 +43,7 @@ impl DataParallel {
                 r.rank, r.world, r.addr, r.port
             ))
         })?;
-        Ok(DataParallel { group, comm: Default::default() })
+        Ok(DataParallel { group, comm: Default::default(), entered: Default::default() })
     }
 
     pub fn rank(&self) -> usize {
@@ -59,16 +66,70 @@ impl DataParallel {
         share_of(self.rank(), n, per_rank)
     }
 
-    /// Runs collective `op`, timed, with an error that says which rank failed at what.
+    /// Announces, through the rendezvous store, that this rank enters its next collective,
+    /// `what`: a failed collective reads the others' notes to name the rank that fell behind.
+    fn announce(&self, what: &str) -> Result<(), preln_ops::OpError> {
+        self.entered.set(self.entered.get() + 1);
+        self.group.store_set(&format!("entered/{}", self.rank()), &format!("{} {what}", self.entered.get()))
+    }
+
+    /// Why a collective failed, as far as the store tells: the ranks that did not reach it,
+    /// else the ranks whose heartbeat stopped (frozen or dead; this takes [`HEARTBEAT_WAIT`]).
+    fn laggards(&self) -> String {
+        const GONE: &str = "the rendezvous store is unreachable: its host (rank 0, or the launcher) has stopped";
+        let others: Vec<usize> = (0..self.world()).filter(|&r| r != self.rank()).collect();
+        let read = |key: String| self.group.store_get(&key);
+        let me = self.entered.get();
+        let mut behind = Vec::new();
+        for &r in &others {
+            match read(format!("entered/{r}")) {
+                Ok(Some(v)) => {
+                    let (n, theirs) = v.split_once(' ').unwrap_or((&v, ""));
+                    if n.parse::<u64>().is_ok_and(|n| n < me) {
+                        behind.push(format!("rank {r} did not get there (its last collective: {theirs})"));
+                    }
+                }
+                Ok(None) => behind.push(format!("rank {r} never reached a collective")),
+                Err(_) => return GONE.into(),
+            }
+        }
+        if !behind.is_empty() {
+            return format!("{}: it stopped or hangs", behind.join("; "));
+        }
+        let beats = || -> Result<Vec<Option<String>>, preln_ops::OpError> {
+            others.iter().map(|r| read(format!("alive/{r}"))).collect()
+        };
+        let Ok(before) = beats() else { return GONE.into() };
+        std::thread::sleep(HEARTBEAT_WAIT);
+        let Ok(after) = beats() else { return GONE.into() };
+        let frozen: Vec<String> = others
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| b == a)
+            .map(|(r, _)| r.to_string())
+            .collect();
+        match frozen.is_empty() {
+            true => "every rank had entered it and is alive: the network between them failed".into(),
+            false => format!(
+                "every rank had entered it, and the heartbeat of rank(s) {} stopped: frozen or dead",
+                frozen.join(", ")
+            ),
+        }
+    }
+
+    /// Runs collective `op` (announced, timed), with an error that says which rank failed at
+    /// what, and which ranks had fallen behind.
     fn collective(&self, what: &str, op: impl FnOnce() -> Result<(), preln_ops::OpError>) -> Result<(), TrainError> {
         let t0 = Instant::now();
-        let r = op();
+        let r = self.announce(what).and_then(|()| op());
         self.comm.set(self.comm.get() + t0.elapsed());
         r.map_err(|e| {
             TrainError::Dist(format!(
-                "rank {} of {}: {what} failed: {e} (another rank stopped, or did not answer within the timeout)",
+                "rank {} of {} failed in {what} (waited {:.1} s); {} ({e})",
                 self.rank(),
-                self.world()
+                self.world(),
+                t0.elapsed().as_secs_f64(),
+                self.laggards()
             ))
         })
     }

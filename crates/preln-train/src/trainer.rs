@@ -201,15 +201,15 @@ impl<T: Task> Trainer<T> {
     /// state (the one place where ranks start from the same numbers, fresh or resumed).
     pub fn with_group(mut self, group: DataParallel) -> Result<Self, TrainError> {
         let agreed = format!("{}\nbatches: {:?}", self.cfg.toml, self.task.batches());
-        group.check_same(agreed.as_bytes(), "the resolved config or the training batches")?;
+        group.check_same(agreed.as_bytes(), "the check of the resolved config and the training batches")?;
         let json = serde_json::to_vec(&self.state).expect("state serializes");
-        let json = group.broadcast_bytes(&json, 0, "rank 0's training position")?;
+        let json = group.broadcast_bytes(&json, 0, "the broadcast of rank 0's training position")?;
         self.state = serde_json::from_slice(&json)
             .map_err(|e| TrainError::Dist(format!("rank 0's training position is unreadable: {e}")))?;
         self.opt.set_steps_taken(self.state.step);
         let mut tensors: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
         tensors.extend(self.opt.state_tensors().into_iter().map(|(_, t)| t));
-        group.broadcast_tensors(&tensors, "rank 0's model and optimizer state")?;
+        group.broadcast_tensors(&tensors, "the broadcast of rank 0's model and optimizer state")?;
         self.group = Some(group);
         Ok(self)
     }
@@ -482,7 +482,7 @@ impl<T: Task> Trainer<T> {
     /// Data-parallel: checks that every rank holds rank 0's parameters, bit for bit.
     fn check_ranks_agree(&mut self) -> Result<(), TrainError> {
         let Some(g) = &self.group else { return Ok(()) };
-        let what = format!("the parameters after update {}", self.state.step);
+        let what = format!("the check of the parameters after update {}", self.state.step);
         g.check_same(&tensors_digest(&self.params), &what)?;
         let note = format!("all {} ranks hold identical parameters after update {}", g.world(), self.state.step);
         self.reporter.note(&note);
@@ -494,7 +494,7 @@ impl<T: Task> Trainer<T> {
     fn stop_requested(&self) -> Result<Option<i32>, TrainError> {
         let mine = crate::interrupt::requested();
         let Some(g) = &self.group else { return Ok(mine) };
-        let what = format!("agreeing to stop after update {}", self.state.step);
+        let what = format!("the stop vote after update {}", self.state.step);
         let sums = g.sum(&[f64::from(u8::from(mine.is_some())), f64::from(mine.unwrap_or(0))], &what)?;
         let (ranks, signals) = (sums[0], sums[1]);
         Ok(mine.or((ranks > 0.0).then(|| (signals / ranks).round() as i32)))

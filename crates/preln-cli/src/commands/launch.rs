@@ -116,7 +116,10 @@ pub fn run(nproc: usize, threads: Option<i32>) -> Result<()> {
             preln_train::interrupt::signal_name(sig)
         ),
         (Some((rank, status)), None) => {
-            bail!("rank {rank} of {nproc} {} (its messages are above); the other ranks were stopped", describe(status))
+            bail!(
+                "rank {rank} of {nproc} {} first (the messages above say why); the other ranks were stopped",
+                describe(status)
+            )
         }
     }
 }
