@@ -75,9 +75,16 @@ pub struct ReproduceArgs {
     /// `paper`: the paper's model and run length.
     #[arg(long, default_value = "quick")]
     pub scale: preln_repro::Scale,
-    /// Training runs at the same time (default: one per CPU thread, each on one thread).
+    /// Training runs at the same time (default: one per CPU thread, each on one thread; with
+    /// --nproc, one per --nproc threads).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Data-parallel ranks per training run (`preln train --nproc`). As with DDP or fairseq on
+    /// N GPUs, each rank brings its own batches, so an update has N times the config's
+    /// (`train.update_freq` N times larger in one process): a different run from --nproc 1.
+    /// The runs of `bert`'s fine-tuning stay single-process.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
     /// Only these runs of the grid (comma-separated names of configs/reproduce/*.toml, or of
     /// stability cells such as `post-L12-lr2e-3-w0`).
     #[arg(long, value_delimiter = ',')]
@@ -218,6 +225,12 @@ pub struct BenchTrainArgs {
     /// sides). Default: both, but on a CPU without fast bf16 (`preln info`) only fp32.
     #[arg(long, value_delimiter = ',')]
     pub precisions: Vec<preln_train::config::Precision>,
+    /// Data-parallel: time N ranks on this machine, started as `preln train --nproc` starts them
+    /// (without --threads, each gets its share of the cores). Each rank steps on its own copy
+    /// of the batch and the gradients are all-reduced before the update; tokens/s counts all
+    /// ranks' tokens. Compare with `--nproc 1 --threads N`.
+    #[arg(long, default_value_t = 1)]
+    pub nproc: usize,
     /// Internal: time one precision in this process and print JSON (each measurement runs in a
     /// fresh process, so that peak memory is its own).
     #[arg(long, hide = true)]
@@ -321,9 +334,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Data-parallel on this machine: start N ranks of this command (c10d, Gloo), as
-    /// `torchrun --no-python --nproc-per-node N preln train ...` would. Each rank computes 1/N of
-    /// every update's batches, so N ranks train exactly as one process with N times
-    /// train.update_freq. Without --threads each rank gets its share of the cores.
+    /// `torchrun --no-python --nproc-per-node N preln train ...` would. Each rank brings
+    /// train.update_freq batches to every update (as DDP and fairseq do per GPU), so N ranks
+    /// train exactly as one process with N times train.update_freq. Without --threads each rank
+    /// gets its share of the cores.
     #[arg(long, default_value_t = 1)]
     pub nproc: usize,
     /// Data-parallel: seconds a rank waits for the others (the rendezvous, every collective)

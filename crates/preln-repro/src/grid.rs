@@ -120,12 +120,13 @@ pub fn status(dir: &Path) -> Result<RunStatus> {
 /// Where a reproduction's progress lines go (the CLI prints them on stderr).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
-/// The `preln` processes that train the runs: which executable, how many at once, and the
-/// libtorch threads of each.
+/// The `preln` processes that train the runs: which executable, how many runs at once, the
+/// data-parallel ranks of each run (`preln train --nproc`) and the libtorch threads of each rank.
 #[derive(Clone, Debug)]
 pub struct Pool {
     pub exe: PathBuf,
     pub jobs: usize,
+    pub nproc: usize,
     pub threads: usize,
 }
 
@@ -227,8 +228,12 @@ pub fn run_all(runs: &[Job], data: &Path, pool: &Pool, say: Say) -> Result<Vec<(
     if todo.is_empty() {
         return Ok(Vec::new());
     }
+    let ranks = match pool.nproc {
+        1 => String::new(),
+        n => format!(" in each of {n} data-parallel ranks"),
+    };
     say(&format!(
-        "reproduce: training {} runs, {} at a time with {} thread{} each; logs in RUN/train.log",
+        "reproduce: training {} runs, {} at a time with {} thread{}{ranks}; logs in RUN/train.log",
         todo.len(),
         jobs,
         threads,
@@ -292,6 +297,9 @@ fn train_one(run: &Job, data: &Path, pool: &Pool, k: usize, total: usize, say: S
     let st = status(&run.dir)?;
     let mut cmd = Command::new(&pool.exe);
     cmd.arg("--threads").arg(pool.threads.to_string()).arg(run.command).arg("--out").arg(&run.dir);
+    if pool.nproc > 1 {
+        cmd.arg("--nproc").arg(pool.nproc.to_string());
+    }
     let how = match st {
         RunStatus::Partial { step, epoch } => {
             cmd.arg("--resume");

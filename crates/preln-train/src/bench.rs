@@ -1,5 +1,6 @@
 //! Timing of full training steps (forward, label-smoothed loss, backward, Adam update) on a
-//! fixed batch, for `preln bench train`: the trainer's step, in fp32 or under bf16 autocast.
+//! fixed batch, for `preln bench train`: the trainer's step, in fp32 or under bf16 autocast, and
+//! data-parallel with the gradient all-reduce between backward and update.
 
 use std::time::Instant;
 
@@ -11,10 +12,20 @@ use tch::nn::VarStore;
 use tch::Device;
 
 use crate::device::Precision;
+use crate::dist::DataParallel;
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::TrainError;
 
-/// Seconds per step for `steps` steps after `warmup` untimed ones.
+/// Seconds per step, and of it in the gradient all-reduce.
+#[derive(Clone, Debug, Default)]
+pub struct StepTimes {
+    pub step_s: Vec<f64>,
+    pub allreduce_s: Vec<f64>,
+}
+
+/// Times `steps` steps after `warmup` untimed ones; with `group`, each rank steps on its own
+/// copy of the batch and the gradients are summed across ranks before the update.
+#[allow(clippy::too_many_arguments)]
 pub fn time_steps(
     model_cfg: &Seq2SeqConfig,
     optimizer: &OptimizerConfig,
@@ -24,14 +35,17 @@ pub fn time_steps(
     steps: usize,
     precision: Precision,
     device: Device,
-) -> Result<Vec<f64>, TrainError> {
+    group: Option<&DataParallel>,
+) -> Result<StepTimes, TrainError> {
     crate::device::check_precision(precision, device)?;
     let vs = VarStore::new(device);
     let model = seeded(0, || Seq2Seq::new(&vs.root(), model_cfg))?;
-    let mut opt = Optimizer::new(optimizer.clone(), parameters(&vs));
+    let params = parameters(&vs);
+    let mut opt =
+        Optimizer::new(optimizer.clone(), params.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect());
     let (src, prev, target) =
         (batch.src.to_device(device), batch.prev.to_device(device), batch.target.to_device(device));
-    let mut times = Vec::with_capacity(steps);
+    let mut times = StepTimes::default();
     let mut profile = None;
     for step in 0..warmup + steps {
         if step == warmup {
@@ -50,11 +64,19 @@ pub fn time_steps(
             label_smoothed_nll(&dec.logits, &target, label_smoothing, model_cfg.pad_id).mean_loss()
         })?;
         loss.backward();
+        let mut allreduce = 0.0;
+        if let Some(g) = group {
+            sync(device);
+            let t = Instant::now();
+            g.reduce_gradients(&params, &[], &format!("the gradient all-reduce of step {step}"))?;
+            allreduce = t.elapsed().as_secs_f64();
+        }
         opt.step(5e-4)?;
         opt.zero_grad()?;
         sync(device);
         if step >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+            times.step_s.push(t0.elapsed().as_secs_f64());
+            times.allreduce_s.push(allreduce);
         }
     }
     drop(profile);

@@ -67,6 +67,8 @@ pub fn tensor_rows(t: &tch::Tensor) -> Vec<Vec<i64>> {
 pub struct Timing {
     pub precision: Precision,
     pub steps: Vec<f64>,
+    /// Data-parallel: seconds of each step in the gradient all-reduce.
+    pub allreduce: Vec<f64>,
     pub peak_mib: f64,
 }
 
@@ -105,8 +107,10 @@ pub fn measure(
     reference: Option<&Reference>,
     mut progress: impl FnMut(&str),
 ) -> Result<Measured, TrainError> {
-    let empty: Vec<Timing> =
-        precisions.iter().map(|&p| Timing { precision: p, steps: Vec::new(), peak_mib: 0.0 }).collect();
+    let empty: Vec<Timing> = precisions
+        .iter()
+        .map(|&p| Timing { precision: p, steps: Vec::new(), allreduce: Vec::new(), peak_mib: 0.0 })
+        .collect();
     let mut m = Measured { ours: empty.clone(), theirs: empty, torch_version: String::new() };
     for round in 1..=rounds {
         for (k, &precision) in precisions.iter().enumerate() {
@@ -114,6 +118,7 @@ pub fn measure(
             let t = steps_of(&v, "preln bench worker")?;
             progress(&format!("round {round}: preln   {:4} median {:.3} s/step", precision.name(), median(&t)));
             m.ours[k].steps.extend(t);
+            m.ours[k].allreduce.extend(v["allreduce_s"].as_array().into_iter().flatten().filter_map(Value::as_f64));
             m.ours[k].peak_mib = m.ours[k].peak_mib.max(v["peak_mib"].as_f64().unwrap_or(f64::NAN));
             let Some(r) = reference else { continue };
             let mut spec = r.spec.clone();
@@ -162,7 +167,7 @@ mod tests {
     use super::*;
 
     fn timing(precision: Precision, steps: &[f64]) -> Timing {
-        Timing { precision, steps: steps.to_vec(), peak_mib: 0.0 }
+        Timing { precision, steps: steps.to_vec(), allreduce: Vec::new(), peak_mib: 0.0 }
     }
 
     #[test]

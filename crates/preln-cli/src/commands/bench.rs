@@ -2,13 +2,17 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
 use preln_data::Specials;
+use preln_ops::dist::Rendezvous;
 use preln_train::bench::{peak_rss_mib, time_steps};
 use preln_train::compare::{
     measure, python, speedups, synthetic_batch, tensor_rows, tool, Measured, Reference, Timing,
 };
 use preln_train::config::{config_text, resolve, Precision};
+use preln_train::dist::DataParallel;
 use serde_json::json;
 use tch::Device;
 
@@ -26,15 +30,25 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     let device = super::device(args.device)?;
     let precisions = bench_precisions(&args.precisions, device)?;
     let batch = synthetic_batch(args.sentences, args.len, args.vocab);
+    if args.nproc > 1 && args.vs_pytorch {
+        bail!("--vs-pytorch times one PyTorch process: compare it with --nproc 1 (and --threads N)");
+    }
     if args.worker {
+        if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+            return super::launch::run(args.nproc, threads);
+        }
         let [precision] = precisions.as_slice() else { bail!("--worker times exactly one precision") };
+        let rdv = Rendezvous::from_env(Duration::from_secs(600)).map_err(|e| anyhow!("data-parallel launch: {e}"))?;
+        let group = rdv.as_ref().map(DataParallel::join).transpose()?;
         let (ls, warmup, steps) = (cfg.train.label_smoothing, args.warmup, args.steps);
-        let t = time_steps(&model, &cfg.optimizer, &batch, ls, warmup, steps, *precision, device)?;
-        println!("{}", json!({"step_s": t, "peak_mib": peak_rss_mib()}));
+        let t = time_steps(&model, &cfg.optimizer, &batch, ls, warmup, steps, *precision, device, group.as_ref())?;
+        if group.as_ref().is_none_or(|g| g.rank() == 0) {
+            println!("{}", json!({"step_s": t.step_s, "allreduce_s": t.allreduce_s, "peak_mib": peak_rss_mib()}));
+        }
         return Ok(());
     }
     eprintln!(
-        "{source}: {} {}+{} layers, d {}, FFN {}, {} heads; batch {}x{} tokens a side; {}; {} threads; {device:?}",
+        "{source}: {} {}+{} layers, d {}, FFN {}, {} heads; batch {}x{} tokens a side; {}; {}; {device:?}",
         model.placement,
         model.encoder_layers,
         model.decoder_layers,
@@ -44,7 +58,13 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         args.sentences,
         args.len,
         cfg.optimizer.name(),
-        tch::get_num_threads()
+        match args.nproc {
+            1 => format!("{} threads", tch::get_num_threads()),
+            n => format!(
+                "{n} ranks of {} thread(s), each with the whole batch",
+                threads.map_or_else(|| (available_cores() / n).max(1), |t| t as usize)
+            ),
+        }
     );
     eprintln!("{}", preln_ops::caps::summary());
     if let Device::Cuda(i) = device {
@@ -62,8 +82,12 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
     });
     let worker = |p: Precision| worker_command(&args, threads, p, device);
     let m = measure(args.rounds, &precisions, worker, reference.as_ref(), |line| eprintln!("{line}"))?;
-    print_results(&m, batch.target_tokens as f64, args.vs_pytorch);
+    print_results(&m, (batch.target_tokens * args.nproc as i64) as f64, args.vs_pytorch);
     Ok(())
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The `preln bench train --worker` process that times one precision.
@@ -82,6 +106,7 @@ fn worker_command(args: &BenchTrainArgs, threads: Option<i32>, precision: Precis
     cmd.args(["--vocab", &args.vocab.to_string(), "--steps", &args.steps.to_string()]);
     cmd.args(["--warmup", &args.warmup.to_string(), "--precisions", precision.name()]);
     cmd.args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
+    cmd.args(["--nproc", &args.nproc.to_string()]);
     cmd
 }
 
@@ -89,8 +114,12 @@ fn worker_command(args: &BenchTrainArgs, threads: Option<i32>, precision: Precis
 fn print_results(m: &Measured, tokens: f64, vs_pytorch: bool) {
     let line = |who: &str, t: &Timing| {
         let med = t.median();
+        let allreduce = match t.allreduce.is_empty() || t.allreduce.iter().all(|&a| a == 0.0) {
+            true => String::new(),
+            false => format!(", all-reduce {:.1} ms/step", preln_train::bench::median(&t.allreduce) * 1e3),
+        };
         println!(
-            "{who:8} {:4}: {med:.3} s/step (median of {}), {:.0} target tokens/s, peak RSS {:.0} MiB",
+            "{who:8} {:4}: {med:.3} s/step (median of {}), {:.0} target tokens/s{allreduce}, peak RSS {:.0} MiB",
             t.precision.name(),
             t.steps.len(),
             tokens / med,

@@ -12,7 +12,8 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
     let cores = threads
         .map(|t| t.max(1) as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let jobs = args.jobs.unwrap_or(cores).max(1);
+    let nproc = args.nproc.max(1);
+    let jobs = args.jobs.unwrap_or(cores / nproc).max(1);
     let spec = ReproduceSpec {
         what: args.what,
         scale: args.scale,
@@ -23,7 +24,7 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
         placements: args.placements,
         overrides: args.overrides,
         report_only: args.report_only,
-        pool: Pool { exe: own_executable()?, jobs, threads: (cores / jobs).max(1) },
+        pool: Pool { exe: own_executable()?, jobs, nproc, threads: (cores / (jobs * nproc)).max(1) },
         cores,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
