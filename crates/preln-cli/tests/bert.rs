@@ -1,5 +1,7 @@
 //! BERT end to end with tiny models: prepare-mlm -> pretrain (with a resume) -> finetune.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn preln(args: &[&str]) -> Output {
@@ -17,30 +19,7 @@ fn ok(args: &[&str]) -> String {
 fn prepare_pretrain_resume_and_finetune() {
     let d = tempfile::tempdir().unwrap();
     let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
-    let text_dir = d.path().join("text");
-    std::fs::create_dir(&text_dir).unwrap();
-    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "to", "house", "big", "small"];
-    let mut body = String::new();
-    for i in 0..400 {
-        let line: Vec<&str> = (0..8).map(|k| words[(i * 7 + k * 3 + i / 5) % words.len()]).collect();
-        body.push_str(&line.join(" "));
-        body.push('\n');
-    }
-    std::fs::write(text_dir.join("a.txt"), &body).unwrap();
-    std::fs::write(d.path().join("held.txt"), &body[..2000]).unwrap();
-    ok(&[
-        "prepare-mlm",
-        "--train",
-        &p("text"),
-        "--valid",
-        &p("held.txt"),
-        "--vocab-size",
-        "60",
-        "--max-len",
-        "24",
-        "--out",
-        &p("mlm"),
-    ]);
+    common::tiny_mlm_data(d.path());
     let e = String::from_utf8_lossy(&preln(&["prepare-mlm", "--train", &p("nothing"), "--out", &p("x")]).stderr)
         .to_string();
     assert!(e.contains("nothing") && e.contains("no such file"), "{e}");

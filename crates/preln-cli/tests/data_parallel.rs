@@ -1,7 +1,8 @@
 //! Data-parallel `preln train` on 127.0.0.1 (c10d, Gloo): two ranks, started by `--nproc 2` or
 //! by torchrun, train exactly as one process with twice the update_freq; a rank killed or hung
 //! ends the group with an error that names it, and the group resumes exactly; ranks that
-//! disagree on the config are refused before training.
+//! disagree on the config are refused before training; BERT pre-training and the training
+//! benchmark take the same launcher.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, tiny_data, tiny_train_args};
+use common::{assert_ok, tiny_data, tiny_mlm_data, tiny_train_args};
 use preln_train::metrics::{Metrics, Record};
 use tch::Tensor;
 
@@ -269,4 +270,45 @@ fn ranks_that_resolve_different_configs_are_refused_before_training() {
     }
     let m = Metrics::read(&out.join("metrics.jsonl")).unwrap_or_default();
     assert!(m.is_empty(), "nothing trained: {m:?}");
+}
+
+#[test]
+fn pretraining_and_the_benchmark_take_the_same_launcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mlm = tiny_mlm_data(tmp.path());
+    let pretrain = |out: &str, f: &str| {
+        let mut args: Vec<String> = ["pretrain", "--config", "bert-cpu", "--data"].map(String::from).to_vec();
+        args.extend([mlm.display().to_string(), "--out".into(), tmp.path().join(out).display().to_string()]);
+        for s in [
+            "model.d_model=32",
+            "model.ffn_dim=64",
+            "model.heads=2",
+            "model.layers=2",
+            "model.max_positions=32",
+            "train.max_tokens=256",
+            "train.max_updates=8",
+            "schedule.total_steps=8",
+            "train.valid_every=4",
+            "train.diag_every=2",
+            "train.device=\"cpu\"",
+            &format!("train.update_freq={f}"),
+        ] {
+            args.extend(["--set".into(), s.to_string()]);
+        }
+        preln_cmd(&args)
+    };
+    run(pretrain("one", "2"), "pretrain, one process, update_freq 2");
+    let mut two = pretrain("two", "1");
+    two.args(["--nproc", "2"]);
+    run(two, "pretrain --nproc 2");
+    let worst = same_records(&tmp.path().join("one"), &tmp.path().join("two"));
+    eprintln!("pretrain, 2 ranks x 1 batch vs 1 process x 2: records differ by {worst:e}");
+
+    let args = ["bench", "train", "--config", "tiny", "--steps", "2", "--warmup", "1", "--rounds", "1"];
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_preln"));
+    bench.args(args).args(["--precisions", "fp32", "--nproc", "2"]);
+    let out = run(bench, "bench train --nproc 2");
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(err.contains("2 ranks of 1 thread(s), each with the whole batch"), "{err}");
+    assert!(text.contains("target tokens/s, all-reduce"), "{text}");
 }

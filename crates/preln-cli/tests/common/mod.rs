@@ -68,3 +68,25 @@ pub fn tiny_data(p: &Path, vocab: usize) -> PathBuf {
     assert_ok(&prepare(p, "train", Some("valid"), vocab, &data, &[]), "preln prepare");
     data
 }
+
+/// A tiny masked-language-model folder: 400 lines of 8 words in `p/text/a.txt`, the first 2,000
+/// characters of them held out in `p/held.txt`, prepared with a BPE of 60 and 24-token segments
+/// into `p/mlm`.
+pub fn tiny_mlm_data(p: &Path) -> PathBuf {
+    let text_dir = p.join("text");
+    std::fs::create_dir(&text_dir).unwrap();
+    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "to", "house", "big", "small"];
+    let mut body = String::new();
+    for i in 0..400 {
+        let line: Vec<&str> = (0..8).map(|k| words[(i * 7 + k * 3 + i / 5) % words.len()]).collect();
+        body.push_str(&line.join(" "));
+        body.push('\n');
+    }
+    std::fs::write(text_dir.join("a.txt"), &body).unwrap();
+    std::fs::write(p.join("held.txt"), &body[..2000]).unwrap();
+    let out = p.join("mlm");
+    let s = |p: &Path| p.display().to_string();
+    let args = ["prepare-mlm", "--train", &s(&text_dir), "--valid", &s(&p.join("held.txt"))];
+    ok(&[&args[..], &["--vocab-size", "60", "--max-len", "24", "--out", &s(&out)]].concat());
+    out
+}
