@@ -9,8 +9,9 @@
 # 3. a short Multi30k training run on CUDA in fp32 and in bf16, then beam search and BLEU
 # 4. `preln bench train --vs-pytorch` on CUDA (iwslt14 model, two batch sizes)
 # 5. `preln analyze init` on CUDA
+# 6. data-parallel training on CUDA: one rank per GPU over NCCL (torchrun; one GPU makes a group
+#    of one, which still goes through NCCL), and two ranks on GPU 0 over Gloo
 # Every step runs even if an earlier one failed; the summary lists each with its exit status.
-# Data-parallel NCCL needs two GPUs and data-parallel training: not checked here yet.
 set -uo pipefail
 bundle=$(cd "${1:-gpu-bundle}" && pwd)
 out=${2:-${OUT:-runs/gpu-check}}
@@ -70,6 +71,17 @@ train() {
   "$P" bleu --ref "$bundle/test_2016_flickr.en" < "$out/hyp-$precision.en"
 }
 
+# dataparallel BACKEND RANKS: a short CUDA run of RANKS ranks started by torchrun.
+dataparallel() {
+  local backend=$1 ranks=$2 run="$out/dp-$1"
+  "$P" info | grep c10d
+  "$py" -m torch.distributed.run --nproc-per-node "$ranks" --no-python "$P" train --config cpu \
+    --data "$bundle/m30k" --out "$run" --dist-backend "$backend" --dist-timeout 120 \
+    --set train.device=cuda --set train.max_updates=60 --set train.valid_every=30 \
+    --set train.log_every=10 --set train.save_every=30 || return 1
+  grep -h '"train"' "$run/metrics.jsonl" | tail -n 2
+}
+
 bench() {
   "$P" bench train --config iwslt14 --device cuda --vs-pytorch --python "$py" \
     --precisions fp32,bf16 --rounds 2 --steps 10 --warmup 3 "$@"
@@ -83,5 +95,7 @@ step train-bf16 train bf16
 step bench-64x32 bench
 step bench-256x64 bench --sentences 256 --len 64
 step analyze-init "$P" analyze init --device cuda --seeds 3 --out "$out/init"
+step dp-nccl dataparallel nccl "$(nvidia-smi -L | wc -l)"
+step dp-gloo dataparallel gloo 2
 echo "=== summary"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

@@ -20,8 +20,10 @@ venv=${PRELN_TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/preln/torch-$torch_vers
 
 venv_ok() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" - "$torch_version" <<'PY' >/dev/null 2>&1
-import sys, torch, safetensors, numpy, sacrebleu, tensorboard, ctranslate2
+import sys, importlib.metadata, torch, safetensors, numpy, sacrebleu, tensorboard, ctranslate2
 assert torch.__version__.split("+")[0] == sys.argv[1]
+for headers in ("nvidia-cuda-crt", "nvidia-cuda-cccl"):
+    importlib.metadata.version(headers)
 PY
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 mod link_libtorch;
 
 fn main() {
-    for f in ["csrc/preln_ops.cpp", "csrc/dist.cpp", "csrc/guard.h"] {
+    for f in ["csrc/preln_ops.cpp", "csrc/dist.cpp", "csrc/dist.h", "csrc/nccl.cpp", "csrc/guard.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
@@ -50,10 +50,26 @@ fn main() {
             "cargo:warning=Gloo's headers not found (Debian: libgloo-dev, or GLOO_INCLUDE): data-parallel training is left out"
         ),
     }
+    // NCCL groups (csrc/nccl.cpp) need the CUDA runtime's and NCCL's headers, which a CUDA
+    // torch wheel brings in its nvidia-* wheels (site-packages/nvidia/*/include), and
+    // libtorch_cuda, which holds ProcessGroupNCCL.
+    let nccl = nccl_includes(&lib);
+    match &nccl {
+        Some(dirs) => {
+            build.define("PRELN_HAVE_NCCL", None).define("USE_C10D_NCCL", None).define("USE_CUDA", None);
+            dirs.iter().for_each(|d| {
+                build.include(d);
+            });
+        }
+        None => println!(
+            "cargo:warning=no CUDA libtorch with NCCL's and the CUDA runtime's headers: data-parallel training on GPUs is left out"
+        ),
+    }
     build
         .cpp(true)
         .file("csrc/preln_ops.cpp")
         .file("csrc/dist.cpp")
+        .file("csrc/nccl.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
@@ -66,4 +82,25 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=torch_cpu");
     println!("cargo:rustc-link-lib=c10");
+    if nccl.is_some() {
+        println!("cargo:rustc-link-lib=torch_cuda");
+        println!("cargo:rustc-link-lib=c10_cuda");
+    }
+}
+
+/// The include folders of the CUDA runtime (`cuda_runtime_api.h` with what it includes: `crt/`
+/// and CCCL's `nv/target`, from the nvidia-cuda-crt and -cccl wheels) and NCCL (`nccl.h`)
+/// beside a CUDA libtorch in `lib` (`.../site-packages/torch/lib`), if all are there.
+fn nccl_includes(lib: &std::path::Path) -> Option<Vec<PathBuf>> {
+    if !lib.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    let with = |file: &str| {
+        std::fs::read_dir(&nvidia)
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("include")))
+            .find(|d| d.join(file).exists())
+    };
+    Some(vec![with("crt/host_config.h").filter(|d| d.join("nv/target").exists())?, with("nccl.h")?])
 }

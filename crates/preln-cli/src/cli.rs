@@ -344,6 +344,27 @@ pub struct TrainArgs {
     /// before it stops with an error.
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
+    /// Data-parallel: the c10d backend. `auto`: NCCL for a model on CUDA where this build has
+    /// it (`preln info`), else Gloo (CUDA tensors then pass through host memory).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dist_backend: DistBackend,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DistBackend {
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl From<DistBackend> for Option<preln_ops::dist::Backend> {
+    fn from(b: DistBackend) -> Self {
+        match b {
+            DistBackend::Auto => None,
+            DistBackend::Gloo => Some(preln_ops::dist::Backend::Gloo),
+            DistBackend::Nccl => Some(preln_ops::dist::Backend::Nccl),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

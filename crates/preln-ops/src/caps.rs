@@ -418,11 +418,16 @@ pub fn report() -> Vec<String> {
         }
     ));
     lines.push(format!(
-        "torch.distributed (c10d) Gloo groups: {}",
+        "torch.distributed (c10d) Gloo groups: {}; NCCL groups (GPUs): {}",
         if crate::dist::available() {
             "built in"
         } else {
             "left out (Gloo's headers were missing at build time: libgloo-dev)"
+        },
+        if crate::dist::nccl_available() {
+            "built in"
+        } else {
+            "left out (no CUDA libtorch with the CUDA runtime's and NCCL's headers at build time; GPUs use Gloo)"
         }
     ));
     lines

@@ -1,6 +1,7 @@
-//! torch.distributed's engine (c10d) through the shim (`csrc/dist.cpp`): a TCPStore rendezvous
-//! and a Gloo process group that Python ranks (`torch.distributed.init_process_group("gloo")`)
-//! can join, with the variables `torchrun` sets.
+//! torch.distributed's engine (c10d) through the shim (`csrc/dist.cpp`, `csrc/nccl.cpp`): a
+//! TCPStore rendezvous and a Gloo process group that Python ranks
+//! (`torch.distributed.init_process_group("gloo")`) can join, with the variables `torchrun`
+//! sets; or an NCCL group for CUDA tensors.
 
 use std::ffi::{c_void, CStr, CString};
 use std::os::raw::{c_char, c_int};
@@ -22,6 +23,16 @@ extern "C" {
         timeout_ms: i64,
         host: *const c_char,
     ) -> c_int;
+    fn preln_dist_new_nccl(
+        out: *mut *mut c_void,
+        addr: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        server: c_int,
+        timeout_ms: i64,
+    ) -> c_int;
+    fn preln_dist_nccl_available() -> c_int;
     fn preln_dist_allreduce_sum(group: *mut c_void, t: *mut C_tensor) -> c_int;
     fn preln_dist_broadcast(group: *mut c_void, t: *mut C_tensor, root: c_int) -> c_int;
     fn preln_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char) -> c_int;
@@ -40,6 +51,22 @@ extern "C" {
 pub fn available() -> bool {
     // SAFETY: a constant query.
     unsafe { preln_dist_available() == 1 }
+}
+
+/// Whether this build has c10d's NCCL backend (a CUDA libtorch, with the CUDA runtime's and
+/// NCCL's headers, at build time).
+pub fn nccl_available() -> bool {
+    // SAFETY: a constant query.
+    unsafe { preln_dist_nccl_available() == 1 }
+}
+
+/// Which c10d backend carries the collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// CPU tensors, over TCP.
+    Gloo,
+    /// CUDA tensors, GPU to GPU.
+    Nccl,
 }
 
 /// Where and as whom a rank joins its group.
@@ -101,33 +128,44 @@ impl Rendezvous {
     }
 }
 
-/// A Gloo process group: collectives over CPU tensors with every other rank.
+/// A process group: collectives with every other rank (CPU tensors with Gloo, CUDA tensors
+/// with NCCL).
 pub struct ProcessGroup {
     handle: *mut c_void,
     rank: usize,
     world: usize,
+    backend: Backend,
 }
 
 impl ProcessGroup {
-    /// Joins the group (blocks until every rank has, or the timeout).
+    /// Joins the Gloo group (blocks until every rank has, or the timeout).
     pub fn join(r: &Rendezvous) -> Result<ProcessGroup, OpError> {
+        Self::join_with(r, Backend::Gloo)
+    }
+
+    /// Joins the group of `backend` (Gloo: blocks until every rank has, or the timeout; NCCL
+    /// meets at the first collective).
+    pub fn join_with(r: &Rendezvous, backend: Backend) -> Result<ProcessGroup, OpError> {
         let (addr, host) = (cstring(&r.addr)?, cstring(&r.host)?);
         let mut handle = std::ptr::null_mut();
+        let (port, rank, world, server) =
+            (c_int::from(r.port), r.rank as c_int, r.world as c_int, c_int::from(r.server));
+        let timeout = r.timeout.as_millis() as i64;
         // SAFETY: the strings outlive the call; on success the shim writes a new group pointer,
         // which this value owns and frees on drop.
         check(unsafe {
-            preln_dist_new(
-                &mut handle,
-                addr.as_ptr(),
-                c_int::from(r.port),
-                r.rank as c_int,
-                r.world as c_int,
-                c_int::from(r.server),
-                r.timeout.as_millis() as i64,
-                host.as_ptr(),
-            )
+            match backend {
+                Backend::Gloo => {
+                    preln_dist_new(&mut handle, addr.as_ptr(), port, rank, world, server, timeout, host.as_ptr())
+                }
+                Backend::Nccl => preln_dist_new_nccl(&mut handle, addr.as_ptr(), port, rank, world, server, timeout),
+            }
         })?;
-        Ok(ProcessGroup { handle, rank: r.rank, world: r.world })
+        Ok(ProcessGroup { handle, rank: r.rank, world: r.world, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn rank(&self) -> usize {

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use preln_ops::dist::{ProcessGroup, Rendezvous};
+use preln_ops::dist::{Backend, ProcessGroup, Rendezvous};
 use tch::{Device, Kind, Tensor};
 
 use crate::TrainError;
@@ -28,6 +28,9 @@ const HEARTBEAT_WAIT: Duration = Duration::from_millis(2500);
 /// This process's place in a data-parallel group, and the group.
 pub struct DataParallel {
     group: ProcessGroup,
+    /// Where the collectives' tensors live: the GPU with NCCL, else the CPU (Gloo; CUDA tensors
+    /// are staged through host memory).
+    device: Device,
     /// Time spent in collectives since [`DataParallel::take_comm_time`] was last called.
     comm: Cell<Duration>,
     /// Collectives this rank has entered (each announced in the store first).
@@ -35,15 +38,31 @@ pub struct DataParallel {
 }
 
 impl DataParallel {
-    /// Joins the group `r` describes (blocks until every rank has joined, or the timeout).
-    pub fn join(r: &Rendezvous) -> Result<DataParallel, TrainError> {
-        let group = ProcessGroup::join(r).map_err(|e| {
+    /// Joins the group `r` describes for a model on `device` (blocks until every rank has
+    /// joined, or the timeout) over `backend`; `None`: NCCL for CUDA where this build has it,
+    /// else Gloo.
+    pub fn join(r: &Rendezvous, device: Device, backend: Option<Backend>) -> Result<DataParallel, TrainError> {
+        let backend = match (backend, device) {
+            (Some(Backend::Nccl), Device::Cpu | Device::Mps | Device::Vulkan) => {
+                return Err(TrainError::Config("the NCCL backend needs a model on CUDA (train.device)".into()))
+            }
+            (Some(b), _) => b,
+            (None, Device::Cuda(_)) if preln_ops::dist::nccl_available() => Backend::Nccl,
+            (None, _) => Backend::Gloo,
+        };
+        let group = ProcessGroup::join_with(r, backend).map_err(|e| {
             TrainError::Dist(format!(
-                "rank {} of {}: joining the group at {}:{} failed: {e}",
+                "rank {} of {}: joining the {backend:?} group at {}:{} failed: {e}",
                 r.rank, r.world, r.addr, r.port
             ))
         })?;
-        Ok(DataParallel { group, comm: Default::default(), entered: Default::default() })
+        let device = if backend == Backend::Nccl { device } else { Device::Cpu };
+        Ok(DataParallel { group, device, comm: Default::default(), entered: Default::default() })
+    }
+
+    /// The backend carrying the collectives.
+    pub fn backend(&self) -> Backend {
+        self.group.backend()
     }
 
     pub fn rank(&self) -> usize {
@@ -136,9 +155,9 @@ impl DataParallel {
 
     /// The sums of `values` over all ranks (f64, exact for counts).
     pub fn sum(&self, values: &[f64], what: &str) -> Result<Vec<f64>, TrainError> {
-        let t = Tensor::from_slice(values);
+        let t = Tensor::from_slice(values).to_device(self.device);
         self.collective(what, || self.group.all_reduce_sum(&t))?;
-        Ok(Vec::<f64>::try_from(&t)?)
+        Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu))?)
     }
 
     /// Whether any rank says `flag`.
@@ -163,19 +182,19 @@ impl DataParallel {
         for (b, range) in buckets(params).into_iter().enumerate() {
             let mut parts: Vec<Tensor> = Vec::new();
             if b == 0 {
-                parts.push(Tensor::from_slice(&head));
+                parts.push(Tensor::from_slice(&head).to_device(self.device));
             }
             for i in range.clone() {
                 let p = &params[i].1;
                 let flat =
                     if grads[i].defined() { grads[i].detach().reshape([-1]) } else { p.zeros_like().reshape([-1]) };
-                parts.push(flat.to_kind(Kind::Float).to_device(Device::Cpu));
+                parts.push(flat.to_kind(Kind::Float).to_device(self.device));
             }
             let flat = Tensor::cat(&parts, 0);
             self.collective(what, || self.group.all_reduce_sum(&flat))?;
             let mut offset = 0;
             if b == 0 {
-                head_sum = Vec::<f32>::try_from(flat.narrow(0, 0, head.len() as i64))?;
+                head_sum = Vec::<f32>::try_from(flat.narrow(0, 0, head.len() as i64).to_device(Device::Cpu))?;
                 offset = head.len() as i64;
             }
             for i in range {
@@ -201,7 +220,7 @@ impl DataParallel {
         let sized: Vec<(String, Tensor)> = tensors.iter().map(|t| (String::new(), t.shallow_clone())).collect();
         for range in buckets(&sized) {
             let parts: Vec<Tensor> =
-                tensors[range.clone()].iter().map(|t| t.detach().reshape([-1]).to_device(Device::Cpu)).collect();
+                tensors[range.clone()].iter().map(|t| t.detach().reshape([-1]).to_device(self.device)).collect();
             let flat = Tensor::cat(&parts, 0);
             self.collective(what, || self.group.broadcast(&flat, 0))?;
             let mut offset = 0;
@@ -216,14 +235,14 @@ impl DataParallel {
 
     /// Rank `root`'s `bytes`, on every rank.
     pub fn broadcast_bytes(&self, bytes: &[u8], root: usize, what: &str) -> Result<Vec<u8>, TrainError> {
-        let len = Tensor::from_slice(&[bytes.len() as i64]);
+        let len = Tensor::from_slice(&[bytes.len() as i64]).to_device(self.device);
         self.collective(what, || self.group.broadcast(&len, root))?;
-        let len = i64::try_from(&len)? as usize;
+        let len = i64::try_from(&len.to_device(Device::Cpu))? as usize;
         let mut mine = bytes.to_vec();
         mine.resize(len, 0);
-        let t = Tensor::from_slice(&mine);
+        let t = Tensor::from_slice(&mine).to_device(self.device);
         self.collective(what, || self.group.broadcast(&t, root))?;
-        Ok(Vec::<u8>::try_from(&t)?)
+        Ok(Vec::<u8>::try_from(&t.to_device(Device::Cpu))?)
     }
 
     /// The rank that computes micro-batch `k` when every rank takes `per_rank`.

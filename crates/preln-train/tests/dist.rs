@@ -28,7 +28,7 @@ fn two_ranks<R: Send + 'static>(body: fn(DataParallel) -> R) -> Vec<R> {
                     timeout: Duration::from_secs(60),
                     host: "127.0.0.1".into(),
                 };
-                body(DataParallel::join(&r).expect("joins"))
+                body(DataParallel::join(&r, Device::Cpu, None).expect("joins"))
             })
         })
         .collect();

@@ -39,7 +39,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         }
         let [precision] = precisions.as_slice() else { bail!("--worker times exactly one precision") };
         let rdv = Rendezvous::from_env(Duration::from_secs(600)).map_err(|e| anyhow!("data-parallel launch: {e}"))?;
-        let group = rdv.as_ref().map(DataParallel::join).transpose()?;
+        let group = rdv.as_ref().map(|r| DataParallel::join(r, device, None)).transpose()?;
         let (ls, warmup, steps) = (cfg.train.label_smoothing, args.warmup, args.steps);
         let t = time_steps(&model, &cfg.optimizer, &batch, ls, warmup, steps, *precision, device, group.as_ref())?;
         if group.as_ref().is_none_or(|g| g.rank() == 0) {

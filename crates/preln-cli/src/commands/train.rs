@@ -96,8 +96,9 @@ fn launch(args: &TrainArgs) -> Result<(Launch, Option<Rendezvous>)> {
 /// first collective), reports progress on rank 0, trains, and prints the summary on rank 0.
 fn train_as_launched<T: Task>(mut trainer: Trainer<T>, args: &TrainArgs, rdv: Option<Rendezvous>) -> Result<()> {
     if let Some(r) = &rdv {
-        eprintln!("rank {} of {}: joining the group at {}:{}", r.rank, r.world, r.addr, r.port);
-        trainer = trainer.with_group(DataParallel::join(r)?)?;
+        let group = DataParallel::join(r, trainer.var_store().device(), args.dist_backend.into())?;
+        eprintln!("rank {} of {}: joined the {:?} group at {}:{}", r.rank, r.world, group.backend(), r.addr, r.port);
+        trainer = trainer.with_group(group)?;
     }
     if trainer.is_root() {
         trainer = trainer.with_reporter(Progress::boxed());
