@@ -1,5 +1,5 @@
 //! Data-parallel `preln train` on 127.0.0.1 (c10d, Gloo): two ranks, started by `--nproc 2` or
-//! by torchrun, train exactly as one process with twice the update_freq; a rank killed or hung
+//! by torchrun (one agent, or two as two machines would), train exactly as one process with twice the update_freq; a rank killed or hung
 //! ends the group with an error that names it, and the group resumes exactly; ranks that
 //! disagree on the config are refused before training; BERT pre-training and the training
 //! benchmark take the same launcher.
@@ -116,6 +116,22 @@ fn two_ranks_train_exactly_as_one_process_with_twice_the_update_freq() {
     tr.args(["--nproc-per-node", "2", "--no-python", env!("CARGO_BIN_EXE_preln")]).args(args("torchrun-f1", "1"));
     tr.args(["--threads", "1"]).env("OMP_NUM_THREADS", "1");
     run(tr, "torchrun --nproc-per-node 2, update_freq 1");
+    // Two "machines": two torchrun agents on 127.0.0.1 (static rendezvous, node 0's agent
+    // hosts the store), one rank each, both with LOCAL_RANK 0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let nodes: Vec<Child> = (0..2)
+        .map(|node| {
+            let mut tr = Command::new(torchrun());
+            tr.args(["--nnodes", "2", "--node-rank", &node.to_string(), "--nproc-per-node", "1"]);
+            tr.args(["--master-addr", "127.0.0.1", "--master-port", &port, "--no-python", env!("CARGO_BIN_EXE_preln")]);
+            tr.args(args("two-nodes-f1", "1")).args(["--threads", "1"]).stderr(Stdio::piped());
+            tr.spawn().expect("torchrun runs")
+        })
+        .collect();
+    for (node, child) in nodes.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "node {node}:\n{}", stderr(&out));
+    }
     let mut nproc = preln_cmd(&args("nproc-f2", "2"));
     nproc.args(["--nproc", "2"]);
     let err = stderr(&run(nproc, "--nproc 2, update_freq 2"));
@@ -123,10 +139,16 @@ fn two_ranks_train_exactly_as_one_process_with_twice_the_update_freq() {
 
     // Two ranks of one batch each sum the same two gradients as one process of two: the same
     // numbers to the bit (tolerance 1e-6).
-    let (one, dp) = (tmp.path().join("one-f2"), tmp.path().join("torchrun-f1"));
-    let (worst, params) = (same_records(&one, &dp), checkpoint_diff(&one, &dp));
-    eprintln!("torchrun, 2 ranks x 1 batch vs 1 process x 2: records differ by {worst:e}, tensors by {params:e}");
-    assert!(params <= TOL, "the final parameters and optimizer state differ by {params}");
+    let one = tmp.path().join("one-f2");
+    for dp in ["torchrun-f1", "two-nodes-f1"] {
+        let dp = tmp.path().join(dp);
+        let (worst, params) = (same_records(&one, &dp), checkpoint_diff(&one, &dp));
+        eprintln!(
+            "{}, 2 ranks x 1 batch vs 1 process x 2: records differ by {worst:e}, tensors by {params:e}",
+            dp.display()
+        );
+        assert!(params <= TOL, "the final parameters and optimizer state differ by {params}");
+    }
     // Two ranks of two batches add (g0+g1)+(g2+g3), one process ((g0+g1)+g2)+g3: fp32 rounding,
     // which Adam's m/sqrt(v) can blow up to a fraction of lr (1e-3) where a gradient is ~0.
     let (one, dp) = (tmp.path().join("one-f4"), tmp.path().join("nproc-f2"));

@@ -7,6 +7,7 @@ pub mod config;
 pub mod device;
 pub mod dist;
 pub mod interrupt;
+pub mod launch;
 pub mod metrics;
 pub mod optim;
 pub mod report;

@@ -23,11 +23,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainSection;
 use crate::dist::{tensors_digest, DataParallel};
+pub use crate::launch::Launch;
 use crate::metrics::{DiagRecord, DivergedRecord, InterruptedRecord, Metrics, Record, TrainRecord, ValidRecord};
 use crate::optim::{clip_grads, total_grad_norm, Optimizer, OptimizerConfig};
 use crate::report::{Reporter, Silent};
+use crate::rundir::RunLock;
 pub use crate::rundir::{best_checkpoint, last_checkpoint};
-use crate::rundir::{prepare_run_dir, RunLock};
 use crate::schedule::Schedule;
 use crate::seeds::{data_seed, dropout_seed, epoch_order};
 use crate::state::{self, TrainState};
@@ -41,44 +42,6 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop (without saving) once this many updates are done, as if the process were killed.
     pub stop_at_step: Option<u64>,
-}
-
-/// How this process takes part in a run: a new or a resumed run, alone or as rank `rank` of a
-/// data-parallel group. Rank 0 holds the run folder (its lock, checkpoints, metrics); the other
-/// ranks read and write nothing there and receive rank 0's model and position when they join
-/// ([`Trainer::with_group`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Launch {
-    pub resume: bool,
-    pub rank: usize,
-    /// The rank's index on its machine (`LOCAL_RANK`): which GPU it trains on.
-    pub local_rank: usize,
-}
-
-impl From<bool> for Launch {
-    /// A process training alone; `resume`: from the run's last checkpoint.
-    fn from(resume: bool) -> Self {
-        Launch { resume, ..Default::default() }
-    }
-}
-
-impl Launch {
-    /// The device of this rank: `cuda:LOCAL_RANK` (modulo the GPUs there are) where the run
-    /// trains on CUDA.
-    pub fn device(&self, resolved: Device) -> Device {
-        match resolved {
-            Device::Cuda(_) => Device::Cuda(self.local_rank % tch::Cuda::device_count().max(1) as usize),
-            d => d,
-        }
-    }
-
-    /// Rank 0 locks and checks the run folder ([`prepare_run_dir`]); the others leave it alone.
-    pub fn prepare_run_dir(&self, run_dir: &Path) -> Result<Option<RunLock>, TrainError> {
-        match self.rank {
-            0 => Ok(Some(prepare_run_dir(run_dir, self.resume)?)),
-            _ => Ok(None),
-        }
-    }
 }
 
 /// What a finished (or stopped) run reports.
