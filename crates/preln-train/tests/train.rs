@@ -270,6 +270,26 @@ fn mlm_pretraining_learns_and_resumes_exactly() {
 }
 
 #[test]
+fn the_unigram_baseline_predicts_the_most_frequent_training_token() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny_bert(&[]);
+    // Training: token 7 three times as often as 8; held out: only 7s and 9s (9 never trained on).
+    let train: Vec<Vec<u32>> = (0..40).map(|_| vec![7, 7, 7, 8]).collect();
+    let valid: Vec<Vec<u32>> = (0..40).map(|i| vec![if i % 2 == 0 { 7 } else { 9 }; 12]).collect();
+    let t = Trainer::pretrain(&cfg, train, valid, 50, d.path(), false).unwrap();
+    let u = t.task().unigram();
+    // Add-one smoothing over 50 ids: 7 has 121 of 210, 9 has 1 of 210; about half the masked
+    // tokens are 7s (each segment masks its own 15%, so the halves are not exact).
+    assert!((0.35..0.65).contains(&u.accuracy), "{u:?}");
+    let (p7, p9) = ((121.0f64 / 210.0).ln(), (1.0f64 / 210.0).ln());
+    let share7 = (-u.nll - p9) / (p7 - p9);
+    assert!(
+        (share7 - u.accuracy).abs() < 1e-9,
+        "the NLL mixes -ln p(7) and -ln p(9) in the accuracy's proportion: {u:?}"
+    );
+}
+
+#[test]
 fn mlm_rejects_segments_longer_than_the_positions() {
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_bert(&["model.max_positions=8"]);

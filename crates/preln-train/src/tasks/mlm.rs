@@ -95,6 +95,18 @@ pub struct MaskedLm {
     train: Vec<Vec<u32>>,
     valid: Vec<Vec<u32>>,
     batches: Vec<Vec<usize>>,
+    /// The unigram baseline on the held-out masks, computed at the first validation.
+    unigram: std::sync::OnceLock<Unigram>,
+}
+
+/// What a model that ignores the context gets on the held-out masks: it predicts every masked
+/// token from the training tokens' frequencies (add-one smoothed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Unigram {
+    /// NLL per masked token, nats.
+    pub nll: f64,
+    /// Accuracy of always predicting the most frequent training token.
+    pub accuracy: f64,
 }
 
 impl MaskedLm {
@@ -107,13 +119,42 @@ impl MaskedLm {
         mlm_batch(&segs, seeds, self.cfg.model.vocab_size, self.device)
     }
 
+    /// The held-out masked targets, batch by batch, as validation draws them.
+    fn valid_batches(&self) -> impl Iterator<Item = MlmBatch> + '_ {
+        token_batches(&lengths(&self.valid), self.cfg.train.max_tokens).into_iter().map(|idx| {
+            let seeds: Vec<u64> = idx.iter().map(|&i| valid_seed(i)).collect();
+            self.make(&self.valid, &idx, &seeds)
+        })
+    }
+
+    /// The unigram baseline on the held-out masks (see [`Unigram`]).
+    pub fn unigram(&self) -> Unigram {
+        *self.unigram.get_or_init(|| {
+            let v = self.cfg.model.vocab_size as usize;
+            let mut counts = vec![1.0f64; v];
+            for &t in self.train.iter().flatten() {
+                counts[t as usize] += 1.0;
+            }
+            let total: f64 = counts.iter().sum();
+            let top = (0..v).max_by(|&a, &b| counts[a].total_cmp(&counts[b])).unwrap_or(0) as i64;
+            let (mut nll, mut correct, mut n) = (0.0, 0.0, 0.0);
+            for b in self.valid_batches() {
+                let target = Vec::<i64>::try_from(b.target.reshape([-1]).to_device(Device::Cpu)).expect("i64 targets");
+                for t in target.into_iter().filter(|&t| t != self.cfg.model.pad_id) {
+                    nll -= (counts[t as usize] / total).ln();
+                    correct += f64::from(u8::from(t == top));
+                    n += 1.0;
+                }
+            }
+            Unigram { nll: nll / f64::max(n, 1.0), accuracy: correct / f64::max(n, 1.0) }
+        })
+    }
+
     /// Held-out loss and NLL per masked token, and the accuracy of the predictions there.
     pub fn evaluate(&self) -> (f64, f64, f64) {
         tch::no_grad(|| {
             let (mut loss, mut nll, mut correct, mut tokens) = (0.0, 0.0, 0.0, 0i64);
-            for idx in token_batches(&lengths(&self.valid), self.cfg.train.max_tokens) {
-                let seeds: Vec<u64> = idx.iter().map(|&i| valid_seed(i)).collect();
-                let b = self.make(&self.valid, &idx, &seeds);
+            for b in self.valid_batches() {
                 let stack = self.model.encode(&b.tokens, &b.segments, false).expect("validated lengths");
                 let (logits, target) = masked_logits(&self.model, &stack.out, &b.target, self.cfg.model.pad_id);
                 let s = label_smoothed_nll(&logits, &target, self.cfg.train.label_smoothing, self.cfg.model.pad_id);
@@ -156,7 +197,13 @@ impl Task for MaskedLm {
 
     fn validate(&self) -> Result<Validation, TrainError> {
         let (loss, nll, acc) = self.evaluate();
-        Ok(Validation { loss, nll, extra: vec![("mlm_accuracy".into(), Some(acc))] })
+        let u = self.unigram();
+        let extra = vec![
+            ("mlm_accuracy".into(), Some(acc)),
+            ("unigram_accuracy".into(), Some(u.accuracy)),
+            ("unigram_nll".into(), Some(u.nll)),
+        ];
+        Ok(Validation { loss, nll, extra })
     }
 
     fn var_store(&self) -> &VarStore {
@@ -213,7 +260,7 @@ impl Trainer<MaskedLm> {
             train: cfg.train.clone(),
             toml: resolved.to_toml(),
         };
-        let task = MaskedLm { cfg: resolved, device, vs, model, train, valid, batches };
+        let task = MaskedLm { cfg: resolved, device, vs, model, train, valid, batches, unigram: Default::default() };
         Trainer::with_task(task, loop_cfg, run_dir, launch, lock)
     }
 }
