@@ -437,6 +437,11 @@ pub struct FinetuneArgs {
     /// Which checkpoint of the run: `best` or `last`.
     #[arg(long, default_value = "best")]
     pub which: String,
+    /// `pretrained`: start from the checkpoint; `random`: from a random initialization of the
+    /// same shape (the baseline without pre-training; the run still gives the model config and
+    /// the tokenizer).
+    #[arg(long, value_enum, default_value = "pretrained")]
+    pub init: FinetuneInit,
     /// Seeds 1..=N (the paper: 6).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
@@ -455,6 +460,12 @@ pub struct FinetuneArgs {
     /// Override a fine-tuning config value (optimizer, schedule, train.*, batch_size, classifier_dropout).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum FinetuneInit {
+    Pretrained,
+    Random,
 }
 
 #[derive(Args, Debug)]

@@ -110,6 +110,20 @@ fn prepare_pretrain_resume_and_finetune() {
     assert_eq!(summary["per_seed"].as_array().unwrap().len(), 2);
     let acc = summary["epochs"][1]["accuracy"]["mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    // Half the examples are paraphrases: the majority baseline (label 0 on a tie) gets 0.5.
+    assert!(out.contains("majority baseline (always label 0): dev accuracy 0.5000, F1 0.0000"), "{out}");
+    assert_eq!(summary["majority"]["accuracy"].as_f64(), Some(0.5));
+    // The same fine-tuning from a random initialization of the same shape.
+    let glue_dir = glue.to_str().unwrap();
+    let args = ["finetune", "--task", "mrpc", "--data", glue_dir, "--checkpoint", &run, "--init", "random"];
+    let out =
+        ok(&[&args[..], &["--seeds", "1", "--epochs", "1", "--batch-size", "8", "--set", "train.device=\"cpu\""]]
+            .concat());
+    assert!(out.contains("a random initialization of"), "{out}");
+    let random: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("run/finetune-mrpc-random/summary.json")).unwrap())
+            .unwrap();
+    assert!(random["checkpoint"].is_null(), "{random}");
 
     // Figure 5 at a tiny size: three pre-training runs, fine-tuning on both tasks, the report.
     let rte = glue.join("RTE");
@@ -174,8 +188,20 @@ fn prepare_pretrain_resume_and_finetune() {
             assert!(dir.join(format!("finetune-{task}/summary.json")).exists(), "{run} {task} not fine-tuned:\n{out}");
         }
     }
+    for task in ["mrpc", "rte"] {
+        let random = d.path().join(format!("rep/bert/random-init/finetune-{task}/summary.json"));
+        assert!(random.exists(), "no fine-tuning from a random initialization on {task}:\n{out}");
+    }
     let md = std::fs::read_to_string(d.path().join("rep/report.md")).unwrap();
     assert!(md.contains("Figure 5") && md.contains("| `post-3e-4-warmup` | Post-LN | 0.0003 |"), "{md}");
+    assert!(md.contains("| no pre-training | the same model, randomly initialized |"), "{md}");
+    // MRPC's dev set is half paraphrases, RTE's half entailments: the majority label gets 0.5.
+    assert!(
+        md.contains(
+            "| majority label | always the training set's most frequent label | - | - | - | - | - | 0.500 | 0.500 |"
+        ),
+        "{md}"
+    );
     assert!(d.path().join("rep/fig5_bert.png").exists());
     let again = ok(&args);
     assert!(again.contains("3 of 3 runs already finished"), "{again}");

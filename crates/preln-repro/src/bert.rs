@@ -161,12 +161,20 @@ pub fn run(
     }
     let pre_jobs: Vec<Job> = runs.iter().map(BertRun::job).collect();
     let mut failures = grid::run_all(&pre_jobs, data, pool, say)?;
+    // Every pre-trained run, then a random initialization of the same shape (the first finished
+    // run gives the model config and tokenizer): does pre-training help at all?
+    let mut todo: Vec<(String, &Path, Vec<&str>, PathBuf)> = Vec::new();
     for r in runs {
-        if grid::status(&r.dir)? != RunStatus::Complete {
-            continue;
+        if grid::status(&r.dir)? == RunStatus::Complete {
+            todo.push((r.name.clone(), &r.dir, vec![], r.dir.clone()));
         }
+    }
+    if let Some(first) = todo.first().map(|t| t.1) {
+        todo.push((RANDOM.into(), first, vec!["--init", "random"], random_dir(runs)));
+    }
+    for (name, checkpoint, init, dir) in todo {
         for (task, folder) in TASKS {
-            let out = r.dir.join(format!("finetune-{task}"));
+            let out = dir.join(format!("finetune-{task}"));
             if out.join("summary.json").exists() {
                 continue;
             }
@@ -176,16 +184,19 @@ pub fn run(
                     preln_train::interrupt::signal_name(sig)
                 );
             }
-            say(&format!("bert/{}: fine-tuning on {folder}, {} seeds", r.name, scale.seeds));
+            say(&format!("bert/{name}: fine-tuning on {folder}, {} seeds", scale.seeds));
             let log = out.with_extension("log");
-            std::fs::create_dir_all(&r.dir)?;
+            std::fs::create_dir_all(&dir)?;
             let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
             let mut child = Command::new(&pool.exe)
                 .args(["--threads", &cores.to_string(), "finetune", "--task", task])
                 .arg("--data")
                 .arg(glue.join(folder))
                 .arg("--checkpoint")
-                .arg(&r.dir)
+                .arg(checkpoint)
+                .args(&init)
+                .arg("--out")
+                .arg(&out)
                 .args(["--seeds", &scale.seeds.to_string(), "--epochs", &scale.ft_epochs.to_string()])
                 .args(["--lr", &scale.ft_lr.to_string(), "--batch-size", &scale.ft_batch.to_string()])
                 .stdin(Stdio::null())
@@ -195,12 +206,19 @@ pub fn run(
                 .context("starting preln finetune")?;
             let status = crate::grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
             if !status.success() {
-                failures
-                    .push((format!("bert/{} {task}", r.name), format!("preln finetune failed: see {}", log.display())));
+                failures.push((format!("bert/{name} {task}"), format!("preln finetune failed: see {}", log.display())));
             }
         }
     }
     Ok(failures)
+}
+
+/// The name of the fine-tuning from a random initialization, in the report and under `bert/`.
+const RANDOM: &str = "random-init";
+
+/// Where the fine-tuning from a random initialization goes: beside the pre-training runs.
+fn random_dir(runs: &[BertRun]) -> PathBuf {
+    runs[0].dir.parent().map_or_else(|| PathBuf::from(RANDOM), |p| p.join(RANDOM))
 }
 
 /// (update, held-out MLM loss) of a run.
@@ -208,6 +226,20 @@ fn curve(dir: &Path) -> Vec<(u64, f64)> {
     let path = dir.join("metrics.jsonl");
     let lines = if path.exists() { Metrics::read(&path).unwrap_or_default() } else { Vec::new() };
     valid_records(&lines).map(|v| (v.step, v.loss)).collect()
+}
+
+/// `mean +- 95% interval` of the dev accuracy after the last fine-tuning epoch in `dir`.
+fn finetuned(dir: &Path, task: &str) -> String {
+    summary(dir, task)
+        .and_then(|s| {
+            let last = s["epochs"].as_array()?.last()?.clone();
+            Some(format!(
+                "{:.3} +- {:.3}",
+                last["accuracy"]["mean"].as_f64()?,
+                last["accuracy_ci95"].as_f64().unwrap_or(f64::NAN)
+            ))
+        })
+        .unwrap_or_else(|| "-".into())
 }
 
 fn summary(dir: &Path, task: &str) -> Option<Value> {
@@ -335,18 +367,7 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
                 .unwrap_or_else(|| "never".into()),
             _ => "-".into(),
         };
-        let acc = |task: &str| {
-            summary(&r.dir, task)
-                .and_then(|s| {
-                    let last = s["epochs"].as_array()?.last()?.clone();
-                    Some(format!(
-                        "{:.3} +- {:.3}",
-                        last["accuracy"]["mean"].as_f64()?,
-                        last["accuracy_ci95"].as_f64().unwrap_or(f64::NAN)
-                    ))
-                })
-                .unwrap_or_else(|| "-".into())
-        };
+        let acc = |task: &str| finetuned(&r.dir, task);
         rows.push(vec![
             format!("`{}`", r.name),
             r.config.model.placement.to_string(),
@@ -362,6 +383,22 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
             acc("rte"),
         ]);
     }
+    let random = random_dir(runs);
+    let dash = || "-".to_string();
+    let baseline = |name: &str, what: &str, acc: &dyn Fn(&str) -> String| {
+        let mut row = vec![name.to_string(), what.to_string()];
+        row.extend((0..5).map(|_| dash()));
+        row.extend(TASKS.map(|(task, _)| acc(task)));
+        row
+    };
+    rows.push(baseline("no pre-training", "the same model, randomly initialized", &|t| finetuned(&random, t)));
+    let majority = |task: &str| {
+        std::iter::once(random.as_path())
+            .chain(runs.iter().map(|r| r.dir.as_path()))
+            .find_map(|d| summary(d, task)?["majority"]["accuracy"].as_f64())
+            .map_or_else(dash, |a| format!("{a:.3}"))
+    };
+    rows.push(baseline("majority label", "always the training set's most frequent label", &majority));
     Ok(Block::Table {
         head: [
             "run",

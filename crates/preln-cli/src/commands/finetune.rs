@@ -6,7 +6,7 @@ use preln_train::finetune::{finetune_seeds, SeedsSpec};
 use preln_train::trainer::{best_checkpoint, last_checkpoint};
 
 use super::progress::Progress;
-use crate::cli::FinetuneArgs;
+use crate::cli::{FinetuneArgs, FinetuneInit};
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
     if args.seeds < 1 || args.epochs < 1 || args.batch_size < 1 || !(0.0..1.0).contains(&args.warmup) {
@@ -17,6 +17,10 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         "best" => best_checkpoint(run),
         "last" => last_checkpoint(run),
         other => bail!("--which must be best or last, got `{other}`"),
+    };
+    let (checkpoint, suffix) = match args.init {
+        FinetuneInit::Pretrained => (Some(checkpoint), ""),
+        FinetuneInit::Random => (None, "-random"),
     };
     let spec = SeedsSpec {
         task: args.task,
@@ -29,12 +33,15 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         batch_size: args.batch_size,
         warmup: args.warmup,
         overrides: args.overrides.clone(),
-        out: args.out.clone().unwrap_or_else(|| run.join(format!("finetune-{}", args.task.name()))),
+        out: args.out.clone().unwrap_or_else(|| run.join(format!("finetune-{}{suffix}", args.task.name()))),
     };
     eprintln!(
         "{}: from {}; {} seeds, {} epochs, lr {}, batch {}",
         args.task.name(),
-        spec.checkpoint.display(),
+        spec.checkpoint.as_ref().map_or_else(
+            || format!("a random initialization of {}'s model", run.display()),
+            |c| c.display().to_string()
+        ),
         args.seeds,
         args.epochs,
         args.lr,
@@ -53,6 +60,14 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
             } else {
                 String::new()
             }
+        );
+    }
+    if let Some(m) = summary.majority {
+        println!(
+            "majority baseline (always label {}): dev accuracy {:.4}{}",
+            m.label,
+            m.accuracy,
+            if args.task == GlueTask::Mrpc { format!(", F1 {:.4}", m.f1) } else { String::new() }
         );
     }
     println!("{}", spec.out.join("summary.json").display());

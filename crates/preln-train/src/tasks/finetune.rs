@@ -207,13 +207,14 @@ fn load_pretrained(vs: &VarStore, checkpoint: &Path) -> Result<(), TrainError> {
 }
 
 impl Trainer<Classification> {
-    /// Fine-tunes the BERT of a pre-training run (`checkpoint` of it, the model config from
-    /// `bert`) on `train`, validating on `dev`; `seed` seeds the classifier, batches and dropout.
+    /// Fine-tunes the BERT of a pre-training run (`checkpoint` of it; `None`: the same shape,
+    /// randomly initialized, as the baseline without pre-training; the model config from `bert`)
+    /// on `train`, validating on `dev`; `seed` seeds the classifier, batches and dropout.
     #[allow(clippy::too_many_arguments)]
     pub fn finetune(
         cfg: &FinetuneConfig,
         bert_cfg: &BertConfig,
-        checkpoint: &Path,
+        checkpoint: Option<&Path>,
         data: &MlmDataset,
         train: &[PairExample],
         dev: &[PairExample],
@@ -238,7 +239,9 @@ impl Trainer<Classification> {
             let bert = Bert::new(&vs.root(), bert_cfg)?;
             Ok((bert, PairClassifier::new(&vs.root(), bert_cfg.d_model, 2, init, cfg.classifier_dropout)))
         })?;
-        load_pretrained(&vs, checkpoint)?;
+        if let Some(checkpoint) = checkpoint {
+            load_pretrained(&vs, checkpoint)?;
+        }
         let mut order: Vec<usize> = (0..train.len()).collect();
         let mut rng = SplitMix64::new(cfg.train.seed ^ 0xF17E);
         for i in (1..order.len()).rev() {
@@ -262,9 +265,10 @@ pub struct SeedsSpec {
     pub task: GlueTask,
     /// The task's GLUE folder (train.tsv, dev.tsv).
     pub glue_dir: PathBuf,
-    /// A `preln pretrain` run folder, and its checkpoint to start from.
+    /// A `preln pretrain` run folder (its model config and tokenizer), and its checkpoint to
+    /// start from (`None`: random initialization, the baseline without pre-training).
     pub pretrain_run: PathBuf,
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
     pub seeds: u64,
     pub epochs: u64,
     pub lr: f64,
@@ -286,11 +290,42 @@ pub struct EpochSummary {
     pub f1_ci95: f64,
 }
 
+/// What predicting the training set's most frequent label for every dev example scores.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Majority {
+    pub label: i64,
+    pub accuracy: f64,
+    /// F1 of class 1 (0 where the majority label is 0: nothing is predicted positive).
+    pub f1: f64,
+}
+
+impl Majority {
+    pub fn of(train: &[PairExample], dev: &[PairExample]) -> Majority {
+        let ones = train.iter().filter(|x| x.label == 1).count();
+        let label = i64::from(2 * ones > train.len());
+        let hits = dev.iter().filter(|x| x.label == label).count() as f64;
+        let positives = dev.iter().filter(|x| x.label == 1).count() as f64;
+        // Predicting 1 everywhere: precision = the positives' share, recall 1.
+        let f1 = match label {
+            1 if positives > 0.0 => {
+                let p = positives / dev.len() as f64;
+                2.0 * p / (p + 1.0)
+            }
+            _ => 0.0,
+        };
+        Majority { label, accuracy: hits / dev.len().max(1) as f64, f1 }
+    }
+}
+
 /// `summary.json` of a fine-tuning.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SeedsSummary {
     pub task: GlueTask,
-    pub checkpoint: PathBuf,
+    /// The pre-trained checkpoint fine-tuned (`None`: from random initialization).
+    pub checkpoint: Option<PathBuf>,
+    /// The majority-label baseline on the same dev set.
+    #[serde(default)]
+    pub majority: Option<Majority>,
     pub seeds: u64,
     pub lr: f64,
     pub batch_size: usize,
@@ -326,8 +361,8 @@ pub fn finetune_seeds(
         if last_checkpoint(&dir).exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| TrainError::Io(dir.clone(), e))?;
         }
-        let mut t =
-            Trainer::finetune(&cfg, &pre.model, &spec.checkpoint, &data, &train, &dev, &dir)?.with_reporter(reporter());
+        let mut t = Trainer::finetune(&cfg, &pre.model, spec.checkpoint.as_deref(), &data, &train, &dev, &dir)?
+            .with_reporter(reporter());
         t.run(&RunOptions::default())?;
         let records = Metrics::read(&dir.join("metrics.jsonl"))?;
         let epochs: Vec<(f64, f64)> = valid_records(&records)
@@ -340,6 +375,7 @@ pub fn finetune_seeds(
     let summary = SeedsSummary {
         task: spec.task,
         checkpoint: spec.checkpoint.clone(),
+        majority: Some(Majority::of(&train, &dev)),
         seeds: spec.seeds,
         lr: spec.lr,
         batch_size: spec.batch_size,
@@ -370,5 +406,18 @@ mod tests {
         let c = FinetuneConfig::default().with_linear_schedule(3668, 0.1);
         // 3668 examples / 32 = 115 updates an epoch, 3 epochs; 10% of 345 = 34.5 rounds to 35.
         assert_eq!(c.schedule, Schedule::LinearDecay { warmup: 35, total_steps: 345 });
+    }
+
+    #[test]
+    fn the_majority_baseline_predicts_the_training_sets_most_frequent_label() {
+        let ex = |label| PairExample { a: "a".into(), b: "b".into(), label };
+        let train: Vec<PairExample> = [1, 1, 0].into_iter().map(ex).collect();
+        // Dev: 3 positives of 4. Predicting 1: accuracy 0.75, precision 0.75, recall 1.
+        let dev: Vec<PairExample> = [1, 0, 1, 1].into_iter().map(ex).collect();
+        let m = Majority::of(&train, &dev);
+        assert_eq!((m.label, m.accuracy), (1, 0.75));
+        assert!((m.f1 - 1.5 / 1.75).abs() < 1e-12, "{m:?}");
+        let m = Majority::of(&[ex(0), ex(0), ex(1)], &dev);
+        assert_eq!((m.label, m.accuracy, m.f1), (0, 0.25, 0.0));
     }
 }
