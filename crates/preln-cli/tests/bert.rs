@@ -195,10 +195,11 @@ fn prepare_pretrain_resume_and_finetune() {
     let md = std::fs::read_to_string(d.path().join("rep/report.md")).unwrap();
     assert!(md.contains("Figure 5") && md.contains("| `post-3e-4-warmup` | Post-LN | 0.0003 |"), "{md}");
     assert!(md.contains("| no pre-training | the same model, randomly initialized |"), "{md}");
+    assert!(md.contains(" (unigram 0."), "the masked accuracy is shown beside the unigram baseline's: {md}");
     // MRPC's dev set is half paraphrases, RTE's half entailments: the majority label gets 0.5.
     assert!(
         md.contains(
-            "| majority label | always the training set's most frequent label | - | - | - | - | - | 0.500 | 0.500 |"
+            "| majority label | always the training set's most frequent label | - | - | - | - | - | - | 0.500 | 0.500 |"
         ),
         "{md}"
     );
