@@ -43,7 +43,7 @@ impl DataParallel {
     /// else Gloo.
     pub fn join(r: &Rendezvous, device: Device, backend: Option<Backend>) -> Result<DataParallel, TrainError> {
         let backend = match (backend, device) {
-            (Some(Backend::Nccl), Device::Cpu | Device::Mps | Device::Vulkan) => {
+            (Some(Backend::Nccl), d) if !d.is_cuda() => {
                 return Err(TrainError::Config("the NCCL backend needs a model on CUDA (train.device)".into()))
             }
             (Some(b), _) => b,

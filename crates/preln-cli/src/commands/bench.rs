@@ -34,7 +34,7 @@ pub fn train(args: BenchTrainArgs, threads: Option<i32>) -> Result<()> {
         bail!("--vs-pytorch times one PyTorch process: compare it with --nproc 1 (and --threads N)");
     }
     if args.worker {
-        if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+        if super::launch::starts_ranks(args.nproc) {
             return super::launch::run(args.nproc, threads);
         }
         let [precision] = precisions.as_slice() else { bail!("--worker times exactly one precision") };

@@ -59,6 +59,12 @@ fn send(child: &Child, sig: i32) {
     }
 }
 
+/// Whether this process should start `nproc` ranks of itself: more than one asked for, and not
+/// already a rank of a launcher (`WORLD_SIZE` unset).
+pub fn starts_ranks(nproc: usize) -> bool {
+    nproc > 1 && std::env::var_os("WORLD_SIZE").is_none()
+}
+
 /// Starts `nproc` ranks of this command and waits for them; `threads`: the `--threads` given
 /// (without it, each rank gets its share of the cores through `OMP_NUM_THREADS`, unless set).
 pub fn run(nproc: usize, threads: Option<i32>) -> Result<()> {

@@ -127,7 +127,7 @@ fn finish(args: &TrainArgs, summary: &preln_train::Summary) {
 }
 
 pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
-    if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+    if super::launch::starts_ranks(args.nproc) {
         return super::launch::run(args.nproc, threads);
     }
     let (launch, rdv) = launch(&args)?;
@@ -167,7 +167,7 @@ pub fn run(args: TrainArgs, threads: Option<i32>) -> Result<()> {
 
 /// `preln pretrain`: masked-language-model pre-training of BERT on a `prepare-mlm` folder.
 pub fn pretrain(args: TrainArgs, threads: Option<i32>) -> Result<()> {
-    if args.nproc > 1 && std::env::var_os("WORLD_SIZE").is_none() {
+    if super::launch::starts_ranks(args.nproc) {
         return super::launch::run(args.nproc, threads);
     }
     let (launch, rdv) = launch(&args)?;
