@@ -271,6 +271,7 @@ fn mlm_pretraining_learns_and_resumes_exactly() {
 
 #[test]
 fn the_unigram_baseline_predicts_the_most_frequent_training_token() {
+    let _one = serial();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_bert(&[]);
     // Training: token 7 three times as often as 8; held out: only 7s and 9s (9 never trained on).
@@ -291,6 +292,7 @@ fn the_unigram_baseline_predicts_the_most_frequent_training_token() {
 
 #[test]
 fn mlm_rejects_segments_longer_than_the_positions() {
+    let _one = serial();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_bert(&["model.max_positions=8"]);
     let e = Trainer::pretrain(&cfg, mlm_segments(10, 1), mlm_segments(3, 2), 40, d.path(), false).err().unwrap();
