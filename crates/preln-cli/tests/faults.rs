@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -228,13 +228,21 @@ fn commands_that_do_not_train_stop_at_the_first_ctrl_c() {
     let reference = d.path().join("ref.en");
     std::fs::write(&reference, "a b c\n").unwrap();
     // `bleu` waits for its stdin, which stays open: only the signal can end it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_preln"))
-        .args(["bleu", "--ref", reference.to_str().unwrap()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_preln"));
+    cmd.args(["bleu", "--ref", reference.to_str().unwrap()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // A shell starts background jobs with SIGINT ignored, and children inherit that; a command
+    // that keeps the default must keep an inherited SIG_IGN too. The test asks for the default.
+    // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     signal(child.id(), "-INT");
     let started = Instant::now();

@@ -10,6 +10,22 @@
 pub fn token_batches(lengths: &[(usize, usize)], max_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i].0.max(lengths[i].1), lengths[i].0, i));
+    cut(lengths, order, max_tokens)
+}
+
+/// [`token_batches`] with examples of equal length in a seeded random order instead of corpus
+/// order (fairseq shuffles before its stable sort by size). Where many examples share a length,
+/// as packed MLM segments do, batches in corpus order hold consecutive text of one document.
+pub fn shuffled_token_batches(lengths: &[(usize, usize)], max_tokens: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    let tie =
+        |i: usize| crate::synthetic::SplitMix64::new(seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_u64();
+    order.sort_by_cached_key(|&i| (lengths[i].0.max(lengths[i].1), lengths[i].0, tie(i), i));
+    cut(lengths, order, max_tokens)
+}
+
+/// Cuts examples, in `order`, into batches within the token budget.
+fn cut(lengths: &[(usize, usize)], order: Vec<usize>, max_tokens: usize) -> Vec<Vec<usize>> {
     let mut batches = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut longest = 0;
@@ -56,5 +72,28 @@ mod tests {
     fn deterministic() {
         let lengths: Vec<(usize, usize)> = (0..50).map(|i| (i % 5 + 1, i % 3 + 1)).collect();
         assert_eq!(token_batches(&lengths, 10), token_batches(&lengths, 10));
+    }
+
+    #[test]
+    fn shuffled_ties_mix_the_corpus_and_keep_the_budget() {
+        // 400 examples of one length: corpus order would give batches 0..8, 8..16, ...
+        let lengths = vec![(8, 8); 400];
+        let batches = shuffled_token_batches(&lengths, 64, 1);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..400).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.len() == 8));
+        let spread = |b: &Vec<usize>| b.iter().max().unwrap() - b.iter().min().unwrap();
+        let mean = batches.iter().map(spread).sum::<usize>() as f64 / batches.len() as f64;
+        assert!(mean > 200.0, "a batch spans {mean} examples of the corpus on average");
+        assert_eq!(batches, shuffled_token_batches(&lengths, 64, 1));
+        assert_ne!(batches, shuffled_token_batches(&lengths, 64, 2));
+        // Lengths still sort: short examples share batches.
+        let mixed: Vec<(usize, usize)> = (0..100).map(|i| (2 + i % 10, 2 + i % 10)).collect();
+        for b in shuffled_token_batches(&mixed, 40, 3) {
+            let longest = b.iter().map(|&i| mixed[i].0).max().unwrap();
+            let shortest = b.iter().map(|&i| mixed[i].0).min().unwrap();
+            assert!(b.len() * longest <= 40 && longest - shortest <= 1, "{b:?}");
+        }
     }
 }

@@ -17,7 +17,7 @@ pub mod text;
 pub mod tokenizer;
 
 pub use batch::{Batch, Specials};
-pub use batching::token_batches;
+pub use batching::{shuffled_token_batches, token_batches};
 pub use dataset::{Dataset, Pairs};
 pub use error::{DataError, Result};
 pub use prepare::{prepare, Manifest, PrepareSpec};

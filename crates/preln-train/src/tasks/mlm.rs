@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use preln_data::mlm::{mlm_batch, MlmBatch};
-use preln_data::token_batches;
+use preln_data::{shuffled_token_batches, token_batches};
 use preln_model::init::seeded;
 use preln_model::{label_smoothed_nll, Bert, BertConfig, LossSums};
 use serde::{Deserialize, Serialize};
@@ -245,7 +245,7 @@ impl Trainer<MaskedLm> {
         let lock = launch.prepare_run_dir(run_dir)?;
         let vs = VarStore::new(device);
         let model = seeded(cfg.train.seed, || Bert::new(&vs.root(), &resolved.model))?;
-        let batches = token_batches(&lengths(&train), cfg.train.max_tokens);
+        let batches = shuffled_token_batches(&lengths(&train), cfg.train.max_tokens, cfg.train.seed);
         // Admin's omegas come from the first batch in batching order, masked with fixed seeds (a
         // resumed run's checkpoint then replaces them).
         if resolved.model.placement.profiles_init() {
