@@ -409,6 +409,25 @@ mod tests {
         assert_eq!(autocast_bf16(Device::Cpu, false, || a.matmul(&b).kind()).unwrap(), Kind::Float);
     }
 
+    /// Autocast caches the bf16 copy of a weight within a region; the next region must see the
+    /// weight as the optimizer left it, not a stale copy.
+    #[test]
+    fn autocast_regions_see_weights_updated_in_place_between_them() {
+        let _rng = rng();
+        let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([3, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let run = || autocast_bf16(Device::Cpu, true, || x.linear::<Tensor>(&w, None).to_kind(Kind::Float)).unwrap();
+        let before = run();
+        tch::no_grad(|| {
+            let _ = w.shallow_clone().g_add_scalar_(1.0);
+        });
+        let after = run();
+        let want = tch::no_grad(|| x.linear::<Tensor>(&w, None));
+        let err = (&after - &want).abs().max().double_value(&[]);
+        assert!(err < 0.1 * want.abs().max().double_value(&[]), "stale weights: {err}");
+        assert!((&after - &before).abs().max().double_value(&[]) > 1.0);
+    }
+
     #[test]
     fn clear_grad_makes_it_undefined() {
         let w = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
