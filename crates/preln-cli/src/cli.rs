@@ -480,6 +480,10 @@ pub struct PrepareMlmArgs {
     /// Test text (files or folders).
     #[arg(long, num_args = 1..)]
     pub test: Vec<PathBuf>,
+    /// Hold out every N-th block of 20 lines of each training file as the validation split
+    /// (in-domain held-out text), instead of --valid.
+    #[arg(long, value_name = "N", conflicts_with = "valid")]
+    pub hold_out: Option<usize>,
     /// BPE vocabulary size, special tokens included.
     #[arg(long, default_value_t = 16_000)]
     pub vocab_size: usize,

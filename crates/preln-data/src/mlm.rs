@@ -42,9 +42,15 @@ pub struct PrepareMlmSpec {
     pub vocab_size: usize,
     /// Longest segment, `<s>` and `</s>` included.
     pub max_len: usize,
+    /// Hold out every `n`-th block of [`HOLD_OUT_BLOCK`] lines of each training file as the
+    /// `valid` split (in-domain held-out text) instead of naming one.
+    pub hold_out: Option<usize>,
     pub out: PathBuf,
     pub force: bool,
 }
+
+/// Lines per block of [`PrepareMlmSpec::hold_out`].
+pub const HOLD_OUT_BLOCK: usize = 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +126,14 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     if spec.max_len < 8 {
         return Err(invalid(format!("max_len must be at least 8, got {}", spec.max_len)));
     }
+    if let Some(n) = spec.hold_out {
+        if n < 2 {
+            return Err(invalid(format!("hold_out must be at least 2 (every n-th block held out), got {n}")));
+        }
+        if spec.splits.iter().any(|(name, _)| name == "valid") {
+            return Err(invalid("hold_out makes the `valid` split; do not name one as well".into()));
+        }
+    }
     check_out(&spec.out, spec.force)?;
     // Read everything first: a bad file fails before anything is written.
     let mut texts: Vec<SplitTexts> = Vec::new();
@@ -138,6 +152,15 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
         ));
         texts.push((name.clone(), read));
     }
+    if let Some(n) = spec.hold_out {
+        let (train, held) = hold_out(std::mem::take(&mut texts[0].1), n);
+        if held.is_empty() {
+            return Err(invalid(format!("hold_out {n}: the training text has no {n}-th block of {HOLD_OUT_BLOCK} lines")));
+        }
+        texts[0].1 = train;
+        texts.insert(1, ("valid".into(), held));
+        progress(&format!("held out every {n}-th block of {HOLD_OUT_BLOCK} lines as `valid`"));
+    }
     let train_lines = texts[0].1.iter().flat_map(|(_, lines)| lines.iter().map(String::as_str));
     let bpe = Bpe::train_with_specials(
         train_lines.filter(|l| !l.trim().is_empty()),
@@ -151,6 +174,30 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     let tmp = staging(&spec.out)?;
     let written = write_mlm_folder(&tmp, spec, &bpe, &texts, &mut progress);
     publish_if_ok(written, &tmp, &spec.out, spec.force, Some(MANIFEST))
+}
+
+/// Splits each file's lines into blocks of [`HOLD_OUT_BLOCK`] and holds out every `n`-th. Every
+/// contiguous run of lines becomes a document of its own, so that no segment joins text that was
+/// not contiguous. Returns (kept, held out).
+fn hold_out(files: Vec<(PathBuf, Vec<String>)>, n: usize) -> (Vec<(PathBuf, Vec<String>)>, Vec<(PathBuf, Vec<String>)>) {
+    let (mut kept, mut held) = (Vec::new(), Vec::new());
+    for (path, lines) in files {
+        let mut run: Vec<String> = Vec::new();
+        for (b, block) in lines.chunks(HOLD_OUT_BLOCK).enumerate() {
+            if b % n == n - 1 {
+                if !run.is_empty() {
+                    kept.push((path.clone(), std::mem::take(&mut run)));
+                }
+                held.push((path.clone(), block.to_vec()));
+            } else {
+                run.extend_from_slice(block);
+            }
+        }
+        if !run.is_empty() {
+            kept.push((path, run));
+        }
+    }
+    (kept, held)
 }
 
 /// Tokenizes and packs every split into the staging folder `tmp`, with the tokenizer and the
@@ -185,7 +232,11 @@ fn write_mlm_folder(
         std::fs::write(&path, store::encode(&segments)).map_err(io_error(&path))?;
         splits.push(MlmSplitInfo {
             name: name.clone(),
-            files: files.iter().map(|(p, _)| p.display().to_string()).collect(),
+            files: {
+                let mut names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+                names.dedup();
+                names
+            },
             lines: lines_n,
             segments: segments.len(),
             tokens,
@@ -396,6 +447,46 @@ mod tests {
     }
 
     #[test]
+    fn hold_out_keeps_every_nth_block_of_each_file_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.txt"), d.path().join("b.txt"));
+        // 100 lines in a (blocks 0-4), 45 in b (blocks 0-2, the last one short).
+        let lines = |tag: &str, n: usize| (0..n).map(|i| format!("{tag} line {i} of the text\n")).collect::<String>();
+        std::fs::write(&a, lines("alpha", 100)).unwrap();
+        std::fs::write(&b, lines("beta", 45)).unwrap();
+        let out = d.path().join("mlm");
+        let spec = |hold_out, splits| PrepareMlmSpec {
+            splits,
+            vocab_size: 120,
+            max_len: 64,
+            hold_out,
+            out: out.clone(),
+            force: false,
+        };
+        let m = prepare_mlm(&spec(Some(3), vec![("train".into(), vec![a.clone(), b.clone()])]), |_| {}).unwrap();
+        // Held out: block 2 of a (lines 40-59) and block 2 of b (lines 40-44).
+        assert_eq!((m.splits[0].name.as_str(), m.splits[0].lines), ("train", 120));
+        assert_eq!((m.splits[1].name.as_str(), m.splits[1].lines), ("valid", 25));
+        assert_eq!(m.splits[0].files.len(), 2, "each file named once: {:?}", m.splits[0].files);
+        let ds = MlmDataset::open(&out).unwrap();
+        let text: Vec<String> = ds.split("valid").unwrap().iter().map(|s| ds.tokenizer.decode(s).unwrap()).collect();
+        let joined = text.join(" ");
+        assert!(joined.contains("alpha line 40 ") && joined.contains("alpha line 59 "), "{joined}");
+        assert!(joined.contains("beta line 44 ") && !joined.contains("alpha line 39 "), "{joined}");
+        // No segment joins text that was not contiguous: line 39 and line 60 of a are in training
+        // segments, never in one with each other.
+        for s in ds.split("train").unwrap() {
+            let t = ds.tokenizer.decode(&s).unwrap();
+            assert!(!(t.contains("alpha line 39 ") && t.contains("alpha line 60 ")), "{t}");
+        }
+        let e = prepare_mlm(&spec(Some(1), vec![("train".into(), vec![a.clone()])]), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("at least 2"), "{e}");
+        let both = vec![("train".into(), vec![a.clone()]), ("valid".into(), vec![b])];
+        let e = prepare_mlm(&spec(Some(3), both), |_| {}).unwrap_err();
+        assert!(e.to_string().contains("do not name one"), "{e}");
+    }
+
+    #[test]
     fn prepare_writes_a_checked_folder() {
         let d = tempfile::tempdir().unwrap();
         let text = d.path().join("a.txt");
@@ -411,6 +502,7 @@ mod tests {
             splits: vec![("train".into(), vec![text.clone()]), ("valid".into(), vec![held])],
             vocab_size: 200,
             max_len: 16,
+            hold_out: None,
             out: out.clone(),
             force: false,
         };

@@ -8,11 +8,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
-use preln_train::metrics::{valid_records, Metrics};
+use preln_train::metrics::{valid_records, Metrics, Record};
 use preln_train::mlm::PretrainConfig;
 use preln_train::schedule::Schedule;
 use serde_json::Value;
 
+use crate::claims::{verdict, Claim};
 use crate::grid::{self, Job, RunStatus};
 use crate::scale::Scale;
 use preln_analysis::doc::Block;
@@ -22,6 +23,12 @@ pub const BERT_GRID: &[(&str, &str)] = &[
     ("post-1e-4-warmup", include_str!("../../../configs/reproduce/bert/post-1e-4-warmup.toml")),
     ("post-3e-4-warmup", include_str!("../../../configs/reproduce/bert/post-3e-4-warmup.toml")),
 ];
+
+/// The three runs by their part in Figure 5: Pre-LN without warmup, Post-LN with warmup at its
+/// own smaller lr, and Post-LN with warmup at Pre-LN's lr.
+const PRE: &str = "pre-3e-4-nowarmup";
+const POST: &str = "post-1e-4-warmup";
+const POST_LARGE_LR: &str = "post-3e-4-warmup";
 
 /// The paper-scale run the warmup is scaled from (10k warmup updates of about 1M).
 const PAPER_UPDATES: u64 = 1_000_000;
@@ -244,18 +251,17 @@ fn masked_accuracy(dir: &Path) -> String {
     v.metric("mlm_accuracy").map_or_else(|| "-".into(), |a| format!("{a:.3}{unigram}"))
 }
 
+/// The mean dev accuracy after the last fine-tuning epoch in `dir` and its 95% interval's
+/// half-width (NaN for one seed).
+fn last_accuracy(dir: &Path, task: &str) -> Option<(f64, f64)> {
+    let s = summary(dir, task)?;
+    let last = s["epochs"].as_array()?.last()?.clone();
+    Some((last["accuracy"]["mean"].as_f64()?, last["accuracy_ci95"].as_f64().unwrap_or(f64::NAN)))
+}
+
 /// `mean +- 95% interval` of the dev accuracy after the last fine-tuning epoch in `dir`.
 fn finetuned(dir: &Path, task: &str) -> String {
-    summary(dir, task)
-        .and_then(|s| {
-            let last = s["epochs"].as_array()?.last()?.clone();
-            Some(format!(
-                "{:.3} +- {:.3}",
-                last["accuracy"]["mean"].as_f64()?,
-                last["accuracy_ci95"].as_f64().unwrap_or(f64::NAN)
-            ))
-        })
-        .unwrap_or_else(|| "-".into())
+    last_accuracy(dir, task).map_or_else(|| "-".into(), |(m, ci)| format!("{m:.3} +- {ci:.3}"))
 }
 
 fn summary(dir: &Path, task: &str) -> Option<Value> {
@@ -265,8 +271,8 @@ fn summary(dir: &Path, task: &str) -> Option<Value> {
 
 fn color(name: &str) -> RGBColor {
     match name {
-        "pre-3e-4-nowarmup" => RGBColor(31, 119, 180),
-        "post-1e-4-warmup" => RGBColor(214, 39, 40),
+        PRE => RGBColor(31, 119, 180),
+        POST => RGBColor(214, 39, 40),
         _ => RGBColor(255, 127, 14),
     }
 }
@@ -285,6 +291,7 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
     files.push(path);
     doc.push(Block::Image { path: "fig5_bert.png".into(), alt: "Figure 5".into() });
     doc.push(runs_table(runs, &curves)?);
+    doc.extend(gradient_norms(runs));
     doc.push(Block::Para("The paper: Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates, i.e. about 70% of the updates), Post-LN at lr 3e-4 diverged, and Pre-LN fine-tunes to MRPC/RTE accuracy faster.".into()));
     for r in runs {
         doc.push(Block::Details {
@@ -366,7 +373,7 @@ fn figure_panels(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Vec<Panel> {
 
 /// One row per run: status, final loss, when it reached Post-LN's final loss, GLUE accuracy.
 fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
-    let post = runs.iter().zip(curves).find(|(r, _)| r.name == "post-1e-4-warmup").map(|(_, c)| c);
+    let post = runs.iter().zip(curves).find(|(r, _)| r.name == POST).map(|(_, c)| c);
     let mut rows = Vec::new();
     for (r, c) in runs.iter().zip(curves) {
         let status = match grid::status(&r.dir)? {
@@ -376,7 +383,7 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
             RunStatus::NotStarted => "not run".into(),
         };
         let reach = match (post.and_then(|p| p.last()), c.last()) {
-            (Some(&(post_steps, post_loss)), Some(_)) if r.name != "post-1e-4-warmup" => c
+            (Some(&(post_steps, post_loss)), Some(_)) if r.name != POST => c
                 .iter()
                 .find(|(_, l)| *l <= post_loss)
                 .map(|&(s, _)| format!("{s} ({:.0}% of Post-LN's {post_steps})", 100.0 * s as f64 / post_steps as f64))
@@ -433,4 +440,132 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
         .to_vec(),
         rows,
     })
+}
+
+/// The claims of Figure 5 that the runs on disk can check: Pre-LN reaches Post-LN's loss
+/// sooner, Post-LN at Pre-LN's lr is unstable, Pre-LN fine-tunes better.
+pub fn claims(runs: &[BertRun]) -> Result<Vec<Claim>> {
+    let find = |name: &str| runs.iter().find(|r| r.name == name);
+    let (Some(pre), Some(post), Some(large)) = (find(PRE), find(POST), find(POST_LARGE_LR)) else {
+        return Ok(Vec::new());
+    };
+    let complete = |r: &BertRun| -> Result<bool> { Ok(grid::status(&r.dir)? == RunStatus::Complete) };
+    let mut claims = Vec::new();
+    let (pre_curve, post_curve) = (curve(&pre.dir), curve(&post.dir));
+    if let (true, true, Some(&(post_steps, target)), Some(&(_, pre_final))) =
+        (complete(pre)?, complete(post)?, post_curve.last(), pre_curve.last())
+    {
+        let reach = pre_curve.iter().find(|(_, l)| *l <= target).map(|&(s, _)| s);
+        let measured = match reach {
+            Some(s) => format!(
+                "Pre-LN reaches Post-LN's final held-out MLM loss {target:.3} at update {s}, {:.0}% of Post-LN's {post_steps} (Pre-LN's final: {pre_final:.3})",
+                100.0 * s as f64 / post_steps as f64
+            ),
+            None => format!("Pre-LN never reaches Post-LN's final held-out MLM loss {target:.3} (its own final: {pre_final:.3})"),
+        };
+        claims.push(Claim {
+            claim: "Pre-LN without warmup pre-trains BERT faster than Post-LN with warmup".into(),
+            paper: "Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates) (Fig. 5)"
+                .into(),
+            measured,
+            // "Clearly sooner": at most 80% of Post-LN's updates (the paper: about 70%).
+            verdict: verdict(reach.is_some_and(|s| s as f64 <= 0.8 * post_steps as f64)),
+        });
+    }
+    let last_loss = |r: &BertRun| curve(&r.dir).last().map_or_else(|| "-".into(), |&(_, l)| format!("{l:.3}"));
+    let large_status = grid::status(&large.dir)?;
+    if matches!(large_status, RunStatus::Complete | RunStatus::Diverged { .. }) {
+        let others = format!(
+            "Post-LN at lr {}: {}; Pre-LN at lr {}: {}",
+            post.config.train.lr,
+            last_loss(post),
+            pre.config.train.lr,
+            last_loss(pre)
+        );
+        let (measured, held) = match large_status {
+            RunStatus::Diverged { step } => (format!("diverged at update {step} ({others})"), true),
+            _ => (format!("trained without diverging to held-out MLM loss {} ({others})", last_loss(large)), false),
+        };
+        claims.push(Claim {
+            claim: format!("Post-LN BERT is unstable at Pre-LN's lr ({}, with warmup)", large.config.train.lr),
+            paper: "Post-LN at lr 3e-4 diverged (Section 4.2)".into(),
+            measured,
+            verdict: verdict(held),
+        });
+    }
+    let majority = |task: &str| {
+        runs.iter()
+            .map(|r| r.dir.clone())
+            .chain([random_dir(runs)])
+            .find_map(|d| summary(&d, task)?["majority"]["accuracy"].as_f64())
+    };
+    for (task, folder) in TASKS {
+        let (Some((a, _)), Some((b, b_ci))) = (last_accuracy(&pre.dir, task), last_accuracy(&post.dir, task)) else {
+            continue;
+        };
+        let baselines = format!(
+            "; majority label {}, no pre-training {}",
+            majority(task).map_or_else(|| "-".into(), |m| format!("{m:.3}")),
+            finetuned(&random_dir(runs), task)
+        );
+        claims.push(Claim {
+            claim: format!("Pre-LN BERT fine-tunes to a better {folder} dev accuracy than Post-LN"),
+            paper: "Pre-LN fine-tunes faster and better on MRPC and RTE (Fig. 5)".into(),
+            measured: format!(
+                "Pre-LN {}, Post-LN (lr {}) {} (mean +- 95% interval over seeds){baselines}",
+                finetuned(&pre.dir, task),
+                post.config.train.lr,
+                finetuned(&post.dir, task)
+            ),
+            // Better by more than Post-LN's own 95% interval.
+            verdict: verdict(a > b + if b_ci.is_finite() { b_ci } else { 0.0 }),
+        });
+    }
+    Ok(claims)
+}
+
+/// The last `diag` record of a run (its per-layer gradient norms), before the end or a
+/// divergence.
+fn last_diag(dir: &Path) -> Option<preln_train::metrics::DiagRecord> {
+    records(dir).into_iter().rev().find_map(|r| match r {
+        Record::Diag(d) => Some(d),
+        _ => None,
+    })
+}
+
+/// `encoder.layers.10` after `encoder.layers.9`: a group name's layer number, if any.
+fn group_order(name: &str) -> (String, i64) {
+    match name.rsplit_once('.') {
+        Some((head, n)) if n.parse::<i64>().is_ok() => (head.to_string(), n.parse().unwrap_or(0)),
+        _ => (name.to_string(), -1),
+    }
+}
+
+/// The gradient norm of every layer at each run's last `diag` record: where the gradient
+/// sits when a run diverges (Theorem 1: Post-LN's grows towards the output layers).
+fn gradient_norms(runs: &[BertRun]) -> Vec<Block> {
+    let diags: Vec<(&BertRun, preln_train::metrics::DiagRecord)> =
+        runs.iter().filter_map(|r| Some((r, last_diag(&r.dir)?))).collect();
+    if diags.is_empty() {
+        return Vec::new();
+    }
+    let mut groups: Vec<String> = diags.iter().flat_map(|(_, d)| d.grad_norm_groups.keys().cloned()).collect();
+    groups.sort_by_key(|g| group_order(g));
+    groups.dedup();
+    let mut head = vec!["parameter group".to_string()];
+    head.extend(diags.iter().map(|(r, d)| format!("`{}` (update {})", r.name, d.step)));
+    let rows = groups
+        .iter()
+        .map(|g| {
+            let mut row = vec![format!("`{g}`")];
+            row.extend(
+                diags.iter().map(|(_, d)| d.grad_norm_groups.get(g).map_or_else(|| "-".into(), |v| format!("{v:.3}"))),
+            );
+            row
+        })
+        .collect();
+    vec![
+        Block::Para("Gradient norm of every layer at each run's last `diag` record (every `train.diag_every` updates), before its end or its divergence:".into()),
+        Block::Table { head, rows },
+    ]
 }

@@ -33,7 +33,7 @@ pub struct Claim {
     pub verdict: Verdict,
 }
 
-fn verdict(held: bool) -> Verdict {
+pub(crate) fn verdict(held: bool) -> Verdict {
     if held {
         Verdict::Reproduced
     } else {

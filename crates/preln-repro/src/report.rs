@@ -209,8 +209,11 @@ pub fn write(ctx: &Context) -> Result<Vec<PathBuf>> {
     let depth: Option<DepthReport> = read_json(&out.join("depth/depth.json"))?;
     let mut files = Vec::new();
     let mut doc = header(ctx, &results);
-    let claims: Vec<Claim> =
-        init_claims(init.as_ref(), depth.as_ref()).into_iter().chain(warmup_claims(&results)).collect();
+    let claims: Vec<Claim> = init_claims(init.as_ref(), depth.as_ref())
+        .into_iter()
+        .chain(warmup_claims(&results))
+        .chain(crate::bert::claims(ctx.bert)?)
+        .collect();
     doc.extend(claims_section(&claims));
     if results.iter().any(|r| !r.epochs.is_empty() || r.finished()) {
         doc.extend(warmup_section(ctx, &results, &mut files)?);

@@ -68,6 +68,7 @@ pub fn run_mlm(args: PrepareMlmArgs) -> Result<()> {
         splits,
         vocab_size: args.vocab_size,
         max_len: args.max_len,
+        hold_out: args.hold_out,
         out: args.out.clone(),
         force: args.force,
     };
