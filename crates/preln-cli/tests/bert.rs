@@ -177,6 +177,8 @@ fn prepare_pretrain_resume_and_finetune() {
         "--set",
         "train.valid_every=4",
         "--set",
+        "train.diag_every=4",
+        "--set",
         "train.device=\"cpu\"",
     ];
     args.extend(tiny_bert);
@@ -193,7 +195,20 @@ fn prepare_pretrain_resume_and_finetune() {
         assert!(random.exists(), "no fine-tuning from a random initialization on {task}:\n{out}");
     }
     let md = std::fs::read_to_string(d.path().join("rep/report.md")).unwrap();
-    assert!(md.contains("Figure 5") && md.contains("| `post-3e-4-warmup` | Post-LN | 0.0003 |"), "{md}");
+    // The scale's lr: the paper's 3e-4 times 2e-3 / 3e-4.
+    assert!(md.contains("Figure 5") && md.contains("| `post-3e-4-warmup` | Post-LN | 0.002 |"), "{md}");
+    assert!(md.contains("the paper's 1e-4 and 3e-4 times 6.667"), "{md}");
+    // Figure 5's claims, each with a verdict, and every layer's gradient norm at the last diag.
+    for claim in [
+        "| Pre-LN without warmup pre-trains BERT faster than Post-LN with warmup |",
+        "| Post-LN BERT is unstable at Pre-LN's lr (0.002, with warmup) |",
+        "| Pre-LN BERT fine-tunes to a better MRPC dev accuracy than Post-LN |",
+        "| Pre-LN BERT fine-tunes to a better RTE dev accuracy than Post-LN |",
+    ] {
+        assert!(md.contains(claim), "{claim} missing: {md}");
+    }
+    assert!(md.contains("majority label 0.500, no pre-training "), "{md}");
+    assert!(md.contains("| `encoder.layers.1` |") && md.contains("`post-3e-4-warmup` (update 8)"), "{md}");
     assert!(md.contains("| no pre-training | the same model, randomly initialized |"), "{md}");
     assert!(md.contains(" (unigram 0."), "the masked accuracy is shown beside the unigram baseline's: {md}");
     // MRPC's dev set is half paraphrases, RTE's half entailments: the majority label gets 0.5.
