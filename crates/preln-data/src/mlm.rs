@@ -155,7 +155,9 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
     if let Some(n) = spec.hold_out {
         let (train, held) = hold_out(std::mem::take(&mut texts[0].1), n);
         if held.is_empty() {
-            return Err(invalid(format!("hold_out {n}: the training text has no {n}-th block of {HOLD_OUT_BLOCK} lines")));
+            return Err(invalid(format!(
+                "hold_out {n}: the training text has no {n}-th block of {HOLD_OUT_BLOCK} lines"
+            )));
         }
         texts[0].1 = train;
         texts.insert(1, ("valid".into(), held));
@@ -179,7 +181,10 @@ pub fn prepare_mlm(spec: &PrepareMlmSpec, mut progress: impl FnMut(&str)) -> Res
 /// Splits each file's lines into blocks of [`HOLD_OUT_BLOCK`] and holds out every `n`-th. Every
 /// contiguous run of lines becomes a document of its own, so that no segment joins text that was
 /// not contiguous. Returns (kept, held out).
-fn hold_out(files: Vec<(PathBuf, Vec<String>)>, n: usize) -> (Vec<(PathBuf, Vec<String>)>, Vec<(PathBuf, Vec<String>)>) {
+fn hold_out(
+    files: Vec<(PathBuf, Vec<String>)>,
+    n: usize,
+) -> (Vec<(PathBuf, Vec<String>)>, Vec<(PathBuf, Vec<String>)>) {
     let (mut kept, mut held) = (Vec::new(), Vec::new());
     for (path, lines) in files {
         let mut run: Vec<String> = Vec::new();

@@ -58,8 +58,7 @@ const CPU_LR_SCALE: f64 = 2e-3 / 3e-4;
 
 /// A run of two epochs of 8M tokens has no use for dropout; Adam's beta2 0.98 (the paper's
 /// translation setting) for the larger lr.
-const CPU_EXTRA: &[&str] =
-    &["model.dropout=0.0", "model.attention_dropout=0.0", "optimizer.betas=[0.9, 0.98]"];
+const CPU_EXTRA: &[&str] = &["model.dropout=0.0", "model.attention_dropout=0.0", "optimizer.betas=[0.9, 0.98]"];
 
 impl BertScale {
     pub fn of(scale: Scale) -> BertScale {
@@ -311,8 +310,7 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
     if curves.iter().all(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let mut doc =
-        vec![Block::Heading(2, "BERT pre-training and fine-tuning (Figure 5)".into()), settings(runs)];
+    let mut doc = vec![Block::Heading(2, "BERT pre-training and fine-tuning (Figure 5)".into()), settings(runs)];
     let panels = figure_panels(runs, &curves);
     let path = out.join("fig5_bert.png");
     draw(&path, "Figure 5 (this scale): BERT, Post-LN vs Pre-LN", &panels, panels.len().min(3), (560, 420))?;
