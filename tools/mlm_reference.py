@@ -97,10 +97,11 @@ class Bert(nn.Module):
         return F.linear(h, self.tokens.weight, self.head_bias)
 
 
-def mask(seg, vocab, rng):
-    """BERT's rule: 15% of the tokens; of those 80% <mask>, 10% a random token, 10% kept."""
+def mask(seg, vocab, rng, prob):
+    """BERT's rule: a share `prob` of the tokens (BERT: 15%); of those 80% <mask>, 10% a random
+    token, 10% kept."""
     inp, tgt = seg.copy(), np.full_like(seg, PAD)
-    chosen = np.flatnonzero(rng.random(len(seg)) < 0.15)
+    chosen = np.flatnonzero(rng.random(len(seg)) < prob)
     if len(chosen) == 0:
         chosen = rng.integers(0, len(seg), 1)
     tgt[chosen] = seg[chosen]
@@ -111,12 +112,12 @@ def mask(seg, vocab, rng):
     return inp, tgt
 
 
-def batch(segs, vocab, rng):
+def batch(segs, vocab, rng, prob):
     t = max(len(s) for s in segs) + 2
     tok = np.full((len(segs), t), PAD, dtype=np.int64)
     tgt = np.full((len(segs), t), PAD, dtype=np.int64)
     for i, s in enumerate(segs):
-        inp, target = mask(s, vocab, rng)
+        inp, target = mask(s, vocab, rng, prob)
         tok[i, : len(s) + 2] = np.concatenate([[BOS], inp, [EOS]])
         tgt[i, 1 : len(s) + 1] = target
     return torch.from_numpy(tok), torch.from_numpy(tgt)
@@ -153,6 +154,7 @@ def main():
     torch.manual_seed(a.seed)
     cfg = tomllib.loads(Path(a.config).read_text())
     m, o, s, tr = cfg["model"], cfg["optimizer"], cfg["schedule"], cfg["train"]
+    prob = cfg.get("mlm", {}).get("mask_prob", 0.15)
     if o["kind"] != "adam" or s["kind"] != "linear_decay":
         sys.exit("only adam with linear_decay is written here")
     manifest = json.loads((Path(a.data) / "mlm-manifest.json").read_text())
@@ -170,7 +172,7 @@ def main():
 
     bf16 = tr.get("precision") == "bf16"
     vrng = np.random.default_rng(12345)
-    vbatches = [batch([valid[i] for i in b], vocab, vrng) for b in batches(valid, tr["max_tokens"], vrng, True)]
+    vbatches = [batch([valid[i] for i in b], vocab, vrng, 0.15) for b in batches(valid, tr["max_tokens"], vrng, True)]
 
     def evaluate():
         model.eval()
@@ -193,7 +195,7 @@ def main():
             step += 1
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            tok, tgt = batch([train[i] for i in epoch[bi]], vocab, rng)
+            tok, tgt = batch([train[i] for i in epoch[bi]], vocab, rng, prob)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(tok, tgt)
             loss = F.cross_entropy(logits.float(), tgt[tgt.ne(PAD)])

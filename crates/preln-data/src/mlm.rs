@@ -323,15 +323,19 @@ impl MlmDataset {
     }
 }
 
-/// BERT's masking of one segment. Returns (input, target): the target holds the original id at
-/// the chosen positions and the pad id (ignored by the loss) elsewhere. At least one token is
-/// chosen in every non-empty segment.
-pub fn mask_segment(ids: &[u32], vocab_size: i64, seed: u64) -> (Vec<i64>, Vec<i64>) {
+/// BERT's share of tokens to predict.
+pub const BERT_MASK_PROB: f64 = 0.15;
+
+/// BERT's masking of one segment: each token is chosen with probability `prob` (BERT: 0.15);
+/// of those, 80% become `<mask>`, 10% a random token, 10% stay. Returns (input, target): the
+/// target holds the original id at the chosen positions and the pad id (ignored by the loss)
+/// elsewhere. At least one token is chosen in every non-empty segment.
+pub fn mask_segment(ids: &[u32], vocab_size: i64, prob: f64, seed: u64) -> (Vec<i64>, Vec<i64>) {
     let pad = MlmSpecials::BASE.pad;
     let mut rng = SplitMix64::new(seed);
     let mut input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let mut target = vec![pad; ids.len()];
-    let mut chosen: Vec<usize> = (0..ids.len()).filter(|_| rng.next_f64() < 0.15).collect();
+    let mut chosen: Vec<usize> = (0..ids.len()).filter(|_| rng.next_f64() < prob).collect();
     if chosen.is_empty() && !ids.is_empty() {
         chosen.push(rng.range(0, ids.len() - 1));
     }
@@ -360,14 +364,14 @@ pub struct MlmBatch {
     pub masked: i64,
 }
 
-/// Masks `segments` with one seed each and pads them into a batch.
-pub fn mlm_batch(segments: &[&[u32]], seeds: &[u64], vocab_size: i64, device: Device) -> MlmBatch {
+/// Masks `segments` ([`mask_segment`] with `prob`) with one seed each and pads them into a batch.
+pub fn mlm_batch(segments: &[&[u32]], seeds: &[u64], vocab_size: i64, prob: f64, device: Device) -> MlmBatch {
     let sp = MlmSpecials::BASE;
     let t = segments.iter().map(|s| s.len() + 2).max().unwrap_or(2);
     let (mut tokens, mut target) = (Vec::new(), Vec::new());
     let mut masked = 0;
     for (s, &seed) in segments.iter().zip(seeds) {
-        let (inp, tgt) = mask_segment(s, vocab_size, seed);
+        let (inp, tgt) = mask_segment(s, vocab_size, prob, seed);
         masked += tgt.iter().filter(|&&x| x != sp.pad).count() as i64;
         let fill = t - s.len() - 2;
         tokens.push(sp.bos);
@@ -415,9 +419,9 @@ mod tests {
     #[test]
     fn masking_follows_bert_proportions_and_is_deterministic() {
         let ids: Vec<u32> = (0..100_000).map(|i| 5 + (i % 1000)).collect();
-        let (input, target) = mask_segment(&ids, 2000, 7);
-        assert_eq!(mask_segment(&ids, 2000, 7), (input.clone(), target.clone()));
-        assert_ne!(mask_segment(&ids, 2000, 8).0, input);
+        let (input, target) = mask_segment(&ids, 2000, BERT_MASK_PROB, 7);
+        assert_eq!(mask_segment(&ids, 2000, BERT_MASK_PROB, 7), (input.clone(), target.clone()));
+        assert_ne!(mask_segment(&ids, 2000, BERT_MASK_PROB, 8).0, input);
         let chosen: Vec<usize> = (0..ids.len()).filter(|&i| target[i] != 0).collect();
         let frac = chosen.len() as f64 / ids.len() as f64;
         assert!((frac - 0.15).abs() < 0.005, "chosen {frac}");
@@ -434,14 +438,17 @@ mod tests {
                 assert!(input[i] >= MlmSpecials::FIRST_REGULAR || input[i] == MlmSpecials::MASK);
             }
         }
-        let (_, t) = mask_segment(&[9], 2000, 1);
+        let (_, t) = mask_segment(&[9], 2000, BERT_MASK_PROB, 1);
         assert_eq!(t, vec![9], "one token is always chosen");
+        let (_, t) = mask_segment(&ids, 2000, 0.4, 7);
+        let frac = t.iter().filter(|&&x| x != 0).count() as f64 / ids.len() as f64;
+        assert!((frac - 0.4).abs() < 0.005, "chosen at 0.4: {frac}");
     }
 
     #[test]
     fn batches_add_cls_sep_and_padding() {
         let (a, b): (Vec<u32>, Vec<u32>) = (vec![10, 11, 12], vec![20]);
-        let batch = mlm_batch(&[&a, &b], &[1, 2], 100, Device::Cpu);
+        let batch = mlm_batch(&[&a, &b], &[1, 2], 100, BERT_MASK_PROB, Device::Cpu);
         assert_eq!(batch.tokens.size(), vec![2, 5]);
         let row1 = Vec::<i64>::try_from(batch.tokens.get(1)).unwrap();
         assert_eq!((row1[0], row1[2], row1[3], row1[4]), (2, 3, 0, 0));

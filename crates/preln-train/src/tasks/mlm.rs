@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use preln_data::mlm::{mlm_batch, MlmBatch};
+use preln_data::mlm::{mlm_batch, MlmBatch, BERT_MASK_PROB};
 use preln_data::{shuffled_token_batches, token_batches};
 use preln_model::init::seeded;
 use preln_model::{label_smoothed_nll, Bert, BertConfig, LossSums};
@@ -29,9 +29,27 @@ use crate::TrainError;
 #[serde(deny_unknown_fields, default)]
 pub struct PretrainConfig {
     pub model: BertConfig,
+    pub mlm: MlmSection,
     pub optimizer: OptimizerConfig,
     pub schedule: Schedule,
     pub train: TrainSection,
+}
+
+/// The masked-language-model objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlmSection {
+    /// The share of tokens to predict (BERT, fairseq's `--mask-prob`, Hugging Face's
+    /// `mlm_probability`: 0.15); of those 80% become `<mask>`, 10% a random token, 10% stay.
+    /// Validation masks at BERT's 15% whatever this is, so that held-out numbers compare across
+    /// recipes.
+    pub mask_prob: f64,
+}
+
+impl Default for MlmSection {
+    fn default() -> Self {
+        MlmSection { mask_prob: BERT_MASK_PROB }
+    }
 }
 
 impl Default for PretrainConfig {
@@ -40,6 +58,7 @@ impl Default for PretrainConfig {
         train.valid_every = 500;
         PretrainConfig {
             model: BertConfig::default(),
+            mlm: MlmSection::default(),
             optimizer: OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-6, weight_decay: 0.0 },
             schedule: Schedule::LinearDecay { warmup: 0, total_steps: 10_000 },
             train,
@@ -55,6 +74,10 @@ impl PretrainConfig {
     pub fn resolve(source_name: &str, text: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let cfg: PretrainConfig = parse_with_overrides(source_name, text, overrides)?;
         cfg.model.validate().map_err(|e| ConfigError::Invalid(format!("model: {e}")))?;
+        let p = cfg.mlm.mask_prob;
+        if !(p > 0.0 && p < 1.0) {
+            return Err(ConfigError::Invalid(format!("mlm.mask_prob must be in (0, 1), got {p}")));
+        }
         cfg.optimizer.validate().map_err(ConfigError::Invalid)?;
         cfg.schedule.validate().map_err(ConfigError::Invalid)?;
         cfg.train.validate()?;
@@ -114,16 +137,16 @@ impl MaskedLm {
         &self.model
     }
 
-    fn make(&self, segments: &[Vec<u32>], idx: &[usize], seeds: &[u64]) -> MlmBatch {
+    fn make(&self, segments: &[Vec<u32>], idx: &[usize], seeds: &[u64], prob: f64) -> MlmBatch {
         let segs: Vec<&[u32]> = idx.iter().map(|&i| segments[i].as_slice()).collect();
-        mlm_batch(&segs, seeds, self.cfg.model.vocab_size, self.device)
+        mlm_batch(&segs, seeds, self.cfg.model.vocab_size, prob, self.device)
     }
 
     /// The held-out masked targets, batch by batch, as validation draws them.
     fn valid_batches(&self) -> impl Iterator<Item = MlmBatch> + '_ {
         token_batches(&lengths(&self.valid), self.cfg.train.max_tokens).into_iter().map(|idx| {
             let seeds: Vec<u64> = idx.iter().map(|&i| valid_seed(i)).collect();
-            self.make(&self.valid, &idx, &seeds)
+            self.make(&self.valid, &idx, &seeds, BERT_MASK_PROB)
         })
     }
 
@@ -179,7 +202,7 @@ impl Task for MaskedLm {
     fn batch(&self, idx: &[usize], seed: u64) -> MlmBatch {
         let seeds: Vec<u64> =
             (0..idx.len()).map(|k| seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
-        self.make(&self.train, idx, &seeds)
+        self.make(&self.train, idx, &seeds, self.cfg.mlm.mask_prob)
     }
 
     fn tokens(&self, batch: &MlmBatch) -> i64 {
@@ -251,7 +274,7 @@ impl Trainer<MaskedLm> {
         if resolved.model.placement.profiles_init() {
             let segs: Vec<&[u32]> = batches[0].iter().map(|&i| train[i].as_slice()).collect();
             let seeds: Vec<u64> = batches[0].iter().map(|&i| valid_seed(i)).collect();
-            let first = mlm_batch(&segs, &seeds, resolved.model.vocab_size, device);
+            let first = mlm_batch(&segs, &seeds, resolved.model.vocab_size, resolved.mlm.mask_prob, device);
             model.profile_init(&first.tokens, &first.segments)?;
         }
         let loop_cfg = LoopConfig {
@@ -276,5 +299,9 @@ mod tests {
         }
         let e = PretrainConfig::resolve("x", "[model]\nlayerz = 3\n", &[]).unwrap_err().to_string();
         assert!(e.contains("layerz"), "{e}");
+        let e = PretrainConfig::resolve("x", "[mlm]\nmask_prob = 1.0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("mlm.mask_prob"), "{e}");
+        let c = PretrainConfig::resolve("x", "", &["mlm.mask_prob=0.4".into()]).unwrap();
+        assert_eq!(c.mlm.mask_prob, 0.4);
     }
 }
