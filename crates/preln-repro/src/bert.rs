@@ -293,7 +293,7 @@ fn last_accuracy(dir: &Path, task: &str) -> Option<(f64, f64)> {
 
 /// `mean +- 95% interval` of the dev accuracy after the last fine-tuning epoch in `dir`.
 fn finetuned(dir: &Path, task: &str) -> String {
-    last_accuracy(dir, task).map_or_else(|| "-".into(), |(m, ci)| format!("{m:.3} +- {ci:.3}"))
+    accuracy_text(last_accuracy(dir, task))
 }
 
 fn summary(dir: &Path, task: &str) -> Option<Value> {
@@ -485,6 +485,40 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
     })
 }
 
+/// What Figure 5's claims read of a run.
+#[derive(Clone, Debug)]
+struct Measured {
+    lr: f64,
+    status: RunStatus,
+    /// (update, held-out MLM loss)
+    curve: Vec<(u64, f64)>,
+    /// Per task of [`TASKS`]: mean dev accuracy after the last fine-tuning epoch, 95% half-width.
+    accuracy: [Option<(f64, f64)>; 2],
+}
+
+impl Measured {
+    fn of(r: &BertRun) -> Result<Measured> {
+        Ok(Measured {
+            lr: r.config.train.lr,
+            status: grid::status(&r.dir)?,
+            curve: curve(&r.dir),
+            accuracy: TASKS.map(|(task, _)| last_accuracy(&r.dir, task)),
+        })
+    }
+
+    fn final_loss(&self) -> String {
+        self.curve.last().map_or_else(|| "-".into(), |&(_, l)| format!("{l:.3}"))
+    }
+}
+
+/// The baselines of a fine-tuning task: the majority label's accuracy, and fine-tuning from a
+/// random initialization (mean, 95% half-width).
+type Baselines = (Option<f64>, Option<(f64, f64)>);
+
+fn accuracy_text(a: Option<(f64, f64)>) -> String {
+    a.map_or_else(|| "-".into(), |(m, ci)| format!("{m:.3} +- {ci:.3}"))
+}
+
 /// The claims of Figure 5 that the runs on disk can check: Pre-LN reaches Post-LN's loss
 /// sooner, Post-LN at Pre-LN's lr is unstable, Pre-LN fine-tunes better.
 pub fn claims(runs: &[BertRun]) -> Result<Vec<Claim>> {
@@ -492,13 +526,26 @@ pub fn claims(runs: &[BertRun]) -> Result<Vec<Claim>> {
     let (Some(pre), Some(post), Some(large)) = (find(PRE), find(POST), find(POST_LARGE_LR)) else {
         return Ok(Vec::new());
     };
-    let complete = |r: &BertRun| -> Result<bool> { Ok(grid::status(&r.dir)? == RunStatus::Complete) };
+    let random = random_dir(runs);
+    let baselines = TASKS.map(|(task, _)| {
+        let majority = runs
+            .iter()
+            .map(|r| r.dir.clone())
+            .chain([random.clone()])
+            .find_map(|d| summary(&d, task)?["majority"]["accuracy"].as_f64());
+        (majority, last_accuracy(&random, task))
+    });
+    Ok(figure5_claims(&Measured::of(pre)?, &Measured::of(post)?, &Measured::of(large)?, &baselines))
+}
+
+/// [`claims`] from what was measured of Pre-LN, Post-LN and Post-LN at Pre-LN's lr.
+fn figure5_claims(pre: &Measured, post: &Measured, large: &Measured, baselines: &[Baselines; 2]) -> Vec<Claim> {
     let mut claims = Vec::new();
-    let (pre_curve, post_curve) = (curve(&pre.dir), curve(&post.dir));
-    if let (true, true, Some(&(post_steps, target)), Some(&(_, pre_final))) =
-        (complete(pre)?, complete(post)?, post_curve.last(), pre_curve.last())
+    let both_complete = pre.status == RunStatus::Complete && post.status == RunStatus::Complete;
+    if let (true, Some(&(post_steps, target)), Some(&(_, pre_final))) =
+        (both_complete, post.curve.last(), pre.curve.last())
     {
-        let reach = pre_curve.iter().find(|(_, l)| *l <= target).map(|&(s, _)| s);
+        let reach = pre.curve.iter().find(|(_, l)| *l <= target).map(|&(s, _)| s);
         let measured = match reach {
             Some(s) => format!(
                 "Pre-LN reaches Post-LN's final held-out MLM loss {target:.3} at update {s}, {:.0}% of Post-LN's {post_steps} (Pre-LN's final: {pre_final:.3})",
@@ -515,56 +562,39 @@ pub fn claims(runs: &[BertRun]) -> Result<Vec<Claim>> {
             verdict: verdict(reach.is_some_and(|s| s as f64 <= 0.8 * post_steps as f64)),
         });
     }
-    let last_loss = |r: &BertRun| curve(&r.dir).last().map_or_else(|| "-".into(), |&(_, l)| format!("{l:.3}"));
-    let large_status = grid::status(&large.dir)?;
-    if matches!(large_status, RunStatus::Complete | RunStatus::Diverged { .. }) {
-        let others = format!(
-            "Post-LN at lr {}: {}; Pre-LN at lr {}: {}",
-            post.config.train.lr,
-            last_loss(post),
-            pre.config.train.lr,
-            last_loss(pre)
-        );
-        let (measured, held) = match large_status {
+    if matches!(large.status, RunStatus::Complete | RunStatus::Diverged { .. }) {
+        let others =
+            format!("Post-LN at lr {}: {}; Pre-LN at lr {}: {}", post.lr, post.final_loss(), pre.lr, pre.final_loss());
+        let (measured, held) = match large.status {
             RunStatus::Diverged { step } => (format!("diverged at update {step} ({others})"), true),
-            _ => (format!("trained without diverging to held-out MLM loss {} ({others})", last_loss(large)), false),
+            _ => (format!("trained without diverging to held-out MLM loss {} ({others})", large.final_loss()), false),
         };
         claims.push(Claim {
-            claim: format!("Post-LN BERT is unstable at Pre-LN's lr ({}, with warmup)", large.config.train.lr),
+            claim: format!("Post-LN BERT is unstable at Pre-LN's lr ({}, with warmup)", large.lr),
             paper: "Post-LN at lr 3e-4 diverged (Section 4.2)".into(),
             measured,
             verdict: verdict(held),
         });
     }
-    let majority = |task: &str| {
-        runs.iter()
-            .map(|r| r.dir.clone())
-            .chain([random_dir(runs)])
-            .find_map(|d| summary(&d, task)?["majority"]["accuracy"].as_f64())
-    };
-    for (task, folder) in TASKS {
-        let (Some((a, _)), Some((b, b_ci))) = (last_accuracy(&pre.dir, task), last_accuracy(&post.dir, task)) else {
-            continue;
-        };
-        let baselines = format!(
-            "; majority label {}, no pre-training {}",
-            majority(task).map_or_else(|| "-".into(), |m| format!("{m:.3}")),
-            finetuned(&random_dir(runs), task)
-        );
+    for (i, (_, folder)) in TASKS.iter().enumerate() {
+        let (Some((a, _)), Some((b, b_ci))) = (pre.accuracy[i], post.accuracy[i]) else { continue };
+        let (majority, random) = baselines[i];
         claims.push(Claim {
             claim: format!("Pre-LN BERT fine-tunes to a better {folder} dev accuracy than Post-LN"),
             paper: "Pre-LN fine-tunes faster and better on MRPC and RTE (Fig. 5)".into(),
             measured: format!(
-                "Pre-LN {}, Post-LN (lr {}) {} (mean +- 95% interval over seeds){baselines}",
-                finetuned(&pre.dir, task),
-                post.config.train.lr,
-                finetuned(&post.dir, task)
+                "Pre-LN {}, Post-LN (lr {}) {} (mean +- 95% interval over seeds); majority label {}, no pre-training {}",
+                accuracy_text(pre.accuracy[i]),
+                post.lr,
+                accuracy_text(post.accuracy[i]),
+                majority.map_or_else(|| "-".into(), |m| format!("{m:.3}")),
+                accuracy_text(random)
             ),
             // Better by more than Post-LN's own 95% interval.
             verdict: verdict(a > b + if b_ci.is_finite() { b_ci } else { 0.0 }),
         });
     }
-    Ok(claims)
+    claims
 }
 
 /// The last `diag` record of a run (its per-layer gradient norms), before the end or a
@@ -611,4 +641,57 @@ fn gradient_norms(runs: &[BertRun]) -> Vec<Block> {
         Block::Para("Gradient norm of every layer at each run's last `diag` record (every `train.diag_every` updates), before its end or its divergence:".into()),
         Block::Table { head, rows },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::Verdict;
+
+    fn run(lr: f64, status: RunStatus, losses: &[f64], accuracy: [Option<(f64, f64)>; 2]) -> Measured {
+        let curve = losses.iter().enumerate().map(|(i, &l)| (100 * (i as u64 + 1), l)).collect();
+        Measured { lr, status, curve, accuracy }
+    }
+
+    #[test]
+    fn figure5_claims_compare_the_right_runs() {
+        let done = RunStatus::Complete;
+        // Pre-LN passes Post-LN's final 6.2 at update 200 of 400: 50%, reproduced.
+        let pre = run(2e-3, done.clone(), &[7.0, 6.1, 5.5, 5.0], [Some((0.70, 0.01)), Some((0.55, 0.02))]);
+        let post = run(6.67e-4, done.clone(), &[7.5, 7.0, 6.5, 6.2], [Some((0.68, 0.01)), Some((0.56, 0.03))]);
+        let diverged = run(2e-3, RunStatus::Diverged { step: 150 }, &[7.9], [None, None]);
+        let baselines = [(Some(0.684), Some((0.66, 0.02))), (Some(0.527), None)];
+        let c = figure5_claims(&pre, &post, &diverged, &baselines);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(c[0].verdict, Verdict::Reproduced, "{}", c[0].measured);
+        assert!(c[0].measured.contains("at update 200, 50% of Post-LN's 400"), "{}", c[0].measured);
+        assert_eq!(c[1].verdict, Verdict::Reproduced);
+        assert!(c[1].measured.starts_with("diverged at update 150"), "{}", c[1].measured);
+        // MRPC: 0.70 > 0.68 + 0.01; RTE: 0.55 < 0.56.
+        assert_eq!((c[2].verdict, c[3].verdict), (Verdict::Reproduced, Verdict::NotReproduced));
+        assert!(c[2].measured.contains("majority label 0.684, no pre-training 0.660 +- 0.020"), "{}", c[2].measured);
+
+        // Reaching Post-LN's loss at 80% of its updates still counts as sooner; a Post-LN that
+        // trained at Pre-LN's lr does not show the instability; unfinished runs claim nothing.
+        let slow = run(2e-3, done.clone(), &[7.0, 6.9, 6.3, 6.2, 6.0], [None, None]);
+        let post5 = run(6.67e-4, done.clone(), &[7.5, 7.0, 6.5, 6.3, 6.2], [None, None]);
+        let stable = run(2e-3, done.clone(), &[7.0, 6.0], [None, None]);
+        let c = figure5_claims(&slow, &post5, &stable, &baselines);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].verdict, Verdict::Reproduced, "update 400 of 500: {}", c[0].measured);
+        assert_eq!(c[1].verdict, Verdict::NotReproduced);
+        assert!(c[1].measured.starts_with("trained without diverging to held-out MLM loss 6.000"), "{}", c[1].measured);
+        let never = run(2e-3, done.clone(), &[7.0, 6.9, 6.8, 6.7, 6.6], [None, None]);
+        let c = figure5_claims(&never, &post5, &stable, &baselines);
+        assert_eq!(c[0].verdict, Verdict::NotReproduced);
+        assert!(c[0].measured.starts_with("Pre-LN never reaches"), "{}", c[0].measured);
+        let partial = RunStatus::Partial { step: 200, epoch: 1 };
+        let c = figure5_claims(
+            &run(2e-3, partial.clone(), &[7.0, 6.0], [None, None]),
+            &post5,
+            &run(2e-3, partial, &[], [None, None]),
+            &baselines,
+        );
+        assert!(c.is_empty(), "{c:?}");
+    }
 }
