@@ -75,8 +75,8 @@ pub struct ReproduceArgs {
     /// `paper`: the paper's model and run length.
     #[arg(long, default_value = "quick")]
     pub scale: preln_repro::Scale,
-    /// Training runs at the same time (default: one per CPU thread, each on one thread; with
-    /// --nproc, one per --nproc threads).
+    /// Training runs (and `bert`'s fine-tunings) at the same time (default: one per CPU thread,
+    /// each on one thread; with --nproc, one per --nproc threads).
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Data-parallel ranks per training run (`preln train --nproc`). As with DDP or fairseq on

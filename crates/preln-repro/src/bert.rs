@@ -179,15 +179,25 @@ pub fn plan(scale: &BertScale, out: &Path, user: &[String]) -> Result<Vec<BertRu
 
 const TASKS: [(&str, &str); 2] = [("mrpc", "MRPC"), ("rte", "RTE")];
 
+/// One fine-tuning of the study: a pre-trained run (or the random initialization) on a task.
+struct FineTuning<'a> {
+    name: String,
+    checkpoint: &'a Path,
+    init: &'static [&'static str],
+    out: PathBuf,
+    folder: &'static str,
+    task: &'static str,
+}
+
 /// Pre-trains (resumably, by the processes of `pool`) and fine-tunes from every run that did
-/// not diverge, one fine-tuning at a time on `cores` threads. Returns failures.
+/// not diverge, `pool.jobs` fine-tunings at a time with `pool.threads` threads each, as the
+/// pre-training runs share the cores. Returns failures.
 pub fn run(
     runs: &[BertRun],
     scale: &BertScale,
     data: &Path,
     glue: &Path,
     pool: &grid::Pool,
-    cores: usize,
     say: grid::Say,
 ) -> Result<Vec<(String, String)>> {
     for (_, folder) in TASKS {
@@ -202,54 +212,93 @@ pub fn run(
     let mut failures = grid::run_all(&pre_jobs, data, pool, say)?;
     // Every pre-trained run, then a random initialization of the same shape (the first finished
     // run gives the model config and tokenizer): does pre-training help at all?
-    let mut todo: Vec<(String, &Path, Vec<&str>, PathBuf)> = Vec::new();
+    let mut models: Vec<(String, &Path, &'static [&'static str], PathBuf)> = Vec::new();
     for r in runs {
         if grid::status(&r.dir)? == RunStatus::Complete {
-            todo.push((r.name.clone(), &r.dir, vec![], r.dir.clone()));
+            models.push((r.name.clone(), &r.dir, &[], r.dir.clone()));
         }
     }
-    if let Some(first) = todo.first().map(|t| t.1) {
-        todo.push((RANDOM.into(), first, vec!["--init", "random"], random_dir(runs)));
+    if let Some(first) = models.first().map(|t| t.1) {
+        models.push((RANDOM.into(), first, &["--init", "random"], random_dir(runs)));
     }
-    for (name, checkpoint, init, dir) in todo {
+    let mut todo = Vec::new();
+    for (name, checkpoint, init, dir) in &models {
         for (task, folder) in TASKS {
             let out = dir.join(format!("finetune-{task}"));
-            if out.join("summary.json").exists() {
-                continue;
-            }
-            if let Some(sig) = preln_train::interrupt::requested() {
-                bail!(
-                    "stopped by {}: fine-tuning is not finished; run the same command again to continue",
-                    preln_train::interrupt::signal_name(sig)
-                );
-            }
-            say(&format!("bert/{name}: fine-tuning on {folder}, {} seeds", scale.seeds));
-            let log = out.with_extension("log");
-            std::fs::create_dir_all(&dir)?;
-            let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-            let mut child = Command::new(&pool.exe)
-                .args(["--threads", &cores.to_string(), "finetune", "--task", task])
-                .arg("--data")
-                .arg(glue.join(folder))
-                .arg("--checkpoint")
-                .arg(checkpoint)
-                .args(&init)
-                .arg("--out")
-                .arg(&out)
-                .args(["--seeds", &scale.seeds.to_string(), "--epochs", &scale.ft_epochs.to_string()])
-                .args(["--lr", &scale.ft_lr.to_string(), "--batch-size", &scale.ft_batch.to_string()])
-                .stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file)
-                .spawn()
-                .context("starting preln finetune")?;
-            let status = crate::grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
-            if !status.success() {
-                failures.push((format!("bert/{name} {task}"), format!("preln finetune failed: see {}", log.display())));
+            if !out.join("summary.json").exists() {
+                todo.push(FineTuning { name: name.clone(), checkpoint, init, out, folder, task });
             }
         }
     }
+    if !todo.is_empty() {
+        say(&format!(
+            "bert: {} fine-tunings of {} seeds, {} at a time with {} thread{}; logs in RUN/finetune-TASK.log",
+            todo.len(),
+            scale.seeds,
+            pool.jobs.min(todo.len()),
+            pool.threads,
+            if pool.threads == 1 { "" } else { "s" }
+        ));
+    }
+    let next = std::sync::Mutex::new(0usize);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..pool.jobs.min(todo.len()) {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().expect("queue lock");
+                    *n += 1;
+                    *n - 1
+                };
+                let Some(ft) = todo.get(i) else { break };
+                if preln_train::interrupt::requested().is_some() {
+                    break;
+                }
+                if let Err(e) = finetune(ft, scale, glue, pool, say) {
+                    failed.lock().expect("lock").push((format!("bert/{} {}", ft.name, ft.task), format!("{e:#}")));
+                }
+            });
+        }
+    });
+    if let Some(sig) = preln_train::interrupt::requested() {
+        bail!(
+            "stopped by {}: fine-tuning is not finished; run the same command again to continue",
+            preln_train::interrupt::signal_name(sig)
+        );
+    }
+    failures.extend(failed.into_inner().expect("lock"));
     Ok(failures)
+}
+
+/// One `preln finetune` child, its output in `finetune-TASK.log` beside its folder.
+fn finetune(ft: &FineTuning, scale: &BertScale, glue: &Path, pool: &grid::Pool, say: grid::Say) -> Result<()> {
+    say(&format!("bert/{}: fine-tuning on {}, {} seeds", ft.name, ft.folder, scale.seeds));
+    let log = ft.out.with_extension("log");
+    if let Some(dir) = ft.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(&pool.exe)
+        .args(["--threads", &pool.threads.to_string(), "finetune", "--task", ft.task])
+        .arg("--data")
+        .arg(glue.join(ft.folder))
+        .arg("--checkpoint")
+        .arg(ft.checkpoint)
+        .args(ft.init)
+        .arg("--out")
+        .arg(&ft.out)
+        .args(["--seeds", &scale.seeds.to_string(), "--epochs", &scale.ft_epochs.to_string()])
+        .args(["--lr", &scale.ft_lr.to_string(), "--batch-size", &scale.ft_batch.to_string()])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("starting preln finetune")?;
+    let status = grid::wait_forwarding_signals(&mut child).context("waiting for preln finetune")?;
+    if !status.success() {
+        bail!("preln finetune failed: see {}", log.display());
+    }
+    Ok(())
 }
 
 /// The name of the fine-tuning from a random initialization, in the report and under `bert/`.

@@ -85,9 +85,8 @@ pub struct ReproduceSpec {
     pub overrides: Vec<String>,
     /// Redraw the report from what is on disk, training nothing.
     pub report_only: bool,
-    /// The `preln` processes that train, and the cores they share.
+    /// The `preln` processes that train and fine-tune.
     pub pool: Pool,
-    pub cores: usize,
     /// The command line, for the report.
     pub command: String,
 }
@@ -120,7 +119,7 @@ fn run_bert(spec: &ReproduceSpec, started: Instant, say: Say) -> Result<Outcome>
     let mut failures = Vec::new();
     if !spec.report_only {
         let Some(glue) = &spec.glue else { bail!("reproduce bert: --glue must name the GLUE folder (MRPC/, RTE/)") };
-        failures = bert::run(&runs, &scale, data, glue, &spec.pool, spec.cores, say)?;
+        failures = bert::run(&runs, &scale, data, glue, &spec.pool, say)?;
     }
     finish(spec, started, data, &[], &runs, failures)
 }

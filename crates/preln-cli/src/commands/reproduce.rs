@@ -25,7 +25,6 @@ pub fn run(args: ReproduceArgs, threads: Option<i32>) -> Result<()> {
         overrides: args.overrides,
         report_only: args.report_only,
         pool: Pool { exe: own_executable()?, jobs, nproc, threads: (cores / (jobs * nproc)).max(1) },
-        cores,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let outcome = preln_repro::run(&spec, &|line| eprintln!("{line}"))?;
