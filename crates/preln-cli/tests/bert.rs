@@ -211,10 +211,17 @@ fn prepare_pretrain_resume_and_finetune() {
     assert!(md.contains("| `encoder.layers.1` |") && md.contains("`post-3e-4-warmup` (update 8)"), "{md}");
     assert!(md.contains("| no pre-training | the same model, randomly initialized |"), "{md}");
     assert!(md.contains(" (unigram 0."), "the masked accuracy is shown beside the unigram baseline's: {md}");
+    // Every validation of the three runs, loss / masked accuracy, beside the unigram baseline.
+    assert!(
+        md.contains("| update | `pre-3e-4-nowarmup` | `post-1e-4-warmup` | `post-3e-4-warmup` | unigram baseline |"),
+        "{md}"
+    );
+    let at4 = md.lines().find(|l| l.starts_with("| 4 | ")).unwrap_or_else(|| panic!("no row for update 4: {md}"));
+    assert_eq!(at4.matches('%').count(), 4, "loss / accuracy of three runs and the unigram baseline: {at4}");
     // MRPC's dev set is half paraphrases, RTE's half entailments: the majority label gets 0.5.
     assert!(
         md.contains(
-            "| majority label | always the training set's most frequent label | - | - | - | - | - | - | 0.500 | 0.500 |"
+            "| majority label | always the training set's most frequent label | - | - | - | - | - | - | 0.500 | 0.000 | 0.500 |"
         ),
         "{md}"
     );

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use preln_analysis::plot::{draw, Panel, RGBColor, Series};
-use preln_train::metrics::{valid_records, Metrics, Record};
+use preln_train::metrics::{valid_records, Metrics, Record, ValidRecord};
 use preln_train::mlm::PretrainConfig;
 use preln_train::schedule::Schedule;
 use serde_json::Value;
@@ -314,6 +314,45 @@ fn curve(dir: &Path) -> Vec<(u64, f64)> {
     valid_records(&records(dir)).map(|v| (v.step, v.loss)).collect()
 }
 
+/// Every validation of every run: `loss / accuracy` per run at each update, and the unigram
+/// baseline's (from the first run that measured it at that update).
+fn curves_table(runs: &[BertRun]) -> Block {
+    let valids: Vec<Vec<ValidRecord>> =
+        runs.iter().map(|r| valid_records(&records(&r.dir)).cloned().collect()).collect();
+    let mut steps: Vec<u64> = valids.iter().flatten().map(|v| v.step).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let cell = |loss: f64, acc: Option<f64>| match acc {
+        Some(a) => format!("{loss:.3} / {:.1}%", 100.0 * a),
+        None => format!("{loss:.3}"),
+    };
+    let rows = steps
+        .iter()
+        .map(|&step| {
+            let at = |vs: &[ValidRecord]| vs.iter().rev().find(|v| v.step == step).cloned();
+            let mut row = vec![step.to_string()];
+            row.extend(
+                valids.iter().map(|vs| at(vs).map_or_else(|| "-".into(), |v| cell(v.loss, v.metric("mlm_accuracy")))),
+            );
+            let unigram = valids
+                .iter()
+                .filter_map(|vs| at(vs))
+                .find_map(|v| Some(cell(v.metric("unigram_nll")?, v.metric("unigram_accuracy"))));
+            row.push(unigram.unwrap_or_else(|| "-".into()));
+            row
+        })
+        .collect();
+    let mut head = vec!["update".to_string()];
+    head.extend(runs.iter().map(|r| format!("`{}`", r.name)));
+    head.push("unigram baseline".into());
+    Block::Table { head, rows }
+}
+
+/// (update, held-out masked-token accuracy) of a run.
+fn accuracy_curve(dir: &Path) -> Vec<(u64, f64)> {
+    valid_records(&records(dir)).filter_map(|v| Some((v.step, v.metric("mlm_accuracy")?))).collect()
+}
+
 fn records(dir: &Path) -> Vec<preln_train::metrics::Record> {
     let path = dir.join("metrics.jsonl");
     if path.exists() {
@@ -345,6 +384,12 @@ fn finetuned(dir: &Path, task: &str) -> String {
     accuracy_text(last_accuracy(dir, task))
 }
 
+/// `mean +- 95% interval` of MRPC's dev F1 (of the paraphrase class) after the last epoch.
+fn finetuned_f1(dir: &Path) -> String {
+    let last = summary(dir, "mrpc").and_then(|s| s["epochs"].as_array()?.last().cloned());
+    accuracy_text(last.and_then(|e| Some((e["f1"]["mean"].as_f64()?, e["f1_ci95"].as_f64().unwrap_or(f64::NAN)))))
+}
+
 fn summary(dir: &Path, task: &str) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join(format!("finetune-{task}/summary.json"))).ok()?;
     serde_json::from_str(&text).ok()
@@ -371,6 +416,8 @@ pub fn section(out: &Path, runs: &[BertRun], files: &mut Vec<PathBuf>) -> Result
     files.push(path);
     doc.push(Block::Image { path: "fig5_bert.png".into(), alt: "Figure 5".into() });
     doc.push(runs_table(runs, &curves)?);
+    doc.push(Block::Para("Held-out MLM loss / masked-token accuracy of each run at every validation, beside the unigram baseline on the same masks (the training tokens' frequencies, and always their most frequent token):".into()));
+    doc.push(curves_table(runs));
     doc.extend(gradient_norms(runs));
     doc.push(Block::Para("The paper: Pre-LN reaches Post-LN's validation loss about 40% sooner (1.69 at 500k vs 700k updates, i.e. about 70% of the updates), Post-LN at lr 3e-4 diverged, and Pre-LN fine-tunes to MRPC/RTE accuracy faster.".into()));
     for r in runs {
@@ -429,6 +476,28 @@ fn figure_panels(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Vec<Panel> {
         log_log: false,
         integer_x: false,
     }];
+    let accuracy: Vec<Series> = runs
+        .iter()
+        .map(|r| (r, accuracy_curve(&r.dir)))
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(r, c)| Series {
+            label: r.name.clone(),
+            color: color(&r.name),
+            points: c.iter().map(|&(s, a)| (s as f64, a, 0.0)).collect(),
+            dashed: false,
+            markers: true,
+        })
+        .collect();
+    if !accuracy.is_empty() {
+        panels.push(Panel {
+            title: "Held-out masked-token accuracy".into(),
+            x_label: "update".into(),
+            y_label: "accuracy".into(),
+            series: accuracy,
+            log_log: false,
+            integer_x: false,
+        });
+    }
     for (task, folder) in TASKS {
         let series: Vec<Series> = runs
             .iter()
@@ -496,25 +565,34 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
             masked_accuracy(&r.dir),
             reach,
             acc("mrpc"),
+            finetuned_f1(&r.dir),
             acc("rte"),
         ]);
     }
     let random = random_dir(runs);
     let dash = || "-".to_string();
-    let baseline = |name: &str, what: &str, acc: &dyn Fn(&str) -> String| {
+    let baseline = |name: &str, what: &str, cells: [String; 3]| {
         let mut row = vec![name.to_string(), what.to_string()];
         row.extend((0..6).map(|_| dash()));
-        row.extend(TASKS.map(|(task, _)| acc(task)));
+        row.extend(cells);
         row
     };
-    rows.push(baseline("no pre-training", "the same model, randomly initialized", &|t| finetuned(&random, t)));
-    let majority = |task: &str| {
+    rows.push(baseline(
+        "no pre-training",
+        "the same model, randomly initialized",
+        [finetuned(&random, "mrpc"), finetuned_f1(&random), finetuned(&random, "rte")],
+    ));
+    let majority = |task: &str, metric: &str| {
         std::iter::once(random.as_path())
             .chain(runs.iter().map(|r| r.dir.as_path()))
-            .find_map(|d| summary(d, task)?["majority"]["accuracy"].as_f64())
+            .find_map(|d| summary(d, task)?["majority"][metric].as_f64())
             .map_or_else(dash, |a| format!("{a:.3}"))
     };
-    rows.push(baseline("majority label", "always the training set's most frequent label", &majority));
+    rows.push(baseline(
+        "majority label",
+        "always the training set's most frequent label",
+        [majority("mrpc", "accuracy"), majority("mrpc", "f1"), majority("rte", "accuracy")],
+    ));
     Ok(Block::Table {
         head: [
             "run",
@@ -526,6 +604,7 @@ fn runs_table(runs: &[BertRun], curves: &[Vec<(u64, f64)>]) -> Result<Block> {
             "held-out masked-token accuracy",
             "first update at Post-LN (1e-4)'s final loss",
             "MRPC dev accuracy (last epoch)",
+            "MRPC dev F1 (last epoch)",
             "RTE dev accuracy (last epoch)",
         ]
         .map(String::from)
