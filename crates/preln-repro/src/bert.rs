@@ -240,24 +240,10 @@ pub fn run(
             if pool.threads == 1 { "" } else { "s" }
         ));
     }
-    let next = std::sync::Mutex::new(0usize);
     let failed = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..pool.jobs.min(todo.len()) {
-            scope.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().expect("queue lock");
-                    *n += 1;
-                    *n - 1
-                };
-                let Some(ft) = todo.get(i) else { break };
-                if preln_train::interrupt::requested().is_some() {
-                    break;
-                }
-                if let Err(e) = finetune(ft, scale, glue, pool, say) {
-                    failed.lock().expect("lock").push((format!("bert/{} {}", ft.name, ft.task), format!("{e:#}")));
-                }
-            });
+    grid::in_parallel(&todo, pool.jobs, |_, ft| {
+        if let Err(e) = finetune(ft, scale, glue, pool, say) {
+            failed.lock().expect("lock").push((format!("bert/{} {}", ft.name, ft.task), format!("{e:#}")));
         }
     });
     if let Some(sig) = preln_train::interrupt::requested() {

@@ -239,30 +239,12 @@ pub fn run_all(runs: &[Job], data: &Path, pool: &Pool, say: Say) -> Result<Vec<(
         threads,
         if threads == 1 { "" } else { "s" }
     ));
-    let next = Mutex::new(0usize);
     let failures = Mutex::new(Vec::new());
     let total = todo.len();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(total) {
-            scope.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().expect("queue lock");
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some(run) = todo.get(i) else { break };
-                if preln_train::interrupt::requested().is_some() {
-                    break;
-                }
-                let outcome = train_one(run, data, pool, i + 1, total, say);
-                match outcome {
-                    Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
-                    Err(e) => failures.lock().expect("lock").push((run.name.clone(), format!("{e:#}"))),
-                    Ok(_) => {}
-                }
-            });
-        }
+    in_parallel(&todo, jobs, |i, run| match train_one(run, data, pool, i + 1, total, say) {
+        Ok(Outcome::Failed(msg)) => failures.lock().expect("lock").push((run.name.clone(), msg)),
+        Err(e) => failures.lock().expect("lock").push((run.name.clone(), format!("{e:#}"))),
+        Ok(_) => {}
     });
     if let Some(sig) = preln_train::interrupt::requested() {
         bail!(
@@ -271,6 +253,24 @@ pub fn run_all(runs: &[Job], data: &Path, pool: &Pool, say: Say) -> Result<Vec<(
         );
     }
     Ok(failures.into_inner().expect("lock"))
+}
+
+/// Calls `f` with every item and its index, `jobs` items at a time in queue order, each on a
+/// thread of its own; after a SIGINT or SIGTERM no further item is started.
+pub fn in_parallel<T: Sync>(items: &[T], jobs: usize, f: impl Fn(usize, &T) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(items.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                if preln_train::interrupt::requested().is_some() {
+                    break;
+                }
+                f(i, item);
+            });
+        }
+    });
 }
 
 /// Waits for a child `preln`, passing on a SIGINT or SIGTERM this process receives (a Ctrl-C in
