@@ -86,15 +86,26 @@ impl Stepper {
         }
     }
 
-    /// Keeps rows `index`; `sources_changed = false`: beams reordered within each sentence.
-    fn select(&mut self, index: &Tensor, sources_changed: bool) {
+    /// Keeps rows `rows`; `sources_changed = false`: beams reordered within each sentence.
+    fn select(&mut self, rows: &[i64], sources_changed: bool) {
+        let device = self.device();
+        let index = || Tensor::from_slice(rows).to_device(device);
         match self {
-            Stepper::Cached(cache) => cache.select_beams(index, sources_changed),
+            Stepper::Cached(cache) if !sources_changed => cache.reorder_beams(rows),
+            Stepper::Cached(cache) => cache.select(&index()),
             Stepper::Full { enc, prefix } => {
-                enc.stack.out = enc.stack.out.index_select(0, index);
-                enc.mask = enc.mask.index_select(0, index);
-                *prefix = prefix.index_select(0, index);
+                let index = index();
+                enc.stack.out = enc.stack.out.index_select(0, &index);
+                enc.mask = enc.mask.index_select(0, &index);
+                *prefix = prefix.index_select(0, &index);
             }
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            Stepper::Cached(cache) => cache.memory_mask.device(),
+            Stepper::Full { prefix, .. } => prefix.device(),
         }
     }
 }
@@ -240,7 +251,7 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
     let max_lens: Vec<usize> =
         src_lens.iter().map(|&l| ((cfg.max_len_a * l as f64) as i64 + cfg.max_len_b).max(1) as usize).collect();
     let enc = model.encode(src, false);
-    let expand = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k as i64, 0, None::<i64>);
+    let expand: Vec<i64> = (0..b).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     let mut stepper = if cfg.no_cache {
         Stepper::Full { enc, prefix: Tensor::zeros([b, 0], (Kind::Int64, device)) }
     } else {
@@ -280,7 +291,7 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
         active = still;
         let identity = src_rows.len() == rows && src_rows.iter().enumerate().all(|(r, &src)| src == r as i64);
         if !identity {
-            stepper.select(&Tensor::from_slice(&src_rows).to_device(device), sources_changed);
+            stepper.select(&src_rows, sources_changed);
         }
         last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())
             .to_device(device);

@@ -73,16 +73,15 @@ impl MultiHeadAttention {
         let h = preln_ops::linear(x, &qkv.0, qkv.1.as_ref());
         let parts: Vec<Tensor> = h.chunk(3, -1).iter().map(|t| self.split(t)).collect();
         let [q, k, v] = <[Tensor; 3]>::try_from(parts).expect("three chunks");
-        let past = match cache.take() {
-            Some(mut c) => {
+        let past = match cache {
+            Some(c) => {
                 c.append((k, v));
                 c
             }
-            None => KvCache { k, v },
+            None => cache.insert(KvCache::starting_with((k, v))),
         };
-        let out = self.attend_projected(x, &q, &past.k, &past.v, None, false);
-        *cache = Some(past);
-        out
+        let (k, v) = past.keys_values();
+        self.attend_projected(x, &q, &k, &v, None, false)
     }
 
     /// softmax(Q K^T / sqrt(d_head)) V over all heads, then the output projection, with keys
@@ -193,25 +192,93 @@ fn stacked(layers: &[&nn::Linear]) -> (Tensor, Option<Tensor>) {
     (w, (b.len() == layers.len()).then(|| Tensor::cat(&b, 0)))
 }
 
-/// Keys and values of one attention layer during incremental decoding.
+/// Keys and values of one attention layer during incremental decoding, in buffers with room
+/// for more positions: appending a position writes it in place, and reordering beams copies only
+/// the rows that change, over the positions filled so far.
 #[derive(Debug)]
 pub struct KvCache {
-    /// `[B, heads, S, d_head]`
-    pub k: Tensor,
-    pub v: Tensor,
+    /// `[B, heads, capacity, d_head]`, positions `..len` filled.
+    k: Tensor,
+    v: Tensor,
+    len: i64,
 }
 
 impl KvCache {
-    /// Appends the keys and values of new positions.
-    pub fn append(&mut self, (k, v): (Tensor, Tensor)) {
-        self.k = Tensor::cat(&[&self.k, &k], 2);
-        self.v = Tensor::cat(&[&self.v, &v], 2);
+    /// A cache holding `k` and `v` (`[B, heads, S, d_head]`), full.
+    pub fn new(k: Tensor, v: Tensor) -> Self {
+        let len = k.size()[2];
+        KvCache { k, v, len }
     }
 
-    /// Keeps rows `index` of the batch (beam search reordering).
+    /// A cache with room for [`Self::MIN_CAPACITY`] positions, holding `k` and `v`
+    /// (`[B, heads, T, d_head]`).
+    pub fn starting_with((k, v): (Tensor, Tensor)) -> Self {
+        let t = k.size()[2];
+        let empty = |x: &Tensor| Self::regrown(x, 0, t.max(Self::MIN_CAPACITY));
+        let mut c = KvCache { k: empty(&k), v: empty(&v), len: 0 };
+        c.append((k, v));
+        c
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The keys and values held, `[B, heads, len, d_head]` each (views of the buffers).
+    pub fn keys_values(&self) -> (Tensor, Tensor) {
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+
+    /// Appends the keys and values of new positions (`[B, heads, T, d_head]`), growing the
+    /// buffers to twice their capacity when they are full.
+    pub fn append(&mut self, (k, v): (Tensor, Tensor)) {
+        let t = k.size()[2];
+        let capacity = self.k.size()[2];
+        if self.len + t > capacity {
+            let grown = (2 * capacity).max(self.len + t).max(Self::MIN_CAPACITY);
+            self.k = Self::regrown(&self.k, self.len, grown);
+            self.v = Self::regrown(&self.v, self.len, grown);
+        }
+        self.k.narrow(2, self.len, t).copy_(&k);
+        self.v.narrow(2, self.len, t).copy_(&v);
+        self.len += t;
+    }
+
+    /// The fewest positions a grown buffer has room for.
+    const MIN_CAPACITY: i64 = 16;
+
+    /// A buffer of `capacity` positions holding the first `len` of `buf`.
+    fn regrown(buf: &Tensor, len: i64, capacity: i64) -> Tensor {
+        let mut size = buf.size();
+        size[2] = capacity;
+        let grown = Tensor::empty(size.as_slice(), (buf.kind(), buf.device()));
+        grown.narrow(2, 0, len).copy_(&buf.narrow(2, 0, len));
+        grown
+    }
+
+    /// Keeps rows `index` of the batch (their number may change: expansion to beams, finished
+    /// sentences leaving).
     pub fn select(&mut self, index: &Tensor) {
-        self.k = self.k.index_select(0, index);
-        self.v = self.v.index_select(0, index);
+        let capacity = self.k.size()[2];
+        for buf in [&mut self.k, &mut self.v] {
+            let kept = buf.narrow(2, 0, self.len).index_select(0, index);
+            *buf = if capacity > self.len { Self::regrown(&kept, self.len, capacity) } else { kept };
+        }
+    }
+
+    /// Row `to[i]` becomes a copy of row `from[i]` (as they were before the call), the other
+    /// rows stay: beams reordered in place, over the filled positions only.
+    pub fn copy_rows(&mut self, from: &Tensor, to: &Tensor) {
+        for buf in [&mut self.k, &mut self.v] {
+            let mut filled = buf.narrow(2, 0, self.len);
+            let moved = filled.index_select(0, from);
+            let _ = filled.index_copy_(0, to, &moved);
+        }
     }
 }
 
@@ -233,6 +300,47 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn kv_cache_appends_past_its_capacity_and_moves_rows_like_plain_tensors() {
+        tch::manual_seed(9);
+        let step = || {
+            (
+                Tensor::randn([3, 2, 1, 4], (Kind::Float, Device::Cpu)),
+                Tensor::randn([3, 2, 1, 4], (Kind::Float, Device::Cpu)),
+            )
+        };
+        let (k, v) = step();
+        let mut cache = KvCache::starting_with((k.shallow_clone(), v.shallow_clone()));
+        let (mut want_k, mut want_v) = (k, v);
+        let check = |cache: &KvCache, want_k: &Tensor, want_v: &Tensor, what: &str| {
+            let (k, v) = cache.keys_values();
+            assert!(k.equal(want_k) && v.equal(want_v), "{what}");
+        };
+        for t in 1..(KvCache::MIN_CAPACITY + 5) {
+            let (k, v) = step();
+            cache.append((k.shallow_clone(), v.shallow_clone()));
+            want_k = Tensor::cat(&[&want_k, &k], 2);
+            want_v = Tensor::cat(&[&want_v, &v], 2);
+            check(&cache, &want_k, &want_v, &format!("after append {t}"));
+        }
+        assert_eq!(cache.len(), KvCache::MIN_CAPACITY + 5);
+        // Row 0 <- old row 2, row 2 <- old row 0 (a swap reads the rows as they were).
+        cache.copy_rows(&Tensor::from_slice(&[2i64, 0]), &Tensor::from_slice(&[0i64, 2]));
+        let order = Tensor::from_slice(&[2i64, 1, 0]);
+        (want_k, want_v) = (want_k.index_select(0, &order), want_v.index_select(0, &order));
+        check(&cache, &want_k, &want_v, "after copy_rows");
+        let keep = Tensor::from_slice(&[1i64, 1]);
+        cache.select(&keep);
+        (want_k, want_v) = (want_k.index_select(0, &keep), want_v.index_select(0, &keep));
+        check(&cache, &want_k, &want_v, "after select");
+        let (k, v) = (
+            Tensor::randn([2, 2, 1, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([2, 2, 1, 4], (Kind::Float, Device::Cpu)),
+        );
+        cache.append((k.shallow_clone(), v.shallow_clone()));
+        check(&cache, &Tensor::cat(&[&want_k, &k], 2), &Tensor::cat(&[&want_v, &v], 2), "append after select");
     }
 
     #[test]

@@ -102,10 +102,9 @@ impl DecoderLayer {
         let a = self
             .self_attn_res
             .forward(x, false, |h| self.self_attn.self_attend_cached(h, &cache.self_qkv, &mut cache.self_kv));
-        let cross = &cache.cross_kv;
-        let c = self
-            .cross_attn_res
-            .forward(&a.out, false, |h| self.cross_attn.attend(h, &cross.k, &cross.v, Some(memory_mask), false));
+        let (k, v) = cache.cross_kv.keys_values();
+        let c =
+            self.cross_attn_res.forward(&a.out, false, |h| self.cross_attn.attend(h, &k, &v, Some(memory_mask), false));
         self.ffn_res.forward_last(&c.out, x, false, |h| self.ffn.forward(h, false)).out
     }
 }
@@ -132,26 +131,30 @@ pub struct DecoderCache {
 }
 
 impl DecoderCache {
-    /// Keeps rows `index` of the batch (beam search reordering, or expansion to beams).
+    /// Keeps rows `index` of the batch (expansion to beams, finished sentences leaving).
     pub fn select(&mut self, index: &Tensor) {
-        self.select_beams(index, true);
-    }
-
-    /// As [`Self::select`]; `sources_changed = false` promises that every new row takes an old
-    /// row of the same source sentence (beams reordered among themselves, no sentence added or
-    /// dropped), whose encoder keys and values are the same: then only the self-attention
-    /// caches move.
-    pub fn select_beams(&mut self, index: &Tensor, sources_changed: bool) {
         for l in &mut self.layers {
             if let Some(c) = &mut l.self_kv {
                 c.select(index);
             }
-            if sources_changed {
-                l.cross_kv.select(index);
-            }
+            l.cross_kv.select(index);
         }
-        if sources_changed {
-            self.memory_mask = self.memory_mask.index_select(0, index);
+        self.memory_mask = self.memory_mask.index_select(0, index);
+    }
+
+    /// Beams reordered among themselves: row `r` becomes a copy of row `rows[r]`, which must be
+    /// a row of the same source sentence (so the encoder's keys and values stay as they are).
+    /// Only the self-attention caches of the rows that change are copied.
+    pub fn reorder_beams(&mut self, rows: &[i64]) {
+        let (to, from): (Vec<i64>, Vec<i64>) =
+            rows.iter().enumerate().map(|(r, &from)| (r as i64, from)).filter(|(to, from)| to != from).unzip();
+        if to.is_empty() {
+            return;
+        }
+        let device = self.memory_mask.device();
+        let (from, to) = (Tensor::from_slice(&from).to_device(device), Tensor::from_slice(&to).to_device(device));
+        for c in self.layers.iter_mut().filter_map(|l| l.self_kv.as_mut()) {
+            c.copy_rows(&from, &to);
         }
     }
 }
@@ -289,7 +292,7 @@ impl Decoder {
             .iter()
             .map(|l| {
                 let (k, v) = l.cross_attn.keys_values(memory);
-                LayerCache { self_kv: None, cross_kv: KvCache { k, v }, self_qkv: l.self_attn.stacked_qkv() }
+                LayerCache { self_kv: None, cross_kv: KvCache::new(k, v), self_qkv: l.self_attn.stacked_qkv() }
             })
             .collect();
         DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0 }

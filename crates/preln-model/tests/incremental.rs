@@ -40,6 +40,18 @@ fn cached_steps_equal_full_decoding_for_every_placement() {
             let swapped = m.decode_step(&prev.select(1, 1).flip([0]), &mut cache);
             let want = full.select(1, 1).flip([0]);
             assert!((&swapped - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: reorder");
+            // Two beams of one sentence swapped in place after a few steps: only their
+            // self-attention caches move.
+            let enc = m.encode(&src.narrow(0, 0, 1).repeat([2, 1]), false);
+            let full = m.decode(&enc, &prev, false).logits;
+            let mut cache = m.start_decoding(&enc);
+            for t in 0..3 {
+                let _ = m.decode_step(&prev.select(1, t), &mut cache);
+            }
+            cache.reorder_beams(&[1, 0]);
+            let swapped = m.decode_step(&prev.select(1, 3).flip([0]), &mut cache);
+            let want = full.select(1, 3).flip([0]);
+            assert!((&swapped - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: beams reordered");
         });
     }
 }
