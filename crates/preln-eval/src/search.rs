@@ -86,26 +86,16 @@ impl Stepper {
         }
     }
 
-    /// Keeps rows `rows`; `sources_changed = false`: beams reordered within each sentence.
-    fn select(&mut self, rows: &[i64], sources_changed: bool) {
-        let device = self.device();
-        let index = || Tensor::from_slice(rows).to_device(device);
+    /// Row `r` continues old row `rows[r]`; the rows come `beam` to a sentence.
+    fn select(&mut self, rows: &[i64], beam: usize) {
         match self {
-            Stepper::Cached(cache) if !sources_changed => cache.reorder_beams(rows),
-            Stepper::Cached(cache) => cache.select(&index()),
+            Stepper::Cached(cache) => cache.select(rows, beam),
             Stepper::Full { enc, prefix } => {
-                let index = index();
+                let index = Tensor::from_slice(rows).to_device(prefix.device());
                 enc.stack.out = enc.stack.out.index_select(0, &index);
                 enc.mask = enc.mask.index_select(0, &index);
                 *prefix = prefix.index_select(0, &index);
             }
-        }
-    }
-
-    fn device(&self) -> Device {
-        match self {
-            Stepper::Cached(cache) => cache.memory_mask.device(),
-            Stepper::Full { prefix, .. } => prefix.device(),
         }
     }
 }
@@ -257,7 +247,7 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
     } else {
         Stepper::Cached(model.start_decoding(&enc))
     };
-    stepper.select(&expand, true);
+    stepper.select(&expand, k);
 
     // Sentences still being decoded; finished ones leave the batch (and the cache), as in
     // fairseq, so late steps only pay for what is left.
@@ -287,11 +277,10 @@ fn search(model: &Seq2Seq, src: &Tensor, cfg: &SearchConfig) -> Vec<Hypothesis> 
         if still.is_empty() {
             break;
         }
-        let sources_changed = still != active;
         active = still;
         let identity = src_rows.len() == rows && src_rows.iter().enumerate().all(|(r, &src)| src == r as i64);
         if !identity {
-            stepper.select(&src_rows, sources_changed);
+            stepper.select(&src_rows, k);
         }
         last = Tensor::from_slice(&new_tokens.iter().map(|t| t.last().copied().unwrap_or(sp.pad)).collect::<Vec<_>>())
             .to_device(device);

@@ -95,6 +95,30 @@ impl MultiHeadAttention {
         self.attend_projected(query, &q, k, v, mask, train)
     }
 
+    /// Attention of `beam` consecutive query rows over one row of keys and values each: the
+    /// beams of a sentence share its encoder output, which is kept once (and read once per
+    /// step) instead of once per beam. `beam = 1` is [`Self::attend`].
+    ///
+    /// # Shapes
+    /// query: `[B·beam, 1, d]`; k, v: `[B, heads, S, d_head]`; mask: `[B, 1, 1, S]` -> `[B·beam, 1, d]`
+    pub fn attend_beams(&self, query: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, beam: i64) -> Tensor {
+        if beam == 1 {
+            return self.attend(query, k, v, Some(mask), false);
+        }
+        let (rows, t, d) = query.size3().expect("query must be [B, T, d]");
+        assert_eq!(t, 1, "attend_beams takes one position a row");
+        let b = rows / beam;
+        // [B·beam, 1, d] -> [B, heads, beam, d_head]
+        let q = apply(&self.q_proj, query).view([b, beam, self.heads, d / self.heads]).transpose(1, 2);
+        let ctx = if q.device() == tch::Device::Cpu {
+            three_steps(&q, k, v, Some(mask), 0.0, false)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, k, v, Some(mask), 0.0, false, None, false)
+        };
+        // [B, heads, beam, d_head] -> [B·beam, 1, d]
+        apply(&self.out_proj, &ctx.transpose(1, 2).reshape([rows, 1, d]))
+    }
+
     /// As [`Self::attend`] with the queries already projected and split.
     fn attend_projected(
         &self,
@@ -165,6 +189,12 @@ pub fn scaled_dot_product(
         let p = if train { dropout } else { 0.0 };
         return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
     }
+    three_steps(q, k, v, mask, dropout, train)
+}
+
+/// softmax(q k^T / sqrt(d_head)) v as two batched products and a softmax (see
+/// [`scaled_dot_product`]); a query that may attend to no key gets uniform weights.
+fn three_steps(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, dropout: f64, train: bool) -> Tensor {
     let d_head = *q.size().last().expect("q has a head dimension");
     let scores = q.matmul(&k.transpose(-2, -1)) * (d_head as f64).powf(-0.5);
     let scores = match mask {
@@ -261,19 +291,37 @@ impl KvCache {
         grown
     }
 
-    /// Keeps rows `index` of the batch (their number may change: expansion to beams, finished
-    /// sentences leaving).
-    pub fn select(&mut self, index: &Tensor) {
-        let capacity = self.k.size()[2];
-        for buf in [&mut self.k, &mut self.v] {
-            let kept = buf.narrow(2, 0, self.len).index_select(0, index);
-            *buf = if capacity > self.len { Self::regrown(&kept, self.len, capacity) } else { kept };
+    /// Row `r` of the batch continues old row `rows[r]`, for any `rows`: sentences that leave,
+    /// beams reordered or expanded. Where there are no more rows than before, only the rows
+    /// that change are copied (over the filled positions) and the buffers keep their memory;
+    /// more rows than before take new buffers.
+    pub fn select_rows(&mut self, rows: &[i64]) {
+        let batch = self.k.size()[0];
+        let n = rows.len() as i64;
+        if n > batch {
+            let index = Tensor::from_slice(rows).to_device(self.k.device());
+            let capacity = self.k.size()[2];
+            for buf in [&mut self.k, &mut self.v] {
+                let kept = buf.narrow(2, 0, self.len).index_select(0, &index);
+                *buf = if capacity > self.len { Self::regrown(&kept, self.len, capacity) } else { kept };
+            }
+            return;
+        }
+        let (to, from): (Vec<i64>, Vec<i64>) =
+            rows.iter().enumerate().map(|(r, &from)| (r as i64, from)).filter(|(to, from)| to != from).unzip();
+        if !to.is_empty() {
+            let device = self.k.device();
+            self.copy_rows(&Tensor::from_slice(&from).to_device(device), &Tensor::from_slice(&to).to_device(device));
+        }
+        if n < batch {
+            self.k = self.k.narrow(0, 0, n);
+            self.v = self.v.narrow(0, 0, n);
         }
     }
 
     /// Row `to[i]` becomes a copy of row `from[i]` (as they were before the call), the other
-    /// rows stay: beams reordered in place, over the filled positions only.
-    pub fn copy_rows(&mut self, from: &Tensor, to: &Tensor) {
+    /// rows stay.
+    fn copy_rows(&mut self, from: &Tensor, to: &Tensor) {
         for buf in [&mut self.k, &mut self.v] {
             let mut filled = buf.narrow(2, 0, self.len);
             let moved = filled.index_select(0, from);
@@ -327,20 +375,26 @@ mod tests {
         }
         assert_eq!(cache.len(), KvCache::MIN_CAPACITY + 5);
         // Row 0 <- old row 2, row 2 <- old row 0 (a swap reads the rows as they were).
-        cache.copy_rows(&Tensor::from_slice(&[2i64, 0]), &Tensor::from_slice(&[0i64, 2]));
-        let order = Tensor::from_slice(&[2i64, 1, 0]);
-        (want_k, want_v) = (want_k.index_select(0, &order), want_v.index_select(0, &order));
-        check(&cache, &want_k, &want_v, "after copy_rows");
-        let keep = Tensor::from_slice(&[1i64, 1]);
-        cache.select(&keep);
-        (want_k, want_v) = (want_k.index_select(0, &keep), want_v.index_select(0, &keep));
-        check(&cache, &want_k, &want_v, "after select");
+        let mut follow = |cache: &mut KvCache, rows: &[i64], what: &str| {
+            cache.select_rows(rows);
+            let order = Tensor::from_slice(rows);
+            (want_k, want_v) = (want_k.index_select(0, &order), want_v.index_select(0, &order));
+            check(cache, &want_k, &want_v, what);
+        };
+        follow(&mut cache, &[2, 1, 0], "rows swapped");
+        // Fewer rows (a sentence leaves, the others reorder): the buffers shrink in place.
+        follow(&mut cache, &[1, 1], "rows kept");
+        // More rows (expansion to beams): new buffers.
+        follow(&mut cache, &[0, 0, 1, 1, 1], "rows expanded");
+        assert_eq!(cache.k.size()[2], 2 * KvCache::MIN_CAPACITY, "the capacity survives");
         let (k, v) = (
-            Tensor::randn([2, 2, 1, 4], (Kind::Float, Device::Cpu)),
-            Tensor::randn([2, 2, 1, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([5, 2, 1, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([5, 2, 1, 4], (Kind::Float, Device::Cpu)),
         );
         cache.append((k.shallow_clone(), v.shallow_clone()));
         check(&cache, &Tensor::cat(&[&want_k, &k], 2), &Tensor::cat(&[&want_v, &v], 2), "append after select");
+        cache.select_rows(&[4, 0]);
+        assert_eq!(cache.keys_values().0.size(), [2, 2, KvCache::MIN_CAPACITY + 6, 4]);
     }
 
     #[test]

@@ -97,14 +97,16 @@ impl DecoderLayer {
     /// One new position, attending over the cached past (inference: no dropout).
     ///
     /// # Shapes
-    /// x: `[B, 1, d]`; memory_mask: `[B, 1, 1, S]` -> `[B, 1, d]`
-    pub fn forward_step(&self, x: &Tensor, cache: &mut LayerCache, memory_mask: &Tensor) -> Tensor {
+    /// x: `[B·beam, 1, d]`; memory_mask: `[B, 1, 1, S]`; the encoder's keys and values in
+    /// `cache` have `B` rows, each shared by `beam` consecutive rows of `x` -> `[B·beam, 1, d]`
+    pub fn forward_step(&self, x: &Tensor, cache: &mut LayerCache, memory_mask: &Tensor, beam: i64) -> Tensor {
         let a = self
             .self_attn_res
             .forward(x, false, |h| self.self_attn.self_attend_cached(h, &cache.self_qkv, &mut cache.self_kv));
         let (k, v) = cache.cross_kv.keys_values();
-        let c =
-            self.cross_attn_res.forward(&a.out, false, |h| self.cross_attn.attend(h, &k, &v, Some(memory_mask), false));
+        let c = self
+            .cross_attn_res
+            .forward(&a.out, false, |h| self.cross_attn.attend_beams(h, &k, &v, memory_mask, beam));
         self.ffn_res.forward_last(&c.out, x, false, |h| self.ffn.forward(h, false)).out
     }
 }
@@ -124,38 +126,43 @@ pub struct LayerCache {
 #[derive(Debug)]
 pub struct DecoderCache {
     pub layers: Vec<LayerCache>,
-    /// `[B, 1, 1, S]`
+    /// `[B, 1, 1, S]`, one row per source sentence.
     pub memory_mask: Tensor,
     /// Positions decoded so far.
     pub len: i64,
+    /// Decoded rows per source sentence (the beams), consecutive: row `r` attends over the
+    /// encoder output of sentence `r / beam`.
+    pub beam: i64,
 }
 
 impl DecoderCache {
-    /// Keeps rows `index` of the batch (expansion to beams, finished sentences leaving).
-    pub fn select(&mut self, index: &Tensor) {
+    /// Row `r` of the batch continues old row `rows[r]`: expansion to beams, beams reordered,
+    /// finished sentences leaving. Where every group of `beam` new rows continues rows of one
+    /// sentence, the encoder's keys and values stay one row per sentence (only rows that change
+    /// are copied); otherwise each row gets its own.
+    pub fn select(&mut self, rows: &[i64], beam: usize) {
+        let old = self.beam;
+        let beam = beam.max(1) as i64;
+        let sentence = |r: &i64| r / old;
+        let grouped = rows.len() as i64 % beam == 0
+            && rows.chunks(beam as usize).all(|g| g.iter().all(|r| sentence(r) == sentence(&g[0])));
+        let (sentences, beam): (Vec<i64>, i64) = if grouped {
+            (rows.iter().step_by(beam as usize).map(sentence).collect(), beam)
+        } else {
+            (rows.iter().map(sentence).collect(), 1)
+        };
         for l in &mut self.layers {
             if let Some(c) = &mut l.self_kv {
-                c.select(index);
+                c.select_rows(rows);
             }
-            l.cross_kv.select(index);
+            l.cross_kv.select_rows(&sentences);
         }
-        self.memory_mask = self.memory_mask.index_select(0, index);
-    }
-
-    /// Beams reordered among themselves: row `r` becomes a copy of row `rows[r]`, which must be
-    /// a row of the same source sentence (so the encoder's keys and values stay as they are).
-    /// Only the self-attention caches of the rows that change are copied.
-    pub fn reorder_beams(&mut self, rows: &[i64]) {
-        let (to, from): (Vec<i64>, Vec<i64>) =
-            rows.iter().enumerate().map(|(r, &from)| (r as i64, from)).filter(|(to, from)| to != from).unzip();
-        if to.is_empty() {
-            return;
+        let identity = sentences.iter().enumerate().all(|(i, &s)| s == i as i64);
+        if !identity || sentences.len() as i64 != self.memory_mask.size()[0] {
+            let index = Tensor::from_slice(&sentences).to_device(self.memory_mask.device());
+            self.memory_mask = self.memory_mask.index_select(0, &index);
         }
-        let device = self.memory_mask.device();
-        let (from, to) = (Tensor::from_slice(&from).to_device(device), Tensor::from_slice(&to).to_device(device));
-        for c in self.layers.iter_mut().filter_map(|l| l.self_kv.as_mut()) {
-            c.copy_rows(&from, &to);
-        }
+        self.beam = beam;
     }
 }
 
@@ -292,20 +299,20 @@ impl Decoder {
             .iter()
             .map(|l| {
                 let (k, v) = l.cross_attn.keys_values(memory);
-                LayerCache { self_kv: None, cross_kv: KvCache::new(k, v), self_qkv: l.self_attn.stacked_qkv() }
+                LayerCache { self_kv: None, cross_kv: KvCache::new(k.contiguous(), v.contiguous()), self_qkv: l.self_attn.stacked_qkv() }
             })
             .collect();
-        DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0 }
+        DecoderCache { layers, memory_mask: memory_mask.shallow_clone(), len: 0, beam: 1 }
     }
 
     /// One new position through every layer (and the outer norms).
     ///
     /// # Shapes
-    /// x: `[B, 1, d]` (embedded) -> `[B, 1, d]`
+    /// x: `[B·beam, 1, d]` (embedded) -> `[B·beam, 1, d]`
     pub fn forward_step(&self, x: &Tensor, cache: &mut DecoderCache) -> Tensor {
         let mut h = self.outer.embedded(x);
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = layer.forward_step(&h, c, &cache.memory_mask);
+            h = layer.forward_step(&h, c, &cache.memory_mask, cache.beam);
         }
         cache.len += 1;
         self.outer.finish(h)

@@ -36,22 +36,45 @@ fn cached_steps_equal_full_decoding_for_every_placement() {
             // Reordering the cache reorders the rows.
             let mut cache = m.start_decoding(&enc);
             let _ = m.decode_step(&prev.select(1, 0), &mut cache);
-            cache.select(&Tensor::from_slice(&[1i64, 0]));
+            cache.select(&[1, 0], 1);
             let swapped = m.decode_step(&prev.select(1, 1).flip([0]), &mut cache);
             let want = full.select(1, 1).flip([0]);
             assert!((&swapped - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: reorder");
-            // Two beams of one sentence swapped in place after a few steps: only their
-            // self-attention caches move.
-            let enc = m.encode(&src.narrow(0, 0, 1).repeat([2, 1]), false);
-            let full = m.decode(&enc, &prev, false).logits;
-            let mut cache = m.start_decoding(&enc);
+            // Two beams of one sentence share its encoder output (one row of keys and values)
+            // and are swapped after a few steps.
+            let one = m.encode(&src.narrow(0, 0, 1), false);
+            let two = m.encode(&src.narrow(0, 0, 1).repeat([2, 1]), false);
+            let full_one = m.decode(&two, &prev, false).logits;
+            let mut cache = m.start_decoding(&one);
+            cache.select(&[0, 0], 2);
             for t in 0..3 {
-                let _ = m.decode_step(&prev.select(1, t), &mut cache);
+                let step = m.decode_step(&prev.select(1, t), &mut cache);
+                let err = (&step - &full_one.select(1, t)).abs().max().double_value(&[]);
+                assert!(err < 1e-5, "{placement} beams step {t}: max difference {err:e}");
             }
-            cache.reorder_beams(&[1, 0]);
+            cache.select(&[1, 0], 2);
             let swapped = m.decode_step(&prev.select(1, 3).flip([0]), &mut cache);
-            let want = full.select(1, 3).flip([0]);
+            let want = full_one.select(1, 3).flip([0]);
             assert!((&swapped - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: beams reordered");
+            // Two sentences of two beams each, then rows that break the groups (the first of
+            // sentence 1's beams, then both of sentence 0's): each row gets its own encoder output.
+            let mut cache = m.start_decoding(&enc);
+            cache.select(&[0, 0, 1, 1], 2);
+            let _ = m.decode_step(&prev.select(1, 0).repeat_interleave_self_int(2, 0, None), &mut cache);
+            cache.select(&[2, 0, 1], 1);
+            let order = Tensor::from_slice(&[1i64, 0, 0]);
+            let got = m.decode_step(&prev.select(1, 1).index_select(0, &order), &mut cache);
+            let want = full.select(1, 1).index_select(0, &order);
+            assert!((&got - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: rows regrouped");
+            // The first sentence leaves; the second's beams swap.
+            let mut cache = m.start_decoding(&enc);
+            cache.select(&[0, 0, 1, 1], 2);
+            let _ = m.decode_step(&prev.select(1, 0).repeat_interleave_self_int(2, 0, None), &mut cache);
+            cache.select(&[3, 2], 2);
+            let got = m.decode_step(&prev.select(1, 1).narrow(0, 1, 1).repeat([2]), &mut cache);
+            let want = full.select(1, 1).narrow(0, 1, 1).repeat([2, 1]);
+            assert!((&got - &want).abs().max().double_value(&[]) < 1e-5, "{placement}: a sentence left");
         });
     }
 }
+
